@@ -1,0 +1,208 @@
+//! Wiring: builds every part from a [`Config`], runs them, and shuts down gracefully when the
+//! token passed to [`App::run`] is cancelled.
+//!
+//! The broker loop is the heart: open a session (connect, declare, consume), run the dispatcher
+//! and the DLQ logger on it until the connection is lost, then open a new one. Losing the
+//! connection loses nothing: unacked messages return to their queues.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::broker::{Broker, Session};
+use crate::config::Config;
+use crate::delivery::Deliverer;
+use crate::dispatcher::Dispatcher;
+use crate::dlq;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::subscriptions::SubscriptionIndex;
+
+/// How often queue depths are sampled into `webhook_queue_messages`.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+pub struct App {
+    cfg: Config,
+    /// Taken by `run`.
+    listener: Option<TcpListener>,
+    store: Store,
+    broker: Broker,
+    index: Arc<SubscriptionIndex>,
+    metrics: Metrics,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl App {
+    /// Validates the config, opens and migrates the store, loads the subscription index and
+    /// binds the API port. Does not need the broker: that connection is made (and remade) by `run`.
+    pub async fn build(cfg: Config) -> anyhow::Result<App> {
+        cfg.validate()?;
+        let store = Store::connect(&cfg.database_url)
+            .await
+            .with_context(|| format!("opening the store at {}", crate::config::redact_url(&cfg.database_url)))?;
+        let index = Arc::new(SubscriptionIndex::default());
+        index.reload(&store).await.context("loading subscriptions")?;
+        let broker = Broker::new(&cfg)?;
+        let metrics = Metrics::new();
+        let deliverer = Deliverer::new(cfg.delivery_timeout, cfg.allow_private_targets)?;
+        let dispatcher = Arc::new(Dispatcher {
+            index: index.clone(),
+            store: store.clone(),
+            deliverer,
+            publisher: broker.publisher.clone(),
+            topology: broker.topology.clone(),
+            metrics: metrics.clone(),
+            limit: Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
+        });
+        let listener = TcpListener::bind(cfg.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
+        Ok(App { cfg, listener: Some(listener), store, broker, index, metrics, dispatcher })
+    }
+
+    /// The address the admin API listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok()).expect("bound listener has an address")
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight deliveries finish
+    /// within `SHUTDOWN_GRACE` and closes everything. Fails only on a fatal broker error (a
+    /// topology mismatch).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let api_state = ApiState {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            publisher: self.broker.publisher.clone(),
+            topology: self.broker.topology.clone(),
+            metrics: self.metrics.clone(),
+            admin_token: self.cfg.admin_token.clone(),
+        };
+        let api_stop = CancellationToken::new();
+        let api = {
+            let stop = api_stop.clone();
+            let router = api::router(api_state);
+            let listener = self.listener.take().expect("run is called once");
+            tokio::spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+            })
+        };
+        tracing::info!(addr = %self.cfg.listen_addr, config = ?self.cfg, "webhook-dispatcher started");
+
+        let refresher = tokio::spawn(refresh_index(
+            self.index.clone(),
+            self.store.clone(),
+            self.cfg.subscription_refresh,
+            shutdown.clone(),
+        ));
+        let tracker = TaskTracker::new();
+        let result = self.broker_loop(&tracker, &shutdown).await;
+
+        // Let in-flight deliveries finish (they may still publish retries), then close.
+        tracker.close();
+        if tokio::time::timeout(self.cfg.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                grace = ?self.cfg.shutdown_grace,
+                "in-flight deliveries did not finish within the grace period; their messages return to the queue unacked"
+            );
+        }
+        self.broker.close().await;
+        self.metrics.broker_up(false);
+        api_stop.cancel();
+        let _ = api.await;
+        refresher.abort();
+        self.store.close().await;
+        tracing::info!("webhook-dispatcher stopped");
+        result
+    }
+
+    async fn broker_loop(&self, tracker: &TaskTracker, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                opened = self.broker.open_session() => opened,
+            };
+            let session = match opened {
+                Ok(session) => session,
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                Err(e) => {
+                    self.metrics.broker_up(false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker unavailable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.metrics.broker_up(true);
+            tracing::info!("connected to the broker; consuming");
+            self.run_session(session, tracker, shutdown).await;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            self.metrics.broker_up(false);
+            self.broker.disconnected();
+            tracing::warn!("broker connection lost; reconnecting");
+        }
+    }
+
+    /// Consumes on one session until its connection is lost or shutdown begins.
+    async fn run_session(&self, session: Session, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        let stop = shutdown.child_token();
+        let Session { events, dead, sample_channel, .. } = &session;
+        let dispatch = self.dispatcher.clone().consume(events.clone(), tracker.clone(), stop.clone());
+        let log = dlq::run(dead.clone(), self.store.clone(), self.metrics.clone(), stop.clone());
+        let sample = sample_queues(sample_channel.clone(), self.broker.topology.queues(), self.metrics.clone());
+        tokio::select! {
+            _ = dispatch => {}
+            _ = log => {}
+            _ = sample => {}
+        }
+        stop.cancel();
+        if shutdown.is_cancelled() {
+            session.cancel_consumers().await;
+        }
+    }
+}
+
+/// Samples every queue's ready-message count; returns when the channel fails.
+async fn sample_queues(channel: lapin::Channel, queues: Vec<&str>, metrics: Metrics) {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    loop {
+        for queue in &queues {
+            match channel.queue_declare((*queue).into(), passive, FieldTable::default()).await {
+                Ok(q) => metrics.queue_messages.with_label_values(&[queue]).set(i64::from(q.message_count())),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue, "queue sampling stopped");
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// Reloads the subscription index periodically, picking up changes made by other instances.
+async fn refresh_index(index: Arc<SubscriptionIndex>, store: Store, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = index.reload(&store).await {
+            tracing::warn!(error = %e, "subscription refresh failed; keeping the last index");
+        }
+    }
+}

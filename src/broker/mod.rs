@@ -1,0 +1,251 @@
+//! The RabbitMQ side: a pooled connection (deadpool-lapin), the topology, confirmed publishing,
+//! and [`Session`], one connected generation of channels and consumers. When a connection
+//! dies the app builds a new session; lapin's own recovery is not relied on.
+
+pub mod topology;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer};
+
+pub use topology::Topology;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach RabbitMQ: {0}")]
+    Pool(String),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error(
+        "{kind} {name:?} already exists with other arguments; the service declares it with {wanted}; the broker says: {broker}. \
+         Delete it (it is recreated on start) or change QUEUE_PREFIX/QUEUE_TYPE/RETRY_DELAYS to match"
+    )]
+    TopologyMismatch { kind: &'static str, name: String, wanted: String, broker: String },
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("the broker refused the message (nack) for {0}")]
+    Nacked(String),
+    #[error("no queue took the message for {0} (unroutable)")]
+    Unroutable(String),
+}
+
+impl BrokerError {
+    /// A problem retrying will not fix.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, BrokerError::TopologyMismatch { .. })
+    }
+}
+
+/// Where a message goes: an exchange and a routing key.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
+impl<'a> Route<'a> {
+    /// Straight to a queue through the default exchange.
+    pub fn queue(name: &'a str) -> Route<'a> {
+        Route { exchange: "", routing_key: name }
+    }
+}
+
+/// Publishes with confirms on the current session's channel. Shared by the dispatcher, the DLQ
+/// logger and the API; a publish made while disconnected fails at once with `NotConnected`.
+#[derive(Clone, Default)]
+pub struct Publisher {
+    channel: Arc<RwLock<Option<Channel>>>,
+}
+
+impl Publisher {
+    fn set(&self, channel: Option<Channel>) {
+        *self.channel.write().expect("publisher lock") = channel;
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.channel.read().expect("publisher lock").as_ref().is_some_and(|c| c.status().connected())
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm. `mandatory` is set, so
+    /// a message no queue takes is an error rather than silently dropped.
+    pub async fn publish(&self, route: Route<'_>, body: &[u8], props: BasicProperties) -> Result<(), BrokerError> {
+        let channel = self.channel.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected)?;
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let props = props.with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(route.exchange.into(), route.routing_key.into(), options, body, props)
+            .await?
+            .await?;
+        let target = || format!("{:?}/{:?}", route.exchange, route.routing_key);
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(target())),
+            lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked(target())),
+            lapin::Confirmation::NotRequested => unreachable!("publisher channel is in confirm mode"),
+        }
+    }
+
+    /// [`publish`](Self::publish), tried again a few times over ~3 s while the broker is
+    /// reachable: a nack under load should not push the whole message back to the queue.
+    pub async fn publish_retrying(
+        &self,
+        route: Route<'_>,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.publish(route, body, props.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if wait <= Duration::from_secs(2) && self.is_connected() => {
+                    tracing::warn!(error = %e, "publish failed, trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Persistent JSON message properties with the given headers.
+pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert((*k).into(), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+    }
+    let mut props = BasicProperties::default().with_content_type("application/json".into());
+    if let Ok(id) = lapin::types::ShortString::try_new(message_id) {
+        props = props.with_message_id(id);
+    }
+    if !table.inner().is_empty() {
+        props = props.with_headers(table);
+    }
+    props
+}
+
+/// Whether `props` carries header `name`.
+pub fn has_header(props: &BasicProperties, name: &str) -> bool {
+    props.headers().as_ref().is_some_and(|h| h.contains_key(name))
+}
+
+/// The connection pool plus everything needed to open a [`Session`].
+#[derive(Clone)]
+pub struct Broker {
+    pool: Pool,
+    pub topology: Arc<Topology>,
+    pub publisher: Publisher,
+    prefetch: u16,
+}
+
+/// One connected generation: consumers on the events and dead-letter queues, and a channel for
+/// sampling queue depths. Dropping it closes nothing by itself; [`Session::close`] does.
+pub struct Session {
+    pub events: Consumer,
+    pub dead: Consumer,
+    pub events_channel: Channel,
+    pub dead_channel: Channel,
+    pub sample_channel: Channel,
+}
+
+impl Broker {
+    pub fn new(cfg: &Config) -> Result<Broker, BrokerError> {
+        let pool_cfg = deadpool_lapin::Config {
+            url: Some(cfg.amqp_url.clone()),
+            pool: Some(PoolConfig {
+                max_size: 2,
+                timeouts: Timeouts {
+                    wait: Some(Duration::from_secs(10)),
+                    create: Some(Duration::from_secs(10)),
+                    recycle: Some(Duration::from_secs(2)),
+                },
+                ..PoolConfig::default()
+            }),
+        };
+        let pool = pool_cfg
+            .create_pool(
+                || ConnectionProperties::default().with_connection_name("webhook-dispatcher".into()),
+                Runtime::Tokio1,
+            )
+            .map_err(|e| BrokerError::Pool(e.to_string()))?;
+        Ok(Broker {
+            pool,
+            topology: Arc::new(Topology::new(cfg)),
+            publisher: Publisher::default(),
+            prefetch: cfg.prefetch,
+        })
+    }
+
+    /// A fresh channel on the pooled connection (a dead connection is replaced first).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let conn = self.pool.get().await.map_err(|e| BrokerError::Pool(e.to_string()))?;
+        Ok(conn.create_channel().await?)
+    }
+
+    /// Connects (or reuses the live pooled connection), declares the topology, installs a fresh
+    /// confirm channel in the publisher and starts both consumers.
+    pub async fn open_session(&self) -> Result<Session, BrokerError> {
+        let setup = self.channel().await?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+
+        let publish = self.channel().await?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+
+        let events_channel = self.channel().await?;
+        events_channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        let events = events_channel
+            .basic_consume(
+                self.topology.events.as_str().into(),
+                "webhook-dispatcher".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let dead_channel = self.channel().await?;
+        dead_channel.basic_qos(64, BasicQosOptions::default()).await?;
+        let dead = dead_channel
+            .basic_consume(
+                self.topology.dead.as_str().into(),
+                "webhook-dispatcher-dlq".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let sample_channel = self.channel().await?;
+        self.publisher.set(Some(publish));
+        Ok(Session { events, dead, events_channel, dead_channel, sample_channel })
+    }
+
+    /// Forgets the session's publish channel (called when the session ends).
+    pub fn disconnected(&self) {
+        self.publisher.set(None);
+    }
+
+    /// Closes the pooled connections (on shutdown, after the session's work is finished).
+    pub async fn close(&self) {
+        self.publisher.set(None);
+        if let Ok(conn) = tokio::time::timeout(Duration::from_secs(2), self.pool.get()).await
+            && let Ok(conn) = conn
+        {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+        self.pool.close();
+    }
+}
+
+impl Session {
+    /// Stops both consumers; unacked messages go back to the broker when the channels close.
+    pub async fn cancel_consumers(&self) {
+        use lapin::options::BasicCancelOptions;
+        let _ = self.events_channel.basic_cancel(self.events.tag(), BasicCancelOptions::default()).await;
+        let _ = self.dead_channel.basic_cancel(self.dead.tag(), BasicCancelOptions::default()).await;
+    }
+}

@@ -1,0 +1,200 @@
+//! Every exchange and queue name and argument the service uses. Nothing else spells a queue
+//! name. `declare` creates what is missing and turns an argument mismatch into an error that
+//! names the queue and both argument sets.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use super::BrokerError;
+use crate::config::{Config, QueueType, delay_label};
+
+/// One delay queue: failed deliveries wait here for `delay`, then dead-letter back to the
+/// events queue.
+#[derive(Debug, Clone)]
+pub struct RetryQueue {
+    pub name: String,
+    /// `2s`, `4s`, …: the `delay` label of `webhook_retries_scheduled_total`.
+    pub label: String,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub events: String,
+    pub retries: Vec<RetryQueue>,
+    pub dead: String,
+    queue_type: QueueType,
+}
+
+impl Topology {
+    pub fn new(cfg: &Config) -> Topology {
+        let p = &cfg.queue_prefix;
+        Topology {
+            exchange: cfg.events_exchange.clone(),
+            events: format!("{p}.events"),
+            retries: cfg
+                .retry_delays
+                .0
+                .iter()
+                .map(|&delay| {
+                    let label = delay_label(delay);
+                    RetryQueue { name: format!("{p}.retry.{label}"), label, delay }
+                })
+                .collect(),
+            dead: format!("{p}.dead"),
+            queue_type: cfg.queue_type,
+        }
+    }
+
+    /// Every queue name, events queue first.
+    pub fn queues(&self) -> Vec<&str> {
+        let mut names = vec![self.events.as_str()];
+        names.extend(self.retries.iter().map(|r| r.name.as_str()));
+        names.push(self.dead.as_str());
+        names
+    }
+
+    fn base_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let kind = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        args.insert("x-queue-type".into(), long_string(kind));
+        args
+    }
+
+    /// Arguments of the events and dead-letter queues.
+    pub fn plain_args(&self) -> FieldTable {
+        self.base_args()
+    }
+
+    /// Arguments of a delay queue: TTL, then dead-letter through the default exchange straight
+    /// into the events queue (not the topic exchange, which other consumers may be bound to).
+    pub fn retry_args(&self, retry: &RetryQueue) -> FieldTable {
+        let mut args = self.base_args();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(retry.delay.as_millis() as i64));
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert("x-dead-letter-routing-key".into(), long_string(&self.events));
+        if self.queue_type == QueueType::Quorum {
+            // At-least-once dead-lettering needs reject-publish overflow; together they make sure
+            // a retry is never dropped on its way back to the events queue.
+            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
+        args
+    }
+
+    /// Declares the exchange, all queues and the events binding. Idempotent.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .map_err(|e| mismatch_or(e, "exchange", &self.exchange, &FieldTable::default()))?;
+
+        declare_queue(channel, &self.events, self.plain_args()).await?;
+        for retry in &self.retries {
+            declare_queue(channel, &retry.name, self.retry_args(retry)).await?;
+        }
+        declare_queue(channel, &self.dead, self.plain_args()).await?;
+        channel
+            .queue_bind(
+                self.events.as_str().into(),
+                self.exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(name.into(), options, args.clone())
+        .await
+        .map_err(|e| mismatch_or(e, "queue", name, &args))?;
+    Ok(())
+}
+
+/// A 406 PRECONDITION_FAILED on declare means the thing exists with other settings: that is a
+/// configuration error to stop on, not a connection problem to retry.
+fn mismatch_or(err: lapin::Error, kind: &'static str, name: &str, wanted: &FieldTable) -> BrokerError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
+        && amqp.get_id() == 406
+    {
+        return BrokerError::TopologyMismatch {
+            kind,
+            name: name.to_string(),
+            wanted: describe(wanted),
+            broker: amqp.get_message().to_string(),
+        };
+    }
+    BrokerError::Amqp(err)
+}
+
+/// `{x-message-ttl=2000, x-queue-type=quorum}`.
+pub fn describe(args: &FieldTable) -> String {
+    let parts: Vec<String> = args
+        .inner()
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("{}={}", k.as_str(), if value.is_empty() { "\"\"".into() } else { value })
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: Config,
+    }
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).cfg
+    }
+
+    #[test]
+    fn names_follow_the_prefix_and_delays() {
+        let t = Topology::new(&cfg(&["--queue-prefix", "p1"]));
+        assert_eq!(t.queues(), ["p1.events", "p1.retry.2s", "p1.retry.4s", "p1.retry.8s", "p1.dead"]);
+        assert_eq!(t.exchange, "clarm.events");
+    }
+
+    #[test]
+    fn quorum_delay_queues_dead_letter_at_least_once_into_the_events_queue() {
+        let t = Topology::new(&cfg(&["--queue-prefix", "p"]));
+        let args = describe(&t.retry_args(&t.retries[1]));
+        assert_eq!(
+            args,
+            "{x-dead-letter-exchange=\"\", x-dead-letter-routing-key=p.events, x-dead-letter-strategy=at-least-once, \
+             x-message-ttl=4000, x-overflow=reject-publish, x-queue-type=quorum}"
+        );
+        let classic = Topology::new(&cfg(&["--queue-prefix", "p", "--queue-type", "classic"]));
+        assert!(!describe(&classic.retry_args(&classic.retries[0])).contains("at-least-once"));
+    }
+}

@@ -1,0 +1,247 @@
+//! Typed configuration: every setting is a CLI flag and an environment variable (clap `env`),
+//! parsed and validated once at load so the rest of the service never sees a bad value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Everything `webhook-dispatcher serve` needs. Field docs are the `--help` text.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// RabbitMQ connection URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+
+    /// Store for subscriptions and the delivery log: `sqlite://FILE` (created if missing) or
+    /// `postgres://…` for a store shared by several instances.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://webhook-dispatcher.db")]
+    pub database_url: String,
+
+    /// Address of the admin API, `/metrics` and the health checks. Port 0 picks a free port.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Topic exchange producers publish events to (routing key = event name).
+    #[arg(long, env = "EVENTS_EXCHANGE", default_value = "clarm.events")]
+    pub events_exchange: String,
+
+    /// Prefix of every queue the service declares.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "webhooks")]
+    pub queue_prefix: String,
+
+    /// `quorum` (replicated, survives node loss) or `classic` (single dev node).
+    #[arg(long, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
+
+    /// Bearer token required on `/v1/*`. May be unset only when LISTEN_ADDR is a loopback address.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Limit for one whole delivery attempt (connect, send, response).
+    #[arg(long, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Comma-separated retry delays; one delay queue per entry, attempts = 1 + entries.
+    #[arg(long, env = "RETRY_DELAYS", default_value = "2s,4s,8s", value_parser = parse_delays)]
+    pub retry_delays: RetryDelays,
+
+    /// Allow endpoints on loopback, private, link-local and other non-public addresses.
+    #[arg(long, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    /// Log format: `json` or `pretty`. `RUST_LOG` filters.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch).
+    #[arg(long, env = "PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Most HTTP delivery attempts in flight at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// On SIGTERM, how long in-flight deliveries may take to finish before their messages are
+    /// handed back to the broker unacked.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the subscription index is reloaded from the store (changes made through this
+    /// instance's API apply at once; this picks up other instances' changes).
+    #[arg(long, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    pub subscription_refresh: Duration,
+}
+
+impl Config {
+    /// Checks rules that involve more than one setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_token.is_none() && !self.listen_addr.ip().is_loopback() {
+            return Err(ConfigError::TokenRequired(self.listen_addr));
+        }
+        if let Some(token) = &self.admin_token
+            && token.expose().len() < 16
+        {
+            return Err(ConfigError::WeakToken);
+        }
+        if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
+            return Err(ConfigError::Invalid("QUEUE_PREFIX must be 1 to 200 characters".into()));
+        }
+        if self.events_exchange.is_empty() || self.events_exchange.len() > 255 {
+            return Err(ConfigError::Invalid("EVENTS_EXCHANGE must be 1 to 255 characters".into()));
+        }
+        if self.delivery_timeout.is_zero() {
+            return Err(ConfigError::Invalid("DELIVERY_TIMEOUT must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Number of delivery attempts an event gets: the first plus one per retry delay.
+    pub fn max_attempts(&self) -> u32 {
+        1 + self.retry_delays.0.len() as u32
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("database_url", &redact_url(&self.database_url))
+            .field("listen_addr", &self.listen_addr)
+            .field("events_exchange", &self.events_exchange)
+            .field("queue_prefix", &self.queue_prefix)
+            .field("queue_type", &self.queue_type)
+            .field("admin_token", &self.admin_token)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("retry_delays", &self.retry_delays)
+            .field("allow_private_targets", &self.allow_private_targets)
+            .field("prefetch", &self.prefetch)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replaces the password of a URL with `***` so it can be logged.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "ADMIN_TOKEN is required when LISTEN_ADDR ({0}) is not a loopback address: set ADMIN_TOKEN or listen on 127.0.0.1"
+    )]
+    TokenRequired(SocketAddr),
+    #[error("ADMIN_TOKEN must be at least 16 characters")]
+    WeakToken,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+/// The ordered retry delays; entry n is the wait after failed attempt n.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim()).map_err(|e| format!("{raw:?} is not a duration like 10s or 500ms: {e}"))
+}
+
+fn parse_delays(raw: &str) -> Result<RetryDelays, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Ok(RetryDelays(Vec::new()));
+    }
+    let delays = trimmed
+        .split(',')
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(bad) = delays.iter().find(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128) {
+        return Err(format!("retry delay {bad:?} must be between 1ms and about 49 days"));
+    }
+    if delays.len() > 20 {
+        return Err("at most 20 retry delays".into());
+    }
+    let mut labels: Vec<String> = delays.iter().map(|d| delay_label(*d)).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() != delays.len() {
+        return Err(format!("retry delays must be distinct, got {raw:?}"));
+    }
+    Ok(RetryDelays(delays))
+}
+
+/// The short name of a delay used in queue names and metric labels: `2s`, `500ms`.
+pub fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_parse_in_order_and_label_like_queue_names() {
+        let d = parse_delays("2s, 4s,8s").unwrap();
+        assert_eq!(d.0, vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)]);
+        let labels: Vec<_> = d.0.iter().map(|d| delay_label(*d)).collect();
+        assert_eq!(labels, ["2s", "4s", "8s"]);
+        assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(parse_delays("").unwrap().0, Vec::<Duration>::new());
+    }
+
+    #[test]
+    fn bad_delays_are_refused_with_the_offending_value() {
+        assert!(parse_delays("2s,soon").unwrap_err().contains("soon"));
+        assert!(parse_delays("0s").is_err());
+        assert!(parse_delays("2s,2s").unwrap_err().contains("distinct"));
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_debug_output() {
+        assert_eq!(redact_url("amqp://guest:hunter2@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,187 @@
+//! One HTTP delivery attempt: build the signed request, send it with a pooled client, and
+//! classify what happened into an [`Outcome`] exactly once.
+
+pub mod guard;
+pub mod signing;
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use serde::{Deserialize, Serialize};
+
+pub use signing::SigningKey;
+
+use crate::time::now_rfc3339;
+
+/// How much of a response body is read (and then discarded) so the connection can be reused.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What one attempt came to. The label is the `outcome` of `webhook_delivery_attempts_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success(u16),
+    HttpError(u16),
+    Timeout,
+    ConnectError(String),
+    /// The endpoint resolved to an address the SSRF guard refuses.
+    Blocked(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Success(_) => "success",
+            Outcome::HttpError(_) => "http_error",
+            Outcome::Timeout => "timeout",
+            Outcome::ConnectError(_) => "connect_error",
+            Outcome::Blocked(_) => "blocked",
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success(_))
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Success(s) | Outcome::HttpError(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    fn error(&self, timeout: Duration) -> Option<String> {
+        match self {
+            Outcome::Success(_) => None,
+            Outcome::HttpError(s) => Some(format!("endpoint answered HTTP {s}")),
+            Outcome::Timeout => Some(format!("no complete answer within {}", humantime::format_duration(timeout))),
+            Outcome::ConnectError(e) => Some(e.clone()),
+            Outcome::Blocked(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// One attempt as it appears in the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// The HTTP side of the dispatcher: one pooled client for every endpoint.
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    timeout: Duration,
+    allow_private: bool,
+    user_agent: HeaderValue,
+}
+
+impl Deliverer {
+    pub fn new(timeout: Duration, allow_private: bool) -> Result<Deliverer, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .no_proxy();
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(guard::GuardedResolver));
+        }
+        let user_agent = HeaderValue::from_static(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")));
+        Ok(Deliverer { client: builder.build()?, timeout, allow_private, user_agent })
+    }
+
+    /// Sends `body` to `url` signed with `key`; never fails, every problem is an [`Outcome`].
+    pub async fn attempt(
+        &self,
+        url: &url::Url,
+        key: &SigningKey,
+        event_id: &str,
+        body: &str,
+        attempt: u32,
+    ) -> (Outcome, AttemptRecord) {
+        let started_at = now_rfc3339();
+        let start = Instant::now();
+        let outcome = self.send(url, key, event_id, body).await;
+        let record = AttemptRecord {
+            attempt,
+            started_at,
+            duration_ms: start.elapsed().as_millis() as u64,
+            status: outcome.status(),
+            error: outcome.error(self.timeout),
+        };
+        (outcome, record)
+    }
+
+    async fn send(&self, url: &url::Url, key: &SigningKey, event_id: &str, body: &str) -> Outcome {
+        if !self.allow_private
+            && let Err(blocked) = guard::check_literal(url)
+        {
+            return Outcome::Blocked(blocked.to_string());
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = key.sign(event_id, timestamp, body.as_bytes());
+        let request = self
+            .client
+            .post(url.as_str())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, self.user_agent.clone())
+            .header("webhook-id", event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned());
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return classify(e),
+        };
+        let status = response.status().as_u16();
+        // Drain a little of the body so the connection goes back to the pool; a huge or
+        // dripping body is cut off (and the connection dropped) instead of read.
+        let mut read = 0usize;
+        while read <= MAX_RESPONSE_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => break,
+                Err(e) if !response_status_ok(status) => return classify(e),
+                Err(_) => break,
+            }
+        }
+        if response_status_ok(status) { Outcome::Success(status) } else { Outcome::HttpError(status) }
+    }
+}
+
+fn response_status_ok(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+fn classify(err: reqwest::Error) -> Outcome {
+    if err.is_timeout() {
+        return Outcome::Timeout;
+    }
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(blocked) = cause.downcast_ref::<guard::Blocked>() {
+            return Outcome::Blocked(blocked.to_string());
+        }
+        source = cause.source();
+    }
+    Outcome::ConnectError(error_chain(err.without_url()))
+}
+
+/// `err` and its causes on one line: reqwest's top-level message alone rarely says why. The URL
+/// is left out: customers put tokens in them.
+fn error_chain(err: reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

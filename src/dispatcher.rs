@@ -1,0 +1,281 @@
+//! Consumes `P.events`: inbound events fan out to every matching subscription, delivery tasks
+//! (retries and replays) go to their one subscription. A message is acked only once each of its
+//! deliveries has succeeded or been handed to a delay queue or `P.dead` with a confirm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, field};
+
+use crate::broker::{BrokerError, Publisher, Route, Topology, has_header, json_props};
+use crate::delivery::{AttemptRecord, Deliverer, Outcome};
+use crate::event;
+use crate::metrics::Metrics;
+use crate::retry::{Next, next_step};
+use crate::store::Store;
+use crate::subscriptions::{Subscription, SubscriptionIndex};
+use crate::time::now_rfc3339;
+use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, new_dead_letter_id, raw_payload};
+
+pub struct Dispatcher {
+    pub index: Arc<SubscriptionIndex>,
+    pub store: Store,
+    pub deliverer: Deliverer,
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+    pub metrics: Metrics,
+    /// Bounds HTTP attempts in flight across all messages (`MAX_IN_FLIGHT`).
+    pub limit: Arc<Semaphore>,
+}
+
+/// The event-level facts every delivery of one event shares.
+struct EventRef<'a> {
+    id: &'a str,
+    account_id: &'a str,
+    event: &'a str,
+    body: &'a str,
+}
+
+impl Dispatcher {
+    /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost),
+    /// handling each in its own task on `tracker`.
+    pub async fn consume(self: Arc<Self>, mut consumer: lapin::Consumer, tracker: TaskTracker, stop: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    tracker.spawn(self.clone().handle(delivery));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "events consumer failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let result = if has_header(&delivery.properties, TASK_HEADER) {
+            self.handle_task(&delivery.data).await
+        } else {
+            self.handle_event(&delivery).await
+        };
+        match result {
+            Ok(()) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "ack failed; the broker will redeliver the message");
+                }
+            }
+            Err(e) => {
+                // Its outcome could not be made safe in the broker: hand it back, after a pause so
+                // a broker in trouble is not hammered with the same message.
+                tracing::error!(error = %e, "could not hand the message on; requeueing it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                let _ = delivery.acker.nack(requeue).await;
+            }
+        }
+    }
+
+    async fn handle_event(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str());
+        let event = match event::parse(&delivery.data, message_id) {
+            Ok(event) => event,
+            Err(err) => {
+                self.metrics.event_rejected(err.reason(), &err.to_string());
+                let fields = event::rejected_fields(&delivery.data);
+                let dead = DeadLetter {
+                    id: new_dead_letter_id(),
+                    event_id: message_id.map(str::to_string).unwrap_or_else(|| event::derived_id(&delivery.data)),
+                    account_id: fields.account_id,
+                    subscription_id: None,
+                    url: None,
+                    event: fields.event,
+                    payload: raw_payload(&delivery.data),
+                    reason: err.reason().to_string(),
+                    detail: Some(err.to_string()),
+                    attempts: Vec::new(),
+                    dead_lettered_at: now_rfc3339(),
+                };
+                return self.dead_letter(&dead).await;
+            }
+        };
+        self.metrics.event_consumed(event.kind.as_str());
+        let subs = self.index.matching(&event.account_id, event.kind);
+        if subs.is_empty() {
+            tracing::debug!(event_id = %event.id, account_id = %event.account_id, "no subscription matches");
+            return Ok(());
+        }
+        let ev = EventRef { id: &event.id, account_id: &event.account_id, event: event.kind.as_str(), body: &event.body };
+        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new()))).await;
+        results.into_iter().collect()
+    }
+
+    async fn handle_task(&self, data: &[u8]) -> Result<(), BrokerError> {
+        let task: DeliveryTask = match serde_json::from_slice(data) {
+            Ok(task) => task,
+            Err(e) => {
+                let dead = DeadLetter {
+                    id: new_dead_letter_id(),
+                    event_id: event::derived_id(data),
+                    account_id: None,
+                    subscription_id: None,
+                    url: None,
+                    event: None,
+                    payload: raw_payload(data),
+                    reason: "invalid_task".into(),
+                    detail: Some(format!("unreadable delivery task: {e}")),
+                    attempts: Vec::new(),
+                    dead_lettered_at: now_rfc3339(),
+                };
+                return self.dead_letter(&dead).await;
+            }
+        };
+        let sub = match self.index.get(&task.subscription_id) {
+            Some(sub) => Some(sub),
+            // Perhaps created through another instance since the last refresh.
+            None => match self.index.reload(&self.store).await {
+                Ok(_) => self.index.get(&task.subscription_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscription reload failed");
+                    None
+                }
+            },
+        };
+        let ev = EventRef { id: &task.event_id, account_id: &task.account_id, event: &task.event, body: &task.body };
+        match sub {
+            Some(sub) if sub.enabled && sub.account_id == task.account_id => {
+                self.deliver(&ev, &sub, task.attempts).await
+            }
+            Some(sub) if sub.account_id == task.account_id => {
+                self.give_up(&ev, &task.subscription_id, Some(&sub.url), task.attempts, "subscription_disabled").await
+            }
+            _ => self.give_up(&ev, &task.subscription_id, None, task.attempts, "subscription_deleted").await,
+        }
+    }
+
+    /// One attempt to one subscription, then whatever [`next_step`] says.
+    async fn deliver(
+        &self,
+        ev: &EventRef<'_>,
+        sub: &Subscription,
+        mut attempts: Vec<AttemptRecord>,
+    ) -> Result<(), BrokerError> {
+        let number = attempts.len() as u32 + 1;
+        let span = tracing::info_span!(
+            "delivery",
+            event_id = ev.id,
+            subscription_id = %sub.id,
+            attempt = number,
+            event = ev.event,
+            outcome = field::Empty,
+        );
+        async {
+            let (outcome, record) = {
+                let _permit = self.limit.acquire().await.expect("semaphore never closed");
+                let _gauge = InFlight::new(&self.metrics);
+                self.deliverer.attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number).await
+            };
+            Span::current().record("outcome", outcome.label());
+            self.metrics.attempt_finished(ev.event, outcome.label(), record.duration_ms as f64 / 1000.0);
+            log_outcome(&outcome, &record);
+            attempts.push(record);
+            match next_step(&outcome, number, self.topology.retries.len()) {
+                Next::Done => Ok(()),
+                Next::Retry(index) => {
+                    let queue = &self.topology.retries[index];
+                    let task = DeliveryTask {
+                        event_id: ev.id.to_string(),
+                        account_id: ev.account_id.to_string(),
+                        subscription_id: sub.id.clone(),
+                        event: ev.event.to_string(),
+                        body: ev.body.to_string(),
+                        attempts,
+                    };
+                    let body = serde_json::to_vec(&task).expect("task serialises");
+                    let props = json_props(ev.id, &[(TASK_HEADER, "delivery")]);
+                    self.publisher.publish_retrying(Route::queue(&queue.name), &body, props).await?;
+                    self.metrics.retry_scheduled(&queue.label);
+                    Ok(())
+                }
+                Next::Exhausted => self.give_up(ev, &sub.id, Some(&sub.url), attempts, "exhausted").await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn give_up(
+        &self,
+        ev: &EventRef<'_>,
+        subscription_id: &str,
+        url: Option<&str>,
+        attempts: Vec<AttemptRecord>,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let dead = DeadLetter {
+            id: new_dead_letter_id(),
+            event_id: ev.id.to_string(),
+            account_id: Some(ev.account_id.to_string()),
+            subscription_id: Some(subscription_id.to_string()),
+            url: url.map(str::to_string),
+            event: Some(ev.event.to_string()),
+            payload: raw_payload(ev.body.as_bytes()),
+            reason: reason.to_string(),
+            detail: attempts.last().and_then(|a| a.error.clone()),
+            attempts,
+            dead_lettered_at: now_rfc3339(),
+        };
+        self.dead_letter(&dead).await
+    }
+
+    async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(dead).expect("dead letter serialises");
+        let props = json_props(&dead.id, &[]);
+        self.publisher.publish_retrying(Route::queue(&self.topology.dead), &body, props).await?;
+        self.metrics.dead_lettered(dead.event.as_deref().unwrap_or("unknown"), &dead.reason);
+        Ok(())
+    }
+}
+
+fn log_outcome(outcome: &Outcome, record: &AttemptRecord) {
+    match outcome {
+        Outcome::Success(status) => {
+            tracing::info!(status, duration_ms = record.duration_ms, "delivered");
+        }
+        _ => tracing::warn!(
+            status = record.status,
+            error = record.error.as_deref().unwrap_or(""),
+            duration_ms = record.duration_ms,
+            "delivery attempt failed"
+        ),
+    }
+}
+
+/// Keeps `webhook_deliveries_in_flight` right even when an attempt is cancelled.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}

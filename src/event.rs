@@ -1,0 +1,290 @@
+//! The inbound envelope producers publish: parsing, validation and the event id.
+//!
+//! The outbound body is built from the producer's own bytes (`data` is kept as raw JSON), so a
+//! receiver gets exactly what was published — `299.00` stays `299.00`.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Largest inbound message accepted, in bytes.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// The six events the product emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    Purchase,
+    Identify,
+    GoalAchieved,
+    EnterpriseAlert,
+    VisitorEnriched,
+    HighIntentVisitor,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Purchase,
+        EventKind::Identify,
+        EventKind::GoalAchieved,
+        EventKind::EnterpriseAlert,
+        EventKind::VisitorEnriched,
+        EventKind::HighIntentVisitor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Purchase => "purchase",
+            EventKind::Identify => "identify",
+            EventKind::GoalAchieved => "goal_achieved",
+            EventKind::EnterpriseAlert => "enterprise_alert",
+            EventKind::VisitorEnriched => "visitor_enriched",
+            EventKind::HighIntentVisitor => "high_intent_visitor",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated inbound event, ready to be delivered.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: String,
+    pub kind: EventKind,
+    pub account_id: String,
+    /// The outbound body, exactly `{"event":…,"timestamp":…,"data":…}`.
+    pub body: String,
+}
+
+/// Why an inbound message was rejected. `reason()` is the stable label used in metrics and
+/// the delivery log; the `Display` text says what exactly was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("message is {0} bytes, over the {MAX_EVENT_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("message is not a JSON object: {0}")]
+    InvalidJson(String),
+    #[error("unknown event {0:?}; expected one of purchase, identify, goal_achieved, enterprise_alert, visitor_enriched, high_intent_visitor")]
+    UnknownEvent(String),
+    #[error("{0}")]
+    InvalidEvent(String),
+}
+
+impl EventError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::TooLarge(_) => "too_large",
+            EventError::InvalidJson(_) => "invalid_json",
+            EventError::UnknownEvent(_) => "unknown_event",
+            EventError::InvalidEvent(_) => "invalid_event",
+        }
+    }
+}
+
+/// What could be read from a rejected message, for its delivery-log record.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RejectedFields {
+    pub event: Option<String>,
+    pub account_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    account_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DataHead {
+    #[serde(default)]
+    visitor_id: Option<serde_json::Value>,
+}
+
+/// Parses and validates one inbound message. `message_id` is the AMQP property, used as the
+/// event id when the body has none.
+pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> {
+    if raw.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge(raw.len()));
+    }
+    // serde would read a JSON array into the struct field by field: only an object will do.
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let detail = match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+            Ok(_) => "the top level must be an object".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(EventError::InvalidJson(detail));
+    }
+    let env: Envelope<'_> =
+        serde_json::from_slice(raw).map_err(|e| EventError::InvalidJson(e.to_string()))?;
+
+    let event_name = required_string(env.event, "event")?;
+    let kind = EventKind::parse(&event_name).ok_or(EventError::UnknownEvent(event_name))?;
+    let account_id = required_string(env.account_id, "account_id")?;
+    let timestamp_raw = env
+        .timestamp
+        .ok_or_else(|| missing("timestamp"))?;
+    let timestamp: String = string_value(timestamp_raw, "timestamp")?;
+    chrono::DateTime::parse_from_rfc3339(&timestamp).map_err(|e| {
+        EventError::InvalidEvent(format!("timestamp {timestamp:?} is not RFC 3339: {e}"))
+    })?;
+    let data = env.data.ok_or_else(|| missing("data"))?;
+    if !data.get().trim_start().starts_with('{') {
+        return Err(EventError::InvalidEvent("data must be a JSON object".into()));
+    }
+    let head: DataHead = serde_json::from_str(data.get())
+        .map_err(|e| EventError::InvalidEvent(format!("data: {e}")))?;
+    match head.visitor_id {
+        Some(serde_json::Value::String(v)) if !v.trim().is_empty() => {}
+        Some(serde_json::Value::String(_)) => {
+            return Err(EventError::InvalidEvent("data.visitor_id must not be empty".into()));
+        }
+        Some(_) => return Err(EventError::InvalidEvent("data.visitor_id must be a string".into())),
+        None => return Err(missing("data.visitor_id")),
+    }
+
+    let id = match env.id {
+        Some(raw_id) if raw_id.get() != "null" => {
+            let id: String = string_value(raw_id, "id")?;
+            check_id(&id)?;
+            id
+        }
+        _ => match message_id.filter(|m| !m.is_empty()) {
+            Some(m) => m.to_string(),
+            None => derived_id(raw),
+        },
+    };
+
+    // `timestamp_raw` is already valid JSON text for a string: reuse the producer's bytes.
+    let body = format!(
+        "{{\"event\":\"{}\",\"timestamp\":{},\"data\":{}}}",
+        kind.as_str(),
+        timestamp_raw.get(),
+        data.get()
+    );
+    Ok(Event { id, kind, account_id, body })
+}
+
+/// Best-effort extraction of `event` and `account_id` from a message that failed validation.
+pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
+    #[derive(Deserialize)]
+    struct Loose {
+        event: Option<String>,
+        account_id: Option<String>,
+    }
+    match serde_json::from_slice::<Loose>(raw) {
+        Ok(l) => RejectedFields { event: l.event, account_id: l.account_id },
+        Err(_) => RejectedFields::default(),
+    }
+}
+
+/// The id of a message with neither an `id` field nor an AMQP `message_id`: derived from its
+/// bytes, so a redelivered copy keeps the same id.
+pub fn derived_id(raw: &[u8]) -> String {
+    let digest = Sha256::digest(raw);
+    format!("evt_{}", hex::encode(&digest[..16]))
+}
+
+fn missing(field: &str) -> EventError {
+    EventError::InvalidEvent(format!("missing required field {field}"))
+}
+
+fn required_string(raw: Option<&RawValue>, field: &str) -> Result<String, EventError> {
+    let value = string_value(raw.ok_or_else(|| missing(field))?, field)?;
+    if value.trim().is_empty() {
+        return Err(EventError::InvalidEvent(format!("{field} must not be empty")));
+    }
+    Ok(value)
+}
+
+fn string_value(raw: &RawValue, field: &str) -> Result<String, EventError> {
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| EventError::InvalidEvent(format!("{field} must be a string")))
+}
+
+fn check_id(id: &str) -> Result<(), EventError> {
+    if id.is_empty() || id.len() > 200 {
+        return Err(EventError::InvalidEvent("id must be 1 to 200 characters".into()));
+    }
+    if id.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(EventError::InvalidEvent("id must not contain spaces or control characters".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PURCHASE: &str = r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"acct_acme","data":{"visitor_id":"v_abc123","amount":299.00}}"#;
+
+    #[test]
+    fn body_keeps_the_producers_bytes_and_drops_account_id() {
+        let e = parse(PURCHASE.as_bytes(), None).unwrap();
+        assert_eq!(e.kind, EventKind::Purchase);
+        assert_eq!(e.account_id, "acct_acme");
+        assert_eq!(
+            e.body,
+            r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v_abc123","amount":299.00}}"#
+        );
+    }
+
+    #[test]
+    fn id_comes_from_body_then_message_id_then_content() {
+        let with_id = PURCHASE.replacen('{', r#"{"id":"evt_1","#, 1);
+        assert_eq!(parse(with_id.as_bytes(), Some("m")).unwrap().id, "evt_1");
+        assert_eq!(parse(PURCHASE.as_bytes(), Some("m-7")).unwrap().id, "m-7");
+        let a = parse(PURCHASE.as_bytes(), None).unwrap().id;
+        assert_eq!(a, parse(PURCHASE.as_bytes(), None).unwrap().id);
+        assert!(a.starts_with("evt_") && a.len() == 36);
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_has_its_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "invalid_json"),
+            ("[1,2]", "invalid_json"),
+            (r#"{"event":"refund","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#, "unknown_event"),
+            (r#"{"timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"","data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"yesterday","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a"}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":[1]}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"email":"x"}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":7}}"#, "invalid_event"),
+            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":7,"data":{"visitor_id":"v"}}"#, "invalid_event"),
+        ];
+        for (input, reason) in cases {
+            let err = parse(input.as_bytes(), None).expect_err(input);
+            assert_eq!(err.reason(), *reason, "{input}: {err}");
+        }
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_EVENT_BYTES));
+        assert_eq!(parse(big.as_bytes(), None).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn rejected_fields_are_read_when_possible() {
+        let f = rejected_fields(br#"{"event":"refund","account_id":"a"}"#);
+        assert_eq!(f.event.as_deref(), Some("refund"));
+        assert_eq!(f.account_id.as_deref(), Some("a"));
+        assert_eq!(rejected_fields(b"nope"), RejectedFields::default());
+    }
+}

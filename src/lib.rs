@@ -1,0 +1,33 @@
+//! webhook-dispatcher: events published on RabbitMQ become signed webhook deliveries.
+//!
+//! ```text
+//! producers ─► EVENTS_EXCHANGE ─► P.events ─► dispatcher ─► match (in-memory index) ─► POST
+//!                                   ▲              │ failed attempt n
+//!                                   └─ TTL ── P.retry.<delay n> ◄┘
+//!                                                  │ out of attempts / invalid input
+//!                                                  ▼
+//!                                               P.dead ─► DLQ logger ─► store (delivery log)
+//! ```
+//! `app` wires it; `broker` owns the AMQP side, `dispatcher` the consume → deliver → retry
+//! loop, `delivery` the HTTP attempt, `retry` the next step, `dlq` persistence of dead letters,
+//! `store` SQLite/PostgreSQL, `api` the admin HTTP API.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod delivery;
+pub mod dispatcher;
+pub mod dlq;
+pub mod event;
+pub mod metrics;
+pub mod retry;
+pub mod store;
+pub mod subscriptions;
+pub mod telemetry;
+pub mod time;
+pub mod wire;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,46 @@
+//! The door: parse the command line, start telemetry, hand over to [`webhook_dispatcher::App`].
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use webhook_dispatcher::{App, Config, telemetry};
+
+#[derive(Parser)]
+#[command(name = "webhook-dispatcher", version, about = "Delivers RabbitMQ events to customers' webhooks: signed, retried at 2/4/8 s, dead-lettered into a delivery log.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole service: consumer, delivery, retries, DLQ logger and admin API.
+    Serve(Box<Config>),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { command: Command::Serve(cfg) } = Cli::parse();
+    telemetry::init(cfg.log_format);
+    let app = App::build(*cfg).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+/// Cancels `token` on SIGTERM or ctrl-c.
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

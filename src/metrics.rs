@@ -1,0 +1,137 @@
+//! The Prometheus registry and the small functions that count and log together, so a failure
+//! is one call. Each `App` owns its registry: several apps in one test process do not collide.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub delivery_attempts: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub retries_scheduled: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub dead_letters_persisted: IntCounter,
+    pub in_flight: IntGauge,
+    pub broker_connected: IntGauge,
+    pub queue_messages: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let events_consumed = counter_vec(
+            "webhook_events_consumed_total",
+            "Valid events consumed from the events queue.",
+            &["event"],
+        );
+        let events_rejected = counter_vec(
+            "webhook_events_rejected_total",
+            "Inbound messages rejected as invalid and dead-lettered.",
+            &["reason"],
+        );
+        let delivery_attempts = counter_vec(
+            "webhook_delivery_attempts_total",
+            "HTTP delivery attempts by outcome.",
+            &["event", "outcome"],
+        );
+        let retries_scheduled = counter_vec(
+            "webhook_retries_scheduled_total",
+            "Failed deliveries published to a delay queue.",
+            &["delay"],
+        );
+        let dead_letters = counter_vec(
+            "webhook_dead_letters_total",
+            "Deliveries and messages published to the dead-letter queue.",
+            &["event", "reason"],
+        );
+        let delivery_duration = HistogramVec::new(
+            HistogramOpts::new("webhook_delivery_duration_seconds", "Duration of one HTTP delivery attempt.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["event"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(delivery_duration.clone())).expect("unique metric");
+        let dead_letters_persisted =
+            IntCounter::new("webhook_dead_letters_persisted_total", "Dead letters committed to the delivery log.")
+                .expect("valid metric");
+        registry.register(Box::new(dead_letters_persisted.clone())).expect("unique metric");
+        let in_flight = IntGauge::new("webhook_deliveries_in_flight", "HTTP delivery attempts under way.")
+            .expect("valid metric");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let broker_connected =
+            IntGauge::new("webhook_broker_connected", "1 while the broker connection is up, else 0.")
+                .expect("valid metric");
+        registry.register(Box::new(broker_connected.clone())).expect("unique metric");
+        let queue_messages = IntGaugeVec::new(
+            Opts::new("webhook_queue_messages", "Messages ready in each queue, sampled."),
+            &["queue"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(queue_messages.clone())).expect("unique metric");
+
+        Metrics {
+            registry,
+            events_consumed,
+            events_rejected,
+            delivery_attempts,
+            delivery_duration,
+            retries_scheduled,
+            dead_letters,
+            dead_letters_persisted,
+            in_flight,
+            broker_connected,
+            queue_messages,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("Prometheus text is UTF-8")
+    }
+
+    pub fn event_consumed(&self, event: &str) {
+        self.events_consumed.with_label_values(&[event]).inc();
+    }
+
+    pub fn event_rejected(&self, reason: &str, detail: &str) {
+        self.events_rejected.with_label_values(&[reason]).inc();
+        tracing::warn!(reason, detail, "inbound message rejected");
+    }
+
+    pub fn attempt_finished(&self, event: &str, outcome: &str, seconds: f64) {
+        self.delivery_attempts.with_label_values(&[event, outcome]).inc();
+        self.delivery_duration.with_label_values(&[event]).observe(seconds);
+    }
+
+    pub fn retry_scheduled(&self, delay: &str) {
+        self.retries_scheduled.with_label_values(&[delay]).inc();
+        tracing::info!(delay, "retry scheduled");
+    }
+
+    pub fn dead_lettered(&self, event: &str, reason: &str) {
+        self.dead_letters.with_label_values(&[event, reason]).inc();
+        tracing::warn!(event, reason, "dead-lettered");
+    }
+
+    pub fn broker_up(&self, up: bool) {
+        self.broker_connected.set(i64::from(up));
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

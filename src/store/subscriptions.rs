@@ -1,0 +1,179 @@
+//! Subscription rows.
+
+// Dynamic SQL here only splices constants and numbered placeholders; every value is bound.
+use sqlx::{AssertSqlSafe, Row};
+use sqlx::any::AnyRow;
+
+use super::{Page, Store, StoreError};
+use crate::delivery::SigningKey;
+use crate::subscriptions::{EventSet, Subscription};
+use crate::time::now_rfc3339;
+
+/// A validated subscription to create.
+#[derive(Debug)]
+pub struct NewSubscription {
+    pub account_id: String,
+    pub url: url::Url,
+    pub events: EventSet,
+    pub enabled: bool,
+    pub description: Option<String>,
+}
+
+/// A validated change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct SubscriptionPatch {
+    pub url: Option<url::Url>,
+    pub events: Option<EventSet>,
+    pub enabled: Option<bool>,
+    pub description: Option<Option<String>>,
+}
+
+const COLUMNS: &str = "id, account_id, url, events, enabled, description, secret, created_at, updated_at";
+
+impl Store {
+    pub async fn create_subscription(&self, new: NewSubscription) -> Result<Subscription, StoreError> {
+        let now = now_rfc3339();
+        let sub = Subscription {
+            id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+            account_id: new.account_id,
+            url: new.url.to_string(),
+            events: new.events,
+            enabled: new.enabled,
+            description: new.description,
+            secret: SigningKey::generate(),
+            parsed_url: new.url,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        sqlx::query(
+            "INSERT INTO subscriptions (id, account_id, url, events, enabled, description, secret, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&sub.id)
+        .bind(&sub.account_id)
+        .bind(&sub.url)
+        .bind(events_json(sub.events))
+        .bind(i64::from(sub.enabled))
+        .bind(&sub.description)
+        .bind(sub.secret.expose())
+        .bind(&sub.created_at)
+        .bind(&sub.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(sub)
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM subscriptions WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Subscriptions in creation order, optionally of one account, after `cursor` (an id).
+    pub async fn list_subscriptions(
+        &self,
+        account_id: Option<&str>,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> Result<Page<Subscription>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE id > $1");
+        if account_id.is_some() {
+            sql.push_str(" AND account_id = $2");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(cursor.unwrap_or(""));
+        if let Some(account) = account_id {
+            query = query.bind(account);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM subscriptions")))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Applies `patch`; `None` if there is no such subscription.
+    pub async fn update_subscription(
+        &self,
+        id: &str,
+        patch: SubscriptionPatch,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let Some(mut sub) = self.subscription(id).await? else {
+            return Ok(None);
+        };
+        if let Some(url) = patch.url {
+            sub.url = url.to_string();
+            sub.parsed_url = url;
+        }
+        if let Some(events) = patch.events {
+            sub.events = events;
+        }
+        if let Some(enabled) = patch.enabled {
+            sub.enabled = enabled;
+        }
+        if let Some(description) = patch.description {
+            sub.description = description;
+        }
+        sub.updated_at = now_rfc3339();
+        let done = sqlx::query(
+            "UPDATE subscriptions SET url = $1, events = $2, enabled = $3, description = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(&sub.url)
+        .bind(events_json(sub.events))
+        .bind(i64::from(sub.enabled))
+        .bind(&sub.description)
+        .bind(&sub.updated_at)
+        .bind(&sub.id)
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then_some(sub))
+    }
+
+    /// Deletes a subscription; `false` if there was none.
+    pub async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn events_json(events: EventSet) -> String {
+    serde_json::to_string(&events.names()).expect("names serialise")
+}
+
+fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |detail: String| StoreError::Corrupt { id: id.clone(), detail };
+    let events_text: String = row.try_get("events")?;
+    let names: Vec<String> = serde_json::from_str(&events_text).map_err(|e| corrupt(format!("events: {e}")))?;
+    let events = EventSet::parse(&names).map_err(corrupt)?;
+    let url: String = row.try_get("url")?;
+    let parsed_url = url::Url::parse(&url).map_err(|e| corrupt(format!("url: {e}")))?;
+    let secret_text: String = row.try_get("secret")?;
+    let secret = SigningKey::parse(&secret_text).map_err(|e| corrupt(e.to_string()))?;
+    let enabled: i64 = row.try_get("enabled")?;
+    Ok(Subscription {
+        id: id.clone(),
+        account_id: row.try_get("account_id")?,
+        url,
+        events,
+        enabled: enabled != 0,
+        description: row.try_get("description")?,
+        secret,
+        parsed_url,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}

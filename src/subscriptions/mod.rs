@@ -1,0 +1,155 @@
+//! Subscriptions: the domain type, its validation, and the in-memory index the dispatcher
+//! matches against (no store query per event).
+
+mod index;
+
+use serde::Serialize;
+
+pub use index::SubscriptionIndex;
+
+use crate::delivery::SigningKey;
+use crate::event::EventKind;
+
+/// Which events a subscription selected: a bit per [`EventKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSet(u8);
+
+impl EventSet {
+    pub const ALL: EventSet = EventSet(0b11_1111);
+
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & bit(kind) != 0
+    }
+
+    /// Parses the API form: `["*"]` or a non-empty list of known event names.
+    pub fn parse(names: &[String]) -> Result<EventSet, String> {
+        if names.is_empty() {
+            return Err("events must list at least one event, or [\"*\"] for all".into());
+        }
+        if names.iter().any(|n| n == "*") {
+            if names.len() > 1 {
+                return Err("\"*\" already selects every event; list it alone".into());
+            }
+            return Ok(EventSet::ALL);
+        }
+        let mut set = 0u8;
+        for name in names {
+            let kind = EventKind::parse(name).ok_or_else(|| {
+                format!(
+                    "unknown event {name:?}; expected \"*\" or some of purchase, identify, goal_achieved, enterprise_alert, visitor_enriched, high_intent_visitor"
+                )
+            })?;
+            set |= bit(kind);
+        }
+        Ok(EventSet(set))
+    }
+
+    /// The API form: `["*"]` for all, else the names in a fixed order.
+    pub fn names(self) -> Vec<String> {
+        if self == EventSet::ALL {
+            return vec!["*".to_string()];
+        }
+        EventKind::ALL.into_iter().filter(|k| self.contains(*k)).map(|k| k.as_str().to_string()).collect()
+    }
+}
+
+fn bit(kind: EventKind) -> u8 {
+    1 << (kind as u8)
+}
+
+/// A stored subscription. `secret` is never serialised; the API adds it where the contract says.
+#[derive(Clone, Debug, Serialize)]
+pub struct Subscription {
+    pub id: String,
+    pub account_id: String,
+    pub url: String,
+    #[serde(serialize_with = "serialize_events")]
+    pub events: EventSet,
+    pub enabled: bool,
+    pub description: Option<String>,
+    #[serde(skip)]
+    pub secret: SigningKey,
+    #[serde(skip)]
+    pub parsed_url: url::Url,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn serialize_events<S: serde::Serializer>(events: &EventSet, s: S) -> Result<S::Ok, S::Error> {
+    events.names().serialize(s)
+}
+
+/// Checks an endpoint URL: absolute, http or https, a host, no credentials, at most 2,048 bytes.
+pub fn validate_url(raw: &str) -> Result<url::Url, String> {
+    if raw.len() > 2048 {
+        return Err("url must be at most 2048 characters".into());
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("url {raw:?} is not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("url must use http or https, not {:?}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("url must have a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("url must not contain credentials; the payload is signed instead".into());
+    }
+    if url.fragment().is_some() {
+        return Err("url must not have a #fragment".into());
+    }
+    Ok(url)
+}
+
+/// Checks an account id: 1 to 200 characters, no control characters.
+pub fn validate_account(raw: &str) -> Result<(), String> {
+    if raw.trim().is_empty() {
+        return Err("account_id must not be empty".into());
+    }
+    if raw.len() > 200 || raw.chars().any(char::is_control) {
+        return Err("account_id must be at most 200 characters without control characters".into());
+    }
+    Ok(())
+}
+
+/// Checks a description: at most 1,000 characters.
+pub fn validate_description(raw: &str) -> Result<(), String> {
+    if raw.chars().count() > 1000 {
+        return Err("description must be at most 1000 characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn event_sets_parse_match_and_print_back() {
+        let set = EventSet::parse(&names(&["identify", "purchase"])).unwrap();
+        assert!(set.contains(EventKind::Purchase) && set.contains(EventKind::Identify));
+        assert!(!set.contains(EventKind::GoalAchieved));
+        assert_eq!(set.names(), ["purchase", "identify"]);
+        let all = EventSet::parse(&names(&["*"])).unwrap();
+        assert!(EventKind::ALL.iter().all(|k| all.contains(*k)));
+        assert_eq!(all.names(), ["*"]);
+    }
+
+    #[test]
+    fn bad_event_lists_say_what_is_wrong() {
+        assert!(EventSet::parse(&[]).unwrap_err().contains("at least one"));
+        assert!(EventSet::parse(&names(&["refund"])).unwrap_err().contains("refund"));
+        assert!(EventSet::parse(&names(&["*", "purchase"])).unwrap_err().contains("alone"));
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http_without_credentials() {
+        assert!(validate_url("https://example.com/hooks?x=1").is_ok());
+        for bad in ["example.com/hook", "ftp://example.com/", "https://u:p@example.com/", "/relative", "https://example.com/#frag"] {
+            assert!(validate_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Messages the service itself puts on the broker: delivery tasks (retries and replays, on the
+//! delay queues and back on `P.events`) and dead letters (on `P.dead`). Producers never see these.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::delivery::AttemptRecord;
+
+/// AMQP header that marks a message on `P.events` as a [`DeliveryTask`] rather than an inbound
+/// event. Producers publish to the exchange and never set it.
+pub const TASK_HEADER: &str = "x-webhook-task";
+
+/// One (event, subscription) delivery still to be attempted. The signing secret and URL are
+/// not carried: they are looked up when the attempt is made, so a fixed URL or a rotated secret
+/// applies to pending retries too, and no secret ever sits in a queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryTask {
+    pub event_id: String,
+    pub account_id: String,
+    pub subscription_id: String,
+    pub event: String,
+    /// The exact outbound body.
+    pub body: String,
+    /// Earlier attempts, oldest first; the next attempt's number is `attempts.len() + 1`.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl DeliveryTask {
+    pub fn next_attempt(&self) -> u32 {
+        self.attempts.len() as u32 + 1
+    }
+}
+
+/// A delivery or inbound message given up on, as published to `P.dead` and persisted by the DLQ
+/// logger. `id` is fixed when the dead letter is published, so a redelivered copy is stored once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_id: String,
+    pub account_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub url: Option<String>,
+    pub event: Option<String>,
+    /// The delivered body, or the raw inbound message (a JSON string when it was not JSON).
+    pub payload: Box<RawValue>,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    pub dead_lettered_at: String,
+}
+
+/// The raw message as JSON: itself when it is JSON, else a JSON string of its (lossy) text.
+pub fn raw_payload(raw: &[u8]) -> Box<RawValue> {
+    if let Ok(text) = std::str::from_utf8(raw)
+        && let Ok(value) = serde_json::from_str::<Box<RawValue>>(text)
+    {
+        return value;
+    }
+    let text = String::from_utf8_lossy(raw);
+    RawValue::from_string(serde_json::to_string(&text).expect("a string serialises"))
+        .expect("a serialised string is JSON")
+}
+
+/// A new dead-letter id; time-ordered, so ordering by id is ordering by dead-letter time.
+pub fn new_dead_letter_id() -> String {
+    format!("dl_{}", uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payload_keeps_json_and_quotes_the_rest() {
+        assert_eq!(raw_payload(br#"{"a":1.50}"#).get(), r#"{"a":1.50}"#);
+        assert_eq!(raw_payload(b"not json").get(), r#""not json""#);
+        assert_eq!(raw_payload(&[0xff, b'a']).get(), "\"\u{fffd}a\"");
+    }
+
+    #[test]
+    fn dead_letter_ids_sort_by_time() {
+        let a = new_dead_letter_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_dead_letter_id();
+        assert!(a < b, "{a} < {b}");
+    }
+}
