@@ -46,11 +46,17 @@ impl App {
     /// binds the API port. Does not need the broker: that connection is made (and remade) by `run`.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         cfg.validate()?;
-        let store = Store::connect(&cfg.database_url)
-            .await
-            .with_context(|| format!("opening the store at {}", crate::config::redact_url(&cfg.database_url)))?;
+        let store = Store::connect(&cfg.database_url).await.with_context(|| {
+            format!(
+                "opening the store at {}",
+                crate::config::redact_url(&cfg.database_url)
+            )
+        })?;
         let index = Arc::new(SubscriptionIndex::default());
-        index.reload(&store).await.context("loading subscriptions")?;
+        index
+            .reload(&store)
+            .await
+            .context("loading subscriptions")?;
         let broker = Broker::new(&cfg)?;
         let metrics = Metrics::new();
         let deliverer = Deliverer::new(cfg.delivery_timeout, cfg.allow_private_targets)?;
@@ -66,12 +72,23 @@ impl App {
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
-        Ok(App { cfg, listener: Some(listener), store, broker, index, metrics, dispatcher })
+        Ok(App {
+            cfg,
+            listener: Some(listener),
+            store,
+            broker,
+            index,
+            metrics,
+            dispatcher,
+        })
     }
 
     /// The address the admin API listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok()).expect("bound listener has an address")
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .expect("bound listener has an address")
     }
 
     /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight deliveries finish
@@ -92,7 +109,9 @@ impl App {
             let router = api::router(api_state);
             let listener = self.listener.take().expect("run is called once");
             tokio::spawn(async move {
-                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
             })
         };
         tracing::info!(addr = %self.cfg.listen_addr, config = ?self.cfg, "webhook-dispatcher started");
@@ -104,15 +123,25 @@ impl App {
             shutdown.clone(),
         ));
         let tracker = TaskTracker::new();
-        let result = self.broker_loop(&tracker, &shutdown).await;
+        let (result, last_session) = match self.broker_loop(&tracker, &shutdown).await {
+            Ok(session) => (Ok(()), session),
+            Err(e) => (Err(e), None),
+        };
 
-        // Let in-flight deliveries finish (they may still publish retries), then close.
+        // Let in-flight deliveries finish (they may still publish retries and must ack on the
+        // session's still-open channels), then close.
         tracker.close();
-        if tokio::time::timeout(self.cfg.shutdown_grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.cfg.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace = ?self.cfg.shutdown_grace,
                 "in-flight deliveries did not finish within the grace period; their messages return to the queue unacked"
             );
+        }
+        if let Some(session) = last_session {
+            session.close().await;
         }
         self.broker.close().await;
         self.metrics.broker_up(false);
@@ -124,11 +153,17 @@ impl App {
         result
     }
 
-    async fn broker_loop(&self, tracker: &TaskTracker, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// Runs sessions until shutdown; returns the live session (if any) so its channels stay open
+    /// while in-flight deliveries ack.
+    async fn broker_loop(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Session>> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let opened = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(None),
                 opened = self.broker.open_session() => opened,
             };
             let session = match opened {
@@ -138,7 +173,7 @@ impl App {
                     self.metrics.broker_up(false);
                     tracing::warn!(error = %e, retry_in = ?backoff, "broker unavailable");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -148,9 +183,10 @@ impl App {
             backoff = Duration::from_millis(100);
             self.metrics.broker_up(true);
             tracing::info!("connected to the broker; consuming");
-            self.run_session(session, tracker, shutdown).await;
+            self.run_session(&session, tracker, shutdown).await;
             if shutdown.is_cancelled() {
-                return Ok(());
+                session.cancel_consumers().await;
+                return Ok(Some(session));
             }
             self.metrics.broker_up(false);
             self.broker.disconnected();
@@ -159,31 +195,59 @@ impl App {
     }
 
     /// Consumes on one session until its connection is lost or shutdown begins.
-    async fn run_session(&self, session: Session, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    async fn run_session(
+        &self,
+        session: &Session,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
         let stop = shutdown.child_token();
-        let Session { events, dead, sample_channel, .. } = &session;
-        let dispatch = self.dispatcher.clone().consume(events.clone(), tracker.clone(), stop.clone());
-        let log = dlq::run(dead.clone(), self.store.clone(), self.metrics.clone(), stop.clone());
-        let sample = sample_queues(sample_channel.clone(), self.broker.topology.queues(), self.metrics.clone());
+        let Session {
+            events,
+            dead,
+            sample_channel,
+            ..
+        } = session;
+        let dispatch =
+            self.dispatcher
+                .clone()
+                .consume(events.clone(), tracker.clone(), stop.clone());
+        let log = dlq::run(
+            dead.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        );
+        let sample = sample_queues(
+            sample_channel.clone(),
+            self.broker.topology.queues(),
+            self.metrics.clone(),
+        );
         tokio::select! {
             _ = dispatch => {}
             _ = log => {}
             _ = sample => {}
         }
         stop.cancel();
-        if shutdown.is_cancelled() {
-            session.cancel_consumers().await;
-        }
     }
 }
 
 /// Samples every queue's ready-message count; returns when the channel fails.
 async fn sample_queues(channel: lapin::Channel, queues: Vec<&str>, metrics: Metrics) {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
     loop {
         for queue in &queues {
-            match channel.queue_declare((*queue).into(), passive, FieldTable::default()).await {
-                Ok(q) => metrics.queue_messages.with_label_values(&[queue]).set(i64::from(q.message_count())),
+            match channel
+                .queue_declare((*queue).into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => metrics
+                    .queue_messages
+                    .with_label_values(&[queue])
+                    .set(i64::from(q.message_count())),
                 Err(e) => {
                     tracing::warn!(error = %e, queue, "queue sampling stopped");
                     return;
@@ -195,7 +259,12 @@ async fn sample_queues(channel: lapin::Channel, queues: Vec<&str>, metrics: Metr
 }
 
 /// Reloads the subscription index periodically, picking up changes made by other instances.
-async fn refresh_index(index: Arc<SubscriptionIndex>, store: Store, every: Duration, stop: CancellationToken) {
+async fn refresh_index(
+    index: Arc<SubscriptionIndex>,
+    store: Store,
+    every: Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -11,12 +11,20 @@ use clap::{Args, ValueEnum};
 #[derive(Clone, Args)]
 pub struct Config {
     /// RabbitMQ connection URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Store for subscriptions and the delivery log: `sqlite://FILE` (created if missing) or
     /// `postgres://…` for a store shared by several instances.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://webhook-dispatcher.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://webhook-dispatcher.db"
+    )]
     pub database_url: String,
 
     /// Address of the admin API, `/metrics` and the health checks. Port 0 picks a free port.
@@ -86,13 +94,19 @@ impl Config {
             return Err(ConfigError::WeakToken);
         }
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
-            return Err(ConfigError::Invalid("QUEUE_PREFIX must be 1 to 200 characters".into()));
+            return Err(ConfigError::Invalid(
+                "QUEUE_PREFIX must be 1 to 200 characters".into(),
+            ));
         }
         if self.events_exchange.is_empty() || self.events_exchange.len() > 255 {
-            return Err(ConfigError::Invalid("EVENTS_EXCHANGE must be 1 to 255 characters".into()));
+            return Err(ConfigError::Invalid(
+                "EVENTS_EXCHANGE must be 1 to 255 characters".into(),
+            ));
         }
         if self.delivery_timeout.is_zero() {
-            return Err(ConfigError::Invalid("DELIVERY_TIMEOUT must be above zero".into()));
+            return Err(ConfigError::Invalid(
+                "DELIVERY_TIMEOUT must be above zero".into(),
+            ));
         }
         Ok(())
     }
@@ -185,7 +199,8 @@ impl From<String> for Secret {
 pub struct RetryDelays(pub Vec<Duration>);
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim()).map_err(|e| format!("{raw:?} is not a duration like 10s or 500ms: {e}"))
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{raw:?} is not a duration like 10s or 500ms: {e}"))
 }
 
 fn parse_delays(raw: &str) -> Result<RetryDelays, String> {
@@ -197,8 +212,13 @@ fn parse_delays(raw: &str) -> Result<RetryDelays, String> {
         .split(',')
         .map(parse_duration)
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(bad) = delays.iter().find(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128) {
-        return Err(format!("retry delay {bad:?} must be between 1ms and about 49 days"));
+    if let Some(bad) = delays
+        .iter()
+        .find(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128)
+    {
+        return Err(format!(
+            "retry delay {bad:?} must be between 1ms and about 49 days"
+        ));
     }
     if delays.len() > 20 {
         return Err("at most 20 retry delays".into());
@@ -215,7 +235,11 @@ fn parse_delays(raw: &str) -> Result<RetryDelays, String> {
 /// The short name of a delay used in queue names and metric labels: `2s`, `500ms`.
 pub fn delay_label(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 #[cfg(test)]
@@ -225,7 +249,14 @@ mod tests {
     #[test]
     fn delays_parse_in_order_and_label_like_queue_names() {
         let d = parse_delays("2s, 4s,8s").unwrap();
-        assert_eq!(d.0, vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)]);
+        assert_eq!(
+            d.0,
+            vec![
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+                Duration::from_secs(8)
+            ]
+        );
         let labels: Vec<_> = d.0.iter().map(|d| delay_label(*d)).collect();
         assert_eq!(labels, ["2s", "4s", "8s"]);
         assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
@@ -241,7 +272,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password_in_debug_output() {
-        assert_eq!(redact_url("amqp://guest:hunter2@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 }

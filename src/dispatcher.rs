@@ -46,7 +46,12 @@ struct EventRef<'a> {
 impl Dispatcher {
     /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost),
     /// handling each in its own task on `tracker`.
-    pub async fn consume(self: Arc<Self>, mut consumer: lapin::Consumer, tracker: TaskTracker, stop: CancellationToken) {
+    pub async fn consume(
+        self: Arc<Self>,
+        mut consumer: lapin::Consumer,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) {
         loop {
             let next = tokio::select! {
                 biased;
@@ -83,14 +88,21 @@ impl Dispatcher {
                 // a broker in trouble is not hammered with the same message.
                 tracing::error!(error = %e, "could not hand the message on; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
                 let _ = delivery.acker.nack(requeue).await;
             }
         }
     }
 
     async fn handle_event(&self, delivery: &Delivery) -> Result<(), BrokerError> {
-        let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str());
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str());
         let event = match event::parse(&delivery.data, message_id) {
             Ok(event) => event,
             Err(err) => {
@@ -98,7 +110,9 @@ impl Dispatcher {
                 let fields = event::rejected_fields(&delivery.data);
                 let dead = DeadLetter {
                     id: new_dead_letter_id(),
-                    event_id: message_id.map(str::to_string).unwrap_or_else(|| event::derived_id(&delivery.data)),
+                    event_id: message_id
+                        .map(str::to_string)
+                        .unwrap_or_else(|| event::derived_id(&delivery.data)),
                     account_id: fields.account_id,
                     subscription_id: None,
                     url: None,
@@ -118,7 +132,12 @@ impl Dispatcher {
             tracing::debug!(event_id = %event.id, account_id = %event.account_id, "no subscription matches");
             return Ok(());
         }
-        let ev = EventRef { id: &event.id, account_id: &event.account_id, event: event.kind.as_str(), body: &event.body };
+        let ev = EventRef {
+            id: &event.id,
+            account_id: &event.account_id,
+            event: event.kind.as_str(),
+            body: &event.body,
+        };
         let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new()))).await;
         results.into_iter().collect()
     }
@@ -154,15 +173,36 @@ impl Dispatcher {
                 }
             },
         };
-        let ev = EventRef { id: &task.event_id, account_id: &task.account_id, event: &task.event, body: &task.body };
+        let ev = EventRef {
+            id: &task.event_id,
+            account_id: &task.account_id,
+            event: &task.event,
+            body: &task.body,
+        };
         match sub {
             Some(sub) if sub.enabled && sub.account_id == task.account_id => {
                 self.deliver(&ev, &sub, task.attempts).await
             }
             Some(sub) if sub.account_id == task.account_id => {
-                self.give_up(&ev, &task.subscription_id, Some(&sub.url), task.attempts, "subscription_disabled").await
+                self.give_up(
+                    &ev,
+                    &task.subscription_id,
+                    Some(&sub.url),
+                    task.attempts,
+                    "subscription_disabled",
+                )
+                .await
             }
-            _ => self.give_up(&ev, &task.subscription_id, None, task.attempts, "subscription_deleted").await,
+            _ => {
+                self.give_up(
+                    &ev,
+                    &task.subscription_id,
+                    None,
+                    task.attempts,
+                    "subscription_deleted",
+                )
+                .await
+            }
         }
     }
 
@@ -186,10 +226,16 @@ impl Dispatcher {
             let (outcome, record) = {
                 let _permit = self.limit.acquire().await.expect("semaphore never closed");
                 let _gauge = InFlight::new(&self.metrics);
-                self.deliverer.attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number).await
+                self.deliverer
+                    .attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number)
+                    .await
             };
             Span::current().record("outcome", outcome.label());
-            self.metrics.attempt_finished(ev.event, outcome.label(), record.duration_ms as f64 / 1000.0);
+            self.metrics.attempt_finished(
+                ev.event,
+                outcome.label(),
+                record.duration_ms as f64 / 1000.0,
+            );
             log_outcome(&outcome, &record);
             attempts.push(record);
             match next_step(&outcome, number, self.topology.retries.len()) {
@@ -206,11 +252,16 @@ impl Dispatcher {
                     };
                     let body = serde_json::to_vec(&task).expect("task serialises");
                     let props = json_props(ev.id, &[(TASK_HEADER, "delivery")]);
-                    self.publisher.publish_retrying(Route::queue(&queue.name), &body, props).await?;
+                    self.publisher
+                        .publish_retrying(Route::queue(&queue.name), &body, props)
+                        .await?;
                     self.metrics.retry_scheduled(&queue.label);
                     Ok(())
                 }
-                Next::Exhausted => self.give_up(ev, &sub.id, Some(&sub.url), attempts, "exhausted").await,
+                Next::Exhausted => {
+                    self.give_up(ev, &sub.id, Some(&sub.url), attempts, "exhausted")
+                        .await
+                }
             }
         }
         .instrument(span)
@@ -244,8 +295,11 @@ impl Dispatcher {
     async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(dead).expect("dead letter serialises");
         let props = json_props(&dead.id, &[]);
-        self.publisher.publish_retrying(Route::queue(&self.topology.dead), &body, props).await?;
-        self.metrics.dead_lettered(dead.event.as_deref().unwrap_or("unknown"), &dead.reason);
+        self.publisher
+            .publish_retrying(Route::queue(&self.topology.dead), &body, props)
+            .await?;
+        self.metrics
+            .dead_lettered(dead.event.as_deref().unwrap_or("unknown"), &dead.reason);
         Ok(())
     }
 }

@@ -15,7 +15,12 @@ use crate::store::Store;
 use crate::time::now_rfc3339;
 use crate::wire::{DeadLetter, new_dead_letter_id, raw_payload};
 
-pub async fn run(mut consumer: lapin::Consumer, store: Store, metrics: Metrics, stop: CancellationToken) {
+pub async fn run(
+    mut consumer: lapin::Consumer,
+    store: Store,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     loop {
         let next = tokio::select! {
             biased;
@@ -76,7 +81,9 @@ fn read(data: &[u8]) -> DeadLetter {
             event: None,
             payload: raw_payload(data),
             reason: "unreadable".into(),
-            detail: Some(format!("message in the dead-letter queue is not a dead letter: {e}")),
+            detail: Some(format!(
+                "message in the dead-letter queue is not a dead letter: {e}"
+            )),
             attempts: Vec::new(),
             dead_lettered_at: now_rfc3339(),
         },

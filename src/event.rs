@@ -73,7 +73,9 @@ pub enum EventError {
     TooLarge(usize),
     #[error("message is not a JSON object: {0}")]
     InvalidJson(String),
-    #[error("unknown event {0:?}; expected one of purchase, identify, goal_achieved, enterprise_alert, visitor_enriched, high_intent_visitor")]
+    #[error(
+        "unknown event {0:?}; expected one of purchase, identify, goal_achieved, enterprise_alert, visitor_enriched, high_intent_visitor"
+    )]
     UnknownEvent(String),
     #[error("{0}")]
     InvalidEvent(String),
@@ -137,25 +139,31 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
     let event_name = required_string(env.event, "event")?;
     let kind = EventKind::parse(&event_name).ok_or(EventError::UnknownEvent(event_name))?;
     let account_id = required_string(env.account_id, "account_id")?;
-    let timestamp_raw = env
-        .timestamp
-        .ok_or_else(|| missing("timestamp"))?;
+    let timestamp_raw = env.timestamp.ok_or_else(|| missing("timestamp"))?;
     let timestamp: String = string_value(timestamp_raw, "timestamp")?;
     chrono::DateTime::parse_from_rfc3339(&timestamp).map_err(|e| {
         EventError::InvalidEvent(format!("timestamp {timestamp:?} is not RFC 3339: {e}"))
     })?;
     let data = env.data.ok_or_else(|| missing("data"))?;
     if !data.get().trim_start().starts_with('{') {
-        return Err(EventError::InvalidEvent("data must be a JSON object".into()));
+        return Err(EventError::InvalidEvent(
+            "data must be a JSON object".into(),
+        ));
     }
     let head: DataHead = serde_json::from_str(data.get())
         .map_err(|e| EventError::InvalidEvent(format!("data: {e}")))?;
     match head.visitor_id {
         Some(serde_json::Value::String(v)) if !v.trim().is_empty() => {}
         Some(serde_json::Value::String(_)) => {
-            return Err(EventError::InvalidEvent("data.visitor_id must not be empty".into()));
+            return Err(EventError::InvalidEvent(
+                "data.visitor_id must not be empty".into(),
+            ));
         }
-        Some(_) => return Err(EventError::InvalidEvent("data.visitor_id must be a string".into())),
+        Some(_) => {
+            return Err(EventError::InvalidEvent(
+                "data.visitor_id must be a string".into(),
+            ));
+        }
         None => return Err(missing("data.visitor_id")),
     }
 
@@ -178,7 +186,12 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
         timestamp_raw.get(),
         data.get()
     );
-    Ok(Event { id, kind, account_id, body })
+    Ok(Event {
+        id,
+        kind,
+        account_id,
+        body,
+    })
 }
 
 /// Best-effort extraction of `event` and `account_id` from a message that failed validation.
@@ -189,7 +202,10 @@ pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
         account_id: Option<String>,
     }
     match serde_json::from_slice::<Loose>(raw) {
-        Ok(l) => RejectedFields { event: l.event, account_id: l.account_id },
+        Ok(l) => RejectedFields {
+            event: l.event,
+            account_id: l.account_id,
+        },
         Err(_) => RejectedFields::default(),
     }
 }
@@ -208,7 +224,9 @@ fn missing(field: &str) -> EventError {
 fn required_string(raw: Option<&RawValue>, field: &str) -> Result<String, EventError> {
     let value = string_value(raw.ok_or_else(|| missing(field))?, field)?;
     if value.trim().is_empty() {
-        return Err(EventError::InvalidEvent(format!("{field} must not be empty")));
+        return Err(EventError::InvalidEvent(format!(
+            "{field} must not be empty"
+        )));
     }
     Ok(value)
 }
@@ -220,10 +238,14 @@ fn string_value(raw: &RawValue, field: &str) -> Result<String, EventError> {
 
 fn check_id(id: &str) -> Result<(), EventError> {
     if id.is_empty() || id.len() > 200 {
-        return Err(EventError::InvalidEvent("id must be 1 to 200 characters".into()));
+        return Err(EventError::InvalidEvent(
+            "id must be 1 to 200 characters".into(),
+        ));
     }
     if id.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(EventError::InvalidEvent("id must not contain spaces or control characters".into()));
+        return Err(EventError::InvalidEvent(
+            "id must not contain spaces or control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -260,24 +282,60 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("not json", "invalid_json"),
             ("[1,2]", "invalid_json"),
-            (r#"{"event":"refund","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#, "unknown_event"),
-            (r#"{"timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"","data":{"visitor_id":"v"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"yesterday","account_id":"a","data":{"visitor_id":"v"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a"}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":[1]}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"email":"x"}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":7}}"#, "invalid_event"),
-            (r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":7,"data":{"visitor_id":"v"}}"#, "invalid_event"),
+            (
+                r#"{"event":"refund","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#,
+                "unknown_event",
+            ),
+            (
+                r#"{"timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"","data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","account_id":"a","data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"yesterday","account_id":"a","data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a"}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":[1]}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"email":"x"}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"a","data":{"visitor_id":7}}"#,
+                "invalid_event",
+            ),
+            (
+                r#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":7,"data":{"visitor_id":"v"}}"#,
+                "invalid_event",
+            ),
         ];
         for (input, reason) in cases {
             let err = parse(input.as_bytes(), None).expect_err(input);
             assert_eq!(err.reason(), *reason, "{input}: {err}");
         }
         let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_EVENT_BYTES));
-        assert_eq!(parse(big.as_bytes(), None).unwrap_err().reason(), "too_large");
+        assert_eq!(
+            parse(big.as_bytes(), None).unwrap_err().reason(),
+            "too_large"
+        );
     }
 
     #[test]

@@ -5,7 +5,11 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::{App, Config, telemetry};
 
 #[derive(Parser)]
-#[command(name = "webhook-dispatcher", version, about = "Delivers RabbitMQ events to customers' webhooks: signed, retried at 2/4/8 s, dead-lettered into a delivery log.")]
+#[command(
+    name = "webhook-dispatcher",
+    version,
+    about = "Delivers RabbitMQ events to customers' webhooks: signed, retried at 2/4/8 s, dead-lettered into a delivery log."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +23,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve(cfg) } = Cli::parse();
+    let Cli {
+        command: Command::Serve(cfg),
+    } = Cli::parse();
     telemetry::init(cfg.log_format);
     let app = App::build(*cfg).await?;
     let shutdown = CancellationToken::new();

@@ -26,7 +26,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let events_consumed = counter_vec(
@@ -55,29 +57,54 @@ impl Metrics {
             &["event", "reason"],
         );
         let delivery_duration = HistogramVec::new(
-            HistogramOpts::new("webhook_delivery_duration_seconds", "Duration of one HTTP delivery attempt.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "webhook_delivery_duration_seconds",
+                "Duration of one HTTP delivery attempt.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["event"],
         )
         .expect("valid metric");
-        registry.register(Box::new(delivery_duration.clone())).expect("unique metric");
-        let dead_letters_persisted =
-            IntCounter::new("webhook_dead_letters_persisted_total", "Dead letters committed to the delivery log.")
-                .expect("valid metric");
-        registry.register(Box::new(dead_letters_persisted.clone())).expect("unique metric");
-        let in_flight = IntGauge::new("webhook_deliveries_in_flight", "HTTP delivery attempts under way.")
-            .expect("valid metric");
-        registry.register(Box::new(in_flight.clone())).expect("unique metric");
-        let broker_connected =
-            IntGauge::new("webhook_broker_connected", "1 while the broker connection is up, else 0.")
-                .expect("valid metric");
-        registry.register(Box::new(broker_connected.clone())).expect("unique metric");
+        registry
+            .register(Box::new(delivery_duration.clone()))
+            .expect("unique metric");
+        let dead_letters_persisted = IntCounter::new(
+            "webhook_dead_letters_persisted_total",
+            "Dead letters committed to the delivery log.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dead_letters_persisted.clone()))
+            .expect("unique metric");
+        let in_flight = IntGauge::new(
+            "webhook_deliveries_in_flight",
+            "HTTP delivery attempts under way.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric");
+        let broker_connected = IntGauge::new(
+            "webhook_broker_connected",
+            "1 while the broker connection is up, else 0.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(broker_connected.clone()))
+            .expect("unique metric");
         let queue_messages = IntGaugeVec::new(
-            Opts::new("webhook_queue_messages", "Messages ready in each queue, sampled."),
+            Opts::new(
+                "webhook_queue_messages",
+                "Messages ready in each queue, sampled.",
+            ),
             &["queue"],
         )
         .expect("valid metric");
-        registry.register(Box::new(queue_messages.clone())).expect("unique metric");
+        registry
+            .register(Box::new(queue_messages.clone()))
+            .expect("unique metric");
 
         Metrics {
             registry,
@@ -97,7 +124,9 @@ impl Metrics {
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("Prometheus text is UTF-8")
     }
 
@@ -111,8 +140,12 @@ impl Metrics {
     }
 
     pub fn attempt_finished(&self, event: &str, outcome: &str, seconds: f64) {
-        self.delivery_attempts.with_label_values(&[event, outcome]).inc();
-        self.delivery_duration.with_label_values(&[event]).observe(seconds);
+        self.delivery_attempts
+            .with_label_values(&[event, outcome])
+            .inc();
+        self.delivery_duration
+            .with_label_values(&[event])
+            .observe(seconds);
     }
 
     pub fn retry_scheduled(&self, delay: &str) {

@@ -20,7 +20,11 @@ pub fn next_step(outcome: &Outcome, attempt: u32, delays: usize) -> Next {
         return Next::Done;
     }
     let index = attempt as usize - 1;
-    if index < delays { Next::Retry(index) } else { Next::Exhausted }
+    if index < delays {
+        Next::Retry(index)
+    } else {
+        Next::Exhausted
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! `/v1/delivery-logs`: the persisted dead letters, newest first, and replay.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,23 +24,52 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(State(state): State<ApiState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
-    let filter = LogFilter { account_id: q.account_id, subscription_id: q.subscription_id, event: q.event, reason: q.reason };
-    let page = state.store.list_delivery_logs(&filter, q.cursor.as_deref(), page_limit(q.limit)).await?;
-    Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
+    let filter = LogFilter {
+        account_id: q.account_id,
+        subscription_id: q.subscription_id,
+        event: q.event,
+        reason: q.reason,
+    };
+    let page = state
+        .store
+        .list_delivery_logs(&filter, q.cursor.as_deref(), page_limit(q.limit))
+        .await?;
+    Ok(Json(
+        json!({ "items": page.items, "next_cursor": page.next_cursor }),
+    ))
 }
 
-pub async fn read(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<DeliveryLog>, ApiError> {
-    let log = state.store.delivery_log(&id).await?.ok_or_else(|| not_found(&id))?;
+pub async fn read(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryLog>, ApiError> {
+    let log = state
+        .store
+        .delivery_log(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     Ok(Json(log))
 }
 
 /// Sends the record's delivery again from attempt 1, through the normal path. A record is
 /// replayed once: it is claimed in the store before publishing and released if that fails.
-pub async fn replay(State(state): State<ApiState>, Path(id): Path<String>) -> Result<(StatusCode, Json<DeliveryLog>), ApiError> {
-    let log = state.store.delivery_log(&id).await?.ok_or_else(|| not_found(&id))?;
-    let (Some(subscription_id), Some(account_id), Some(event)) = (&log.subscription_id, &log.account_id, &log.event) else {
+pub async fn replay(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeliveryLog>), ApiError> {
+    let log = state
+        .store
+        .delivery_log(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let (Some(subscription_id), Some(account_id), Some(event)) =
+        (&log.subscription_id, &log.account_id, &log.event)
+    else {
         return Err(ApiError::Conflict {
             code: "not_replayable",
             message: format!(
@@ -56,11 +85,17 @@ pub async fn replay(State(state): State<ApiState>, Path(id): Path<String>) -> Re
         });
     }
     if let Some(at) = &log.replayed_at {
-        return Err(ApiError::Conflict { code: "already_replayed", message: format!("{id} was already replayed at {at}") });
+        return Err(ApiError::Conflict {
+            code: "already_replayed",
+            message: format!("{id} was already replayed at {at}"),
+        });
     }
     let at = now_rfc3339();
     if !state.store.claim_replay(&id, &at).await? {
-        return Err(ApiError::Conflict { code: "already_replayed", message: format!("{id} was already replayed") });
+        return Err(ApiError::Conflict {
+            code: "already_replayed",
+            message: format!("{id} was already replayed"),
+        });
     }
     let task = DeliveryTask {
         event_id: log.event_id.clone(),
@@ -72,12 +107,19 @@ pub async fn replay(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     };
     let body = serde_json::to_vec(&task).expect("task serialises");
     let props = json_props(&log.event_id, &[(TASK_HEADER, "replay")]);
-    if let Err(e) = state.publisher.publish(Route::queue(&state.topology.events), &body, props).await {
+    if let Err(e) = state
+        .publisher
+        .publish(Route::queue(&state.topology.events), &body, props)
+        .await
+    {
         state.store.release_replay(&id).await?;
         return Err(e.into());
     }
     tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
-    let log = DeliveryLog { replayed_at: Some(at), ..log };
+    let log = DeliveryLog {
+        replayed_at: Some(at),
+        ..log
+    };
     Ok((StatusCode::ACCEPTED, Json(log)))
 }
 

@@ -1,15 +1,18 @@
 //! `/metrics`, `/healthz` and `/readyz`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde_json::json;
 
 use super::ApiState;
 
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -20,7 +23,16 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let broker = state.publisher.is_connected();
     let store = state.store.ping().await;
-    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (status, Json(json!({ "status": word(broker && store), "broker": word(broker), "store": word(store) })))
+    (
+        status,
+        Json(
+            json!({ "status": word(broker && store), "broker": word(broker), "store": word(store) }),
+        ),
+    )
 }

@@ -39,10 +39,15 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
-        .route("/subscriptions", post(subscriptions::create).get(subscriptions::list))
+        .route(
+            "/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
         .route(
             "/subscriptions/{id}",
-            get(subscriptions::read).patch(subscriptions::update).delete(subscriptions::delete),
+            get(subscriptions::read)
+                .patch(subscriptions::update)
+                .delete(subscriptions::delete),
         )
         .route("/delivery-logs", get(delivery_logs::list))
         .route("/delivery-logs/{id}", get(delivery_logs::read))
@@ -60,7 +65,11 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time when a token is set.
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(token) = &state.admin_token {
         let presented = request
             .headers()

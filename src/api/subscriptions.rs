@@ -1,15 +1,17 @@
 //! `/v1/subscriptions`: create (the only answer that shows the secret), list, read, change,
 //! delete. Every change refreshes the in-memory index before answering.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiState};
 use crate::store::{NewSubscription, SubscriptionPatch, page_limit};
-use crate::subscriptions::{EventSet, Subscription, validate_account, validate_description, validate_url};
+use crate::subscriptions::{
+    EventSet, Subscription, validate_account, validate_description, validate_url,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +55,10 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn create(State(state): State<ApiState>, ApiJson(body): ApiJson<CreateBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     validate_account(&body.account_id).map_err(ApiError::Unprocessable)?;
     let url = validate_url(&body.url).map_err(ApiError::Unprocessable)?;
     let events = EventSet::parse(&body.events).map_err(ApiError::Unprocessable)?;
@@ -77,18 +82,34 @@ pub async fn create(State(state): State<ApiState>, ApiJson(body): ApiJson<Create
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-pub async fn list(State(state): State<ApiState>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(query) = query?;
     let page = state
         .store
-        .list_subscriptions(query.account_id.as_deref(), query.cursor.as_deref(), page_limit(query.limit))
+        .list_subscriptions(
+            query.account_id.as_deref(),
+            query.cursor.as_deref(),
+            page_limit(query.limit),
+        )
         .await?;
     let items: Vec<Value> = page.items.iter().map(view).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": page.next_cursor })))
+    Ok(Json(
+        json!({ "items": items, "next_cursor": page.next_cursor }),
+    ))
 }
 
-pub async fn read(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let sub = state.store.subscription(&id).await?.ok_or_else(|| not_found(&id))?;
+pub async fn read(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sub = state
+        .store
+        .subscription(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&sub)))
 }
 
@@ -111,18 +132,29 @@ pub async fn update(
         }
         patch.description = Some(description);
     }
-    if patch.url.is_none() && patch.events.is_none() && patch.enabled.is_none() && patch.description.is_none() {
+    if patch.url.is_none()
+        && patch.events.is_none()
+        && patch.enabled.is_none()
+        && patch.description.is_none()
+    {
         return Err(ApiError::Unprocessable(
             "nothing to change: send at least one of url, events, enabled, description".into(),
         ));
     }
-    let sub = state.store.update_subscription(&id, patch).await?.ok_or_else(|| not_found(&id))?;
+    let sub = state
+        .store
+        .update_subscription(&id, patch)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, "subscription updated");
     Ok(Json(view(&sub)))
 }
 
-pub async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if !state.store.delete_subscription(&id).await? {
         return Err(not_found(&id));
     }

@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer};
 
@@ -26,7 +28,12 @@ pub enum BrokerError {
         "{kind} {name:?} already exists with other arguments; the service declares it with {wanted}; the broker says: {broker}. \
          Delete it (it is recreated on start) or change QUEUE_PREFIX/QUEUE_TYPE/RETRY_DELAYS to match"
     )]
-    TopologyMismatch { kind: &'static str, name: String, wanted: String, broker: String },
+    TopologyMismatch {
+        kind: &'static str,
+        name: String,
+        wanted: String,
+        broker: String,
+    },
     #[error("not connected to RabbitMQ")]
     NotConnected,
     #[error("the broker refused the message (nack) for {0}")]
@@ -52,7 +59,10 @@ pub struct Route<'a> {
 impl<'a> Route<'a> {
     /// Straight to a queue through the default exchange.
     pub fn queue(name: &'a str) -> Route<'a> {
-        Route { exchange: "", routing_key: name }
+        Route {
+            exchange: "",
+            routing_key: name,
+        }
     }
 }
 
@@ -69,17 +79,40 @@ impl Publisher {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.channel.read().expect("publisher lock").as_ref().is_some_and(|c| c.status().connected())
+        self.channel
+            .read()
+            .expect("publisher lock")
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
     }
 
     /// Publishes a persistent message and waits for the broker's confirm. `mandatory` is set, so
     /// a message no queue takes is an error rather than silently dropped.
-    pub async fn publish(&self, route: Route<'_>, body: &[u8], props: BasicProperties) -> Result<(), BrokerError> {
-        let channel = self.channel.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected)?;
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    pub async fn publish(
+        &self,
+        route: Route<'_>,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let channel = self
+            .channel
+            .read()
+            .expect("publisher lock")
+            .clone()
+            .ok_or(BrokerError::NotConnected)?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
         let props = props.with_delivery_mode(2);
         let confirm = channel
-            .basic_publish(route.exchange.into(), route.routing_key.into(), options, body, props)
+            .basic_publish(
+                route.exchange.into(),
+                route.routing_key.into(),
+                options,
+                body,
+                props,
+            )
             .await?
             .await?;
         let target = || format!("{:?}/{:?}", route.exchange, route.routing_key);
@@ -87,7 +120,9 @@ impl Publisher {
             lapin::Confirmation::Ack(None) => Ok(()),
             lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(target())),
             lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked(target())),
-            lapin::Confirmation::NotRequested => unreachable!("publisher channel is in confirm mode"),
+            lapin::Confirmation::NotRequested => {
+                unreachable!("publisher channel is in confirm mode")
+            }
         }
     }
 
@@ -118,7 +153,10 @@ impl Publisher {
 pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in headers {
-        table.insert((*k).into(), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+        table.insert(
+            (*k).into(),
+            AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+        );
     }
     let mut props = BasicProperties::default().with_content_type("application/json".into());
     if let Ok(id) = lapin::types::ShortString::try_new(message_id) {
@@ -132,7 +170,10 @@ pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties
 
 /// Whether `props` carries header `name`.
 pub fn has_header(props: &BasicProperties, name: &str) -> bool {
-    props.headers().as_ref().is_some_and(|h| h.contains_key(name))
+    props
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.contains_key(name))
 }
 
 /// The connection pool plus everything needed to open a [`Session`].
@@ -145,7 +186,8 @@ pub struct Broker {
 }
 
 /// One connected generation: consumers on the events and dead-letter queues, and a channel for
-/// sampling queue depths. Dropping it closes nothing by itself; [`Session::close`] does.
+/// sampling queue depths. Dropping it closes its channels (lapin closes a channel when its last
+/// handle goes), so it must outlive every ack made on it.
 pub struct Session {
     pub events: Consumer,
     pub dead: Consumer,
@@ -170,7 +212,10 @@ impl Broker {
         };
         let pool = pool_cfg
             .create_pool(
-                || ConnectionProperties::default().with_connection_name("webhook-dispatcher".into()),
+                || {
+                    ConnectionProperties::default()
+                        .with_connection_name("webhook-dispatcher".into())
+                },
                 Runtime::Tokio1,
             )
             .map_err(|e| BrokerError::Pool(e.to_string()))?;
@@ -184,7 +229,11 @@ impl Broker {
 
     /// A fresh channel on the pooled connection (a dead connection is replaced first).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let conn = self.pool.get().await.map_err(|e| BrokerError::Pool(e.to_string()))?;
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Pool(e.to_string()))?;
         Ok(conn.create_channel().await?)
     }
 
@@ -196,10 +245,14 @@ impl Broker {
         let _ = setup.close(200, "topology declared".into()).await;
 
         let publish = self.channel().await?;
-        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
 
         let events_channel = self.channel().await?;
-        events_channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        events_channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
         let events = events_channel
             .basic_consume(
                 self.topology.events.as_str().into(),
@@ -210,7 +263,9 @@ impl Broker {
             .await?;
 
         let dead_channel = self.channel().await?;
-        dead_channel.basic_qos(64, BasicQosOptions::default()).await?;
+        dead_channel
+            .basic_qos(64, BasicQosOptions::default())
+            .await?;
         let dead = dead_channel
             .basic_consume(
                 self.topology.dead.as_str().into(),
@@ -221,7 +276,13 @@ impl Broker {
             .await?;
         let sample_channel = self.channel().await?;
         self.publisher.set(Some(publish));
-        Ok(Session { events, dead, events_channel, dead_channel, sample_channel })
+        Ok(Session {
+            events,
+            dead,
+            events_channel,
+            dead_channel,
+            sample_channel,
+        })
     }
 
     /// Forgets the session's publish channel (called when the session ends).
@@ -245,7 +306,24 @@ impl Session {
     /// Stops both consumers; unacked messages go back to the broker when the channels close.
     pub async fn cancel_consumers(&self) {
         use lapin::options::BasicCancelOptions;
-        let _ = self.events_channel.basic_cancel(self.events.tag(), BasicCancelOptions::default()).await;
-        let _ = self.dead_channel.basic_cancel(self.dead.tag(), BasicCancelOptions::default()).await;
+        let _ = self
+            .events_channel
+            .basic_cancel(self.events.tag(), BasicCancelOptions::default())
+            .await;
+        let _ = self
+            .dead_channel
+            .basic_cancel(self.dead.tag(), BasicCancelOptions::default())
+            .await;
+    }
+
+    /// Closes the channels; anything still unacked on them returns to its queue.
+    pub async fn close(self) {
+        for channel in [
+            &self.events_channel,
+            &self.dead_channel,
+            &self.sample_channel,
+        ] {
+            let _ = channel.close(200, "shutting down".into()).await;
+        }
     }
 }

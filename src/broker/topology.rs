@@ -42,7 +42,11 @@ impl Topology {
                 .iter()
                 .map(|&delay| {
                     let label = delay_label(delay);
-                    RetryQueue { name: format!("{p}.retry.{label}"), label, delay }
+                    RetryQueue {
+                        name: format!("{p}.retry.{label}"),
+                        label,
+                        delay,
+                    }
                 })
                 .collect(),
             dead: format!("{p}.dead"),
@@ -77,13 +81,22 @@ impl Topology {
     /// into the events queue (not the topic exchange, which other consumers may be bound to).
     pub fn retry_args(&self, retry: &RetryQueue) -> FieldTable {
         let mut args = self.base_args();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(retry.delay.as_millis() as i64));
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(retry.delay.as_millis() as i64),
+        );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&self.events));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.events),
+        );
         if self.queue_type == QueueType::Quorum {
             // At-least-once dead-lettering needs reject-publish overflow; together they make sure
             // a retry is never dropped on its way back to the events queue.
-            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
             args.insert("x-overflow".into(), long_string("reject-publish"));
         }
         args
@@ -91,9 +104,17 @@ impl Topology {
 
     /// Declares the exchange, all queues and the events binding. Idempotent.
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| mismatch_or(e, "exchange", &self.exchange, &FieldTable::default()))?;
 
@@ -116,7 +137,10 @@ impl Topology {
 }
 
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .queue_declare(name.into(), options, args.clone())
         .await
@@ -126,7 +150,12 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
 
 /// A 406 PRECONDITION_FAILED on declare means the thing exists with other settings: that is a
 /// configuration error to stop on, not a connection problem to retry.
-fn mismatch_or(err: lapin::Error, kind: &'static str, name: &str, wanted: &FieldTable) -> BrokerError {
+fn mismatch_or(
+    err: lapin::Error,
+    kind: &'static str,
+    name: &str,
+    wanted: &FieldTable,
+) -> BrokerError {
     if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
         && amqp.get_id() == 406
     {
@@ -151,7 +180,15 @@ pub fn describe(args: &FieldTable) -> String {
                 AMQPValue::LongLongInt(n) => n.to_string(),
                 other => format!("{other:?}"),
             };
-            format!("{}={}", k.as_str(), if value.is_empty() { "\"\"".into() } else { value })
+            format!(
+                "{}={}",
+                k.as_str(),
+                if value.is_empty() {
+                    "\"\"".into()
+                } else {
+                    value
+                }
+            )
         })
         .collect();
     format!("{{{}}}", parts.join(", "))
@@ -181,7 +218,16 @@ mod tests {
     #[test]
     fn names_follow_the_prefix_and_delays() {
         let t = Topology::new(&cfg(&["--queue-prefix", "p1"]));
-        assert_eq!(t.queues(), ["p1.events", "p1.retry.2s", "p1.retry.4s", "p1.retry.8s", "p1.dead"]);
+        assert_eq!(
+            t.queues(),
+            [
+                "p1.events",
+                "p1.retry.2s",
+                "p1.retry.4s",
+                "p1.retry.8s",
+                "p1.dead"
+            ]
+        );
         assert_eq!(t.exchange, "clarm.events");
     }
 

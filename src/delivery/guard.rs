@@ -51,7 +51,14 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 /// NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let seg = ip.segments();
-    let tail = || Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
+    let tail = || {
+        Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        )
+    };
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
@@ -62,7 +69,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail());
     }
     if seg[0] == 0x2002 {
-        return Some(Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8));
+        return Some(Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        ));
     }
     None
 }
@@ -73,7 +85,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 pub struct GuardedResolver;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to non-public addresses ({addrs}); set ALLOW_PRIVATE_TARGETS=true to allow them")]
+#[error(
+    "{host} resolves only to non-public addresses ({addrs}); set ALLOW_PRIVATE_TARGETS=true to allow them"
+)]
 pub struct Blocked {
     pub host: String,
     pub addrs: String,
@@ -83,11 +97,22 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| is_public(a.ip())).collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| is_public(a.ip()))
+                .collect();
             if allowed.is_empty() {
-                let addrs = found.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(Box::new(Blocked { host, addrs }) as Box<dyn std::error::Error + Send + Sync>);
+                let addrs = found
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(
+                    Box::new(Blocked { host, addrs }) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -105,7 +130,10 @@ pub fn check_literal(url: &url::Url) -> Result<(), Blocked> {
     if is_public(ip) {
         Ok(())
     } else {
-        Err(Blocked { host: ip.to_string(), addrs: ip.to_string() })
+        Err(Blocked {
+            host: ip.to_string(),
+            addrs: ip.to_string(),
+        })
     }
 }
 
@@ -116,10 +144,31 @@ mod tests {
     #[test]
     fn non_public_addresses_are_refused() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "0.1.2.3", "224.0.0.1", "255.255.255.255", "192.0.2.10", "198.18.0.1",
-            "240.0.0.1", "::1", "::", "fc00::1", "fd12::1", "fe80::1", "ff02::1", "2001:db8::1",
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.10",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
             assert!(!is_public(parsed), "{ip} should be blocked");
@@ -128,7 +177,13 @@ mod tests {
 
     #[test]
     fn public_addresses_are_allowed() {
-        for ip in ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip} should be allowed");
         }
     }
@@ -137,8 +192,13 @@ mod tests {
     fn literal_hosts_in_urls_are_checked_in_every_spelling() {
         // The URL parser normalises decimal, octal and hex IPv4 spellings to the address.
         for raw in [
-            "http://127.0.0.1/", "http://2130706433/", "http://0x7f.0.0.1/", "http://0177.0.0.1/",
-            "http://[::ffff:127.0.0.1]/", "http://[::1]:8080/", "https://10.0.0.1/hook",
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::1]:8080/",
+            "https://10.0.0.1/hook",
         ] {
             let url = url::Url::parse(raw).unwrap();
             assert!(check_literal(&url).is_err(), "{raw} should be blocked");

@@ -54,7 +54,10 @@ impl Outcome {
         match self {
             Outcome::Success(_) => None,
             Outcome::HttpError(s) => Some(format!("endpoint answered HTTP {s}")),
-            Outcome::Timeout => Some(format!("no complete answer within {}", humantime::format_duration(timeout))),
+            Outcome::Timeout => Some(format!(
+                "no complete answer within {}",
+                humantime::format_duration(timeout)
+            )),
             Outcome::ConnectError(e) => Some(e.clone()),
             Outcome::Blocked(e) => Some(e.clone()),
         }
@@ -92,8 +95,14 @@ impl Deliverer {
         if !allow_private {
             builder = builder.dns_resolver(std::sync::Arc::new(guard::GuardedResolver));
         }
-        let user_agent = HeaderValue::from_static(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")));
-        Ok(Deliverer { client: builder.build()?, timeout, allow_private, user_agent })
+        let user_agent =
+            HeaderValue::from_static(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")));
+        Ok(Deliverer {
+            client: builder.build()?,
+            timeout,
+            allow_private,
+            user_agent,
+        })
     }
 
     /// Sends `body` to `url` signed with `key`; never fails, every problem is an [`Outcome`].
@@ -151,7 +160,11 @@ impl Deliverer {
                 Err(_) => break,
             }
         }
-        if response_status_ok(status) { Outcome::Success(status) } else { Outcome::HttpError(status) }
+        if response_status_ok(status) {
+            Outcome::Success(status)
+        } else {
+            Outcome::HttpError(status)
+        }
     }
 }
 

@@ -28,7 +28,10 @@ impl SigningKey {
     pub fn generate() -> SigningKey {
         let mut bytes = [0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut bytes);
-        SigningKey { text: format!("{PREFIX}{}", STANDARD.encode(bytes)), key: bytes.to_vec() }
+        SigningKey {
+            text: format!("{PREFIX}{}", STANDARD.encode(bytes)),
+            key: bytes.to_vec(),
+        }
     }
 
     pub fn parse(text: &str) -> Result<SigningKey, InvalidSecret> {
@@ -38,7 +41,10 @@ impl SigningKey {
         if !(24..=64).contains(&key.len()) {
             return Err(InvalidSecret);
         }
-        Ok(SigningKey { text: text.to_string(), key })
+        Ok(SigningKey {
+            text: text.to_string(),
+            key,
+        })
     }
 
     pub fn expose(&self) -> &str {
@@ -89,7 +95,13 @@ mod tests {
 
     #[test]
     fn malformed_secrets_are_refused_and_never_printed() {
-        for bad in ["", "whsec_", "C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "whsec_!!!!", "whsec_AAAA"] {
+        for bad in [
+            "",
+            "whsec_",
+            "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "whsec_!!!!",
+            "whsec_AAAA",
+        ] {
             assert_eq!(SigningKey::parse(bad), Err(InvalidSecret), "{bad}");
         }
         let key = SigningKey::generate();

@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 // Dynamic SQL here only splices constants and numbered placeholders; every value is bound.
-use sqlx::{AssertSqlSafe, Row};
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{Page, Store, StoreError};
 use crate::delivery::AttemptRecord;
@@ -63,10 +63,12 @@ impl Store {
     }
 
     pub async fn delivery_log(&self, id: &str) -> Result<Option<DeliveryLog>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM delivery_logs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM delivery_logs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -111,11 +113,13 @@ impl Store {
     /// Marks a record replayed at `at` unless it already was; `false` if it was (or is missing).
     /// Claiming before publishing keeps two concurrent replays from both going out.
     pub async fn claim_replay(&self, id: &str, at: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -131,11 +135,15 @@ impl Store {
 
 fn from_row(row: &AnyRow) -> Result<DeliveryLog, StoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |detail: String| StoreError::Corrupt { id: id.clone(), detail };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        id: id.clone(),
+        detail,
+    };
     let payload: String = row.try_get("payload")?;
     let payload = RawValue::from_string(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
     let attempts: String = row.try_get("attempts")?;
-    let attempts = serde_json::from_str(&attempts).map_err(|e| corrupt(format!("attempts: {e}")))?;
+    let attempts =
+        serde_json::from_str(&attempts).map_err(|e| corrupt(format!("attempts: {e}")))?;
     Ok(DeliveryLog {
         id: id.clone(),
         event_id: row.try_get("event_id")?,

@@ -1,8 +1,8 @@
 //! Subscription rows.
 
 // Dynamic SQL here only splices constants and numbered placeholders; every value is bound.
-use sqlx::{AssertSqlSafe, Row};
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{Page, Store, StoreError};
 use crate::delivery::SigningKey;
@@ -28,10 +28,14 @@ pub struct SubscriptionPatch {
     pub description: Option<Option<String>>,
 }
 
-const COLUMNS: &str = "id, account_id, url, events, enabled, description, secret, created_at, updated_at";
+const COLUMNS: &str =
+    "id, account_id, url, events, enabled, description, secret, created_at, updated_at";
 
 impl Store {
-    pub async fn create_subscription(&self, new: NewSubscription) -> Result<Subscription, StoreError> {
+    pub async fn create_subscription(
+        &self,
+        new: NewSubscription,
+    ) -> Result<Subscription, StoreError> {
         let now = now_rfc3339();
         let sub = Subscription {
             id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
@@ -64,10 +68,12 @@ impl Store {
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM subscriptions WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -99,9 +105,11 @@ impl Store {
     }
 
     pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM subscriptions")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM subscriptions"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -144,7 +152,10 @@ impl Store {
 
     /// Deletes a subscription; `false` if there was none.
     pub async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -155,9 +166,13 @@ fn events_json(events: EventSet) -> String {
 
 fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |detail: String| StoreError::Corrupt { id: id.clone(), detail };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        id: id.clone(),
+        detail,
+    };
     let events_text: String = row.try_get("events")?;
-    let names: Vec<String> = serde_json::from_str(&events_text).map_err(|e| corrupt(format!("events: {e}")))?;
+    let names: Vec<String> =
+        serde_json::from_str(&events_text).map_err(|e| corrupt(format!("events: {e}")))?;
     let events = EventSet::parse(&names).map_err(corrupt)?;
     let url: String = row.try_get("url")?;
     let parsed_url = url::Url::parse(&url).map_err(|e| corrupt(format!("url: {e}")))?;

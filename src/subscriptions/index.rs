@@ -35,7 +35,10 @@ impl SubscriptionIndex {
         let mut next = Snapshot::default();
         for sub in subscriptions {
             let sub = Arc::new(sub);
-            next.by_account.entry(sub.account_id.clone()).or_default().push(sub.clone());
+            next.by_account
+                .entry(sub.account_id.clone())
+                .or_default()
+                .push(sub.clone());
             next.by_id.insert(sub.id.clone(), sub);
         }
         *self.snapshot.write().expect("index lock") = Arc::new(next);
@@ -50,7 +53,12 @@ impl SubscriptionIndex {
         self.current()
             .by_account
             .get(account)
-            .map(|subs| subs.iter().filter(|s| s.enabled && s.events.contains(kind)).cloned().collect())
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.enabled && s.events.contains(kind))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

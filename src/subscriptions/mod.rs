@@ -49,7 +49,11 @@ impl EventSet {
         if self == EventSet::ALL {
             return vec!["*".to_string()];
         }
-        EventKind::ALL.into_iter().filter(|k| self.contains(*k)).map(|k| k.as_str().to_string()).collect()
+        EventKind::ALL
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .map(|k| k.as_str().to_string())
+            .collect()
     }
 }
 
@@ -84,9 +88,13 @@ pub fn validate_url(raw: &str) -> Result<url::Url, String> {
     if raw.len() > 2048 {
         return Err("url must be at most 2048 characters".into());
     }
-    let url = url::Url::parse(raw).map_err(|e| format!("url {raw:?} is not an absolute URL: {e}"))?;
+    let url =
+        url::Url::parse(raw).map_err(|e| format!("url {raw:?} is not an absolute URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url must use http or https, not {:?}", url.scheme()));
+        return Err(format!(
+            "url must use http or https, not {:?}",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("url must have a host".into());
@@ -141,14 +149,28 @@ mod tests {
     #[test]
     fn bad_event_lists_say_what_is_wrong() {
         assert!(EventSet::parse(&[]).unwrap_err().contains("at least one"));
-        assert!(EventSet::parse(&names(&["refund"])).unwrap_err().contains("refund"));
-        assert!(EventSet::parse(&names(&["*", "purchase"])).unwrap_err().contains("alone"));
+        assert!(
+            EventSet::parse(&names(&["refund"]))
+                .unwrap_err()
+                .contains("refund")
+        );
+        assert!(
+            EventSet::parse(&names(&["*", "purchase"]))
+                .unwrap_err()
+                .contains("alone")
+        );
     }
 
     #[test]
     fn urls_must_be_absolute_http_without_credentials() {
         assert!(validate_url("https://example.com/hooks?x=1").is_ok());
-        for bad in ["example.com/hook", "ftp://example.com/", "https://u:p@example.com/", "/relative", "https://example.com/#frag"] {
+        for bad in [
+            "example.com/hook",
+            "ftp://example.com/",
+            "https://u:p@example.com/",
+            "/relative",
+            "https://example.com/#frag",
+        ] {
             assert!(validate_url(bad).is_err(), "{bad}");
         }
     }

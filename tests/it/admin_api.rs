@@ -1,0 +1,250 @@
+//! The admin API: subscription CRUD with validation, the secret shown once, JSON errors, the
+//! bearer token, pagination, and changes applied to matching at once.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn subscriptions_can_be_created_read_listed_changed_and_deleted() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+
+    let created = app
+        .subscribe("acct_acme", &receiver.url, &["purchase", "identify"])
+        .await;
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("sub_"));
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["events"], json!(["purchase", "identify"]));
+    assert_eq!(created["enabled"], true);
+    assert!(created["description"].is_null());
+    assert_eq!(created["created_at"], created["updated_at"]);
+
+    let (status, read) = app.get(&format!("/v1/subscriptions/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        read.get("secret").is_none(),
+        "the secret is shown on create only: {read}"
+    );
+    let mut without_secret = created.clone();
+    without_secret.as_object_mut().unwrap().remove("secret");
+    assert_eq!(read, without_secret);
+
+    app.subscribe("acct_other", &receiver.url, &["*"]).await;
+    let (_, list) = app.get("/v1/subscriptions?account_id=acct_acme").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert!(list["next_cursor"].is_null());
+    assert!(list["items"][0].get("secret").is_none());
+
+    let (status, changed) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(json!({"events": ["*"], "description": "CRM sync"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["events"], json!(["*"]));
+    assert_eq!(changed["description"], "CRM sync");
+    assert_eq!(changed["url"], receiver.url);
+    assert!(changed["updated_at"].as_str() >= created["updated_at"].as_str());
+
+    // The change applies to matching at once: goal_achieved was not selected before.
+    app.publish_fixture("goal_achieved").await;
+    receiver.wait_for(1, PATIENCE).await;
+
+    let (status, cleared) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(json!({"description": null, "enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(cleared["description"].is_null());
+    assert_eq!(cleared["enabled"], false);
+
+    let (status, body) = app
+        .request(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(body.is_null());
+    let (status, body) = app.get(&format!("/v1/subscriptions/{id}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = app
+        .request(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(status, 404);
+
+    // Deleted means no more deliveries (acct_other's subscription is another account).
+    app.publish_fixture("purchase").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let app = spawn_app().await;
+    let cases = [
+        (
+            json!({"account_id": "a", "url": "not a url", "events": ["*"]}),
+            422,
+            "absolute URL",
+        ),
+        (
+            json!({"account_id": "a", "url": "ftp://x.example/", "events": ["*"]}),
+            422,
+            "http or https",
+        ),
+        (
+            json!({"account_id": "", "url": "https://x.example/", "events": ["*"]}),
+            422,
+            "account_id",
+        ),
+        (
+            json!({"account_id": "a", "url": "https://x.example/", "events": ["refund"]}),
+            422,
+            "refund",
+        ),
+        (
+            json!({"account_id": "a", "url": "https://x.example/", "events": []}),
+            422,
+            "at least one",
+        ),
+        (
+            json!({"account_id": "a", "url": "https://x.example/"}),
+            422,
+            "events",
+        ),
+        (
+            json!({"account_id": "a", "url": "https://x.example/", "events": "*"}),
+            422,
+            "events",
+        ),
+        (
+            json!({"account_id": "a", "url": "https://x.example/", "events": ["*"], "secret": "x"}),
+            422,
+            "secret",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (got, err) = app.post("/v1/subscriptions", body.clone()).await;
+        assert_eq!(got.as_u16(), status, "{body} → {err}");
+        assert_eq!(err["error"]["code"], "validation_failed");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{body}: message {message:?} should mention {needle:?}"
+        );
+    }
+
+    let raw = app
+        .http
+        .post(app.url("/v1/subscriptions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let err: serde_json::Value = raw.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "bad_request");
+
+    let huge = json!({"account_id": "a", "url": "https://x.example/", "events": ["*"], "description": "x".repeat(100_000)});
+    let (status, err) = app.post("/v1/subscriptions", huge).await;
+    assert_eq!(status, 413, "{err}");
+
+    let (status, err) = app.get("/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+
+    let (status, err) = app
+        .request(Method::PATCH, "/v1/subscriptions/sub_x", Some(json!({})))
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let (status, err) = app
+        .request(
+            Method::PATCH,
+            "/v1/subscriptions/sub_x",
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 404, "{err}");
+    let (status, err) = app
+        .request(
+            Method::PATCH,
+            "/v1/subscriptions/sub_x",
+            Some(json!({"account_id": "b"})),
+        )
+        .await;
+    assert_eq!(status, 422, "account_id cannot change: {err}");
+
+    let (status, err) = app.get("/v1/delivery-logs?limit=lots").await;
+    assert_eq!(status, 400, "{err}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn lists_page_with_a_cursor() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let sub = app
+            .subscribe("acct_page", &format!("https://example.com/{n}"), &["*"])
+            .await;
+        ids.push(sub["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/subscriptions?account_id=acct_page&limit=2".to_string();
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!("/v1/subscriptions?account_id=acct_page&limit=2&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every subscription once, in creation order");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_guards_v1_but_not_metrics_or_health() {
+    let token = "test-token-0123456789abcdef";
+    let app = spawn_app_with(&["--admin-token", token]).await;
+    let (status, err) = app.get("/v1/subscriptions").await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["code"], "unauthorized");
+    let wrong = app
+        .http
+        .get(app.url("/v1/subscriptions"))
+        .bearer_auth("test-token-0123456789abcdeX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = app
+        .http
+        .get(app.url("/v1/subscriptions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        let resp = app.http.get(app.url(open)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{open}");
+    }
+    app.stop().await.unwrap();
+}

@@ -1,0 +1,113 @@
+//! Events reach exactly the subscriptions that selected them, with the exact body and a
+//! signature a stock Standard Webhooks library accepts.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn every_fixture_event_reaches_a_wildcard_subscription_signed_and_exact() {
+    let app = spawn_app().await;
+    let all = Receiver::start().await;
+    let identify_only = Receiver::start().await;
+    let other_account = Receiver::start().await;
+    let disabled = Receiver::start().await;
+
+    let sub = app.subscribe("acct_acme", &all.url, &["*"]).await;
+    app.subscribe("acct_acme", &identify_only.url, &["identify"])
+        .await;
+    app.subscribe("acct_other", &other_account.url, &["*"])
+        .await;
+    let (status, _) = app
+        .post(
+            "/v1/subscriptions",
+            serde_json::json!({"account_id": "acct_acme", "url": disabled.url, "events": ["*"], "enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let mut sent = Vec::new();
+    for name in EVENTS {
+        sent.push(app.publish_fixture(name).await);
+    }
+
+    let got = all.wait_for(6, PATIENCE).await;
+    assert_eq!(got.len(), 6);
+    let secret = sub["secret"].as_str().unwrap();
+    for fixture_text in &sent {
+        let expected = expected_body(fixture_text);
+        let request = got
+            .iter()
+            .find(|r| r.text() == expected)
+            .unwrap_or_else(|| panic!("no request with body {expected}"));
+        verify_signature(secret, request);
+        assert_eq!(request.header("content-type"), "application/json");
+        assert_eq!(
+            request.header("user-agent"),
+            concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION"))
+        );
+        assert!(
+            request.header("webhook-id").starts_with("evt_"),
+            "derived id: {}",
+            request.header("webhook-id")
+        );
+    }
+
+    let identify = identify_only.wait_for(1, PATIENCE).await;
+    assert_eq!(identify[0].text(), expected_body(&fixture("identify")));
+
+    // Give any wrong delivery time to show up before asserting that none did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(identify_only.count(), 1, "only the selected event");
+    assert_eq!(
+        other_account.count(),
+        0,
+        "another account's subscription gets nothing"
+    );
+    assert_eq!(disabled.count(), 0, "a disabled subscription gets nothing");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn event_id_comes_from_the_body_then_the_amqp_message_id() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.subscribe("acct_acme", &receiver.url, &["purchase"])
+        .await;
+
+    let with_id = fixture("purchase").replacen('{', r#"{"id":"evt_from_body","#, 1);
+    app.publish("purchase", with_id.as_bytes()).await;
+    let props = lapin::BasicProperties::default().with_message_id("amqp-msg-7".into());
+    app.publish_with("purchase", fixture("purchase").as_bytes(), props)
+        .await;
+
+    let got = receiver.wait_for(2, PATIENCE).await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    assert_eq!(ids, ["amqp-msg-7", "evt_from_body"]);
+    // The id field is not part of what receivers get.
+    assert!(
+        got.iter()
+            .all(|r| r.text() == expected_body(&fixture("purchase")))
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_up_another_subscription() {
+    let app = spawn_app().await;
+    let slow = Receiver::start().await;
+    let fast = Receiver::start().await;
+    slow.always(Reply::Slow(Duration::from_secs(3), 200));
+    app.subscribe("acct_acme", &slow.url, &["*"]).await;
+    app.subscribe("acct_acme", &fast.url, &["*"]).await;
+
+    app.publish_fixture("purchase").await;
+    // The fast endpoint is served while the slow one is still sleeping.
+    fast.wait_for(1, Duration::from_secs(2)).await;
+    slow.wait_for(1, PATIENCE).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fast.count(), 1, "no duplicate for the fast endpoint");
+    assert_eq!(slow.count(), 1);
+    app.stop().await.unwrap();
+}

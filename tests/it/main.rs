@@ -1,0 +1,12 @@
+//! Integration tests against the real RabbitMQ at `AMQP_URL` (default 127.0.0.1:5672). One
+//! binary, one file per capability; each test gets its own queue prefix, exchange, SQLite file
+//! and receivers, so they run in parallel and clean up after themselves.
+
+mod helpers;
+
+mod admin_api;
+mod delivery;
+mod invalid_input;
+mod replay_and_metrics;
+mod retries;
+mod topology_and_shutdown;

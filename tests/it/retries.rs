@@ -1,0 +1,184 @@
+//! Failed attempts are retried through the delay queues at 2, 4 and 8 s, then dead-lettered.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// How far a retry may arrive after its nominal delay. The broker expires a quorum-queue message
+/// within ~12 ms of its TTL (measured on 3.10.8); dead-lettering, the consumer hand-off and the
+/// next HTTP request add a few ms more. A 750 ms allowance keeps the test stable on a loaded
+/// 2-core CI machine while still telling 2 s from 4 s apart. A retry may never come early.
+const LATE_ALLOWANCE: Duration = Duration::from_millis(750);
+
+#[tokio::test]
+async fn an_endpoint_that_always_fails_gets_four_attempts_at_2_4_8_s_then_one_log_record() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(500));
+    let sub = app
+        .subscribe("acct_acme", &receiver.url, &["purchase"])
+        .await;
+    app.publish_fixture("purchase").await;
+
+    let got = receiver.wait_for(4, Duration::from_secs(30)).await;
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    println!("measured retry gaps: {gaps:?}");
+    for (gap, nominal) in gaps.iter().zip([2, 4, 8].map(Duration::from_secs)) {
+        assert!(
+            *gap >= nominal - Duration::from_millis(5),
+            "retry came early: {gap:?} < {nominal:?}"
+        );
+        assert!(
+            *gap <= nominal + LATE_ALLOWANCE,
+            "retry came late: {gap:?} vs {nominal:?}"
+        );
+    }
+    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "same webhook-id on every attempt: {ids:?}"
+    );
+    let secret = sub["secret"].as_str().unwrap();
+    for request in &got {
+        verify_signature(secret, request);
+    }
+
+    let logs = app.wait_for_logs("account_id=acct_acme", 1).await;
+    let record = &logs[0];
+    assert_eq!(record["reason"], "exhausted");
+    assert_eq!(record["subscription_id"], sub["id"]);
+    assert_eq!(record["url"], receiver.url);
+    assert_eq!(record["event"], "purchase");
+    assert_eq!(record["event_id"], got[0].header("webhook-id"));
+    assert_eq!(
+        record["payload"],
+        serde_json::from_str::<serde_json::Value>(got[0].text()).unwrap()
+    );
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    for (i, attempt) in attempts.iter().enumerate() {
+        assert_eq!(attempt["attempt"], i + 1);
+        assert_eq!(attempt["status"], 500);
+        assert!(attempt["error"].as_str().unwrap().contains("500"));
+        assert!(attempt["started_at"].as_str().unwrap().ends_with('Z'));
+        assert!(attempt["duration_ms"].is_u64());
+    }
+
+    // Exactly four attempts and one record: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.count(), 4);
+    let (_, body) = app.get("/v1/delivery-logs?account_id=acct_acme").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_500_then_a_200_is_two_attempts_and_no_log_record() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[Reply::Status(500)]);
+    app.subscribe("acct_acme", &receiver.url, &["*"]).await;
+    app.publish_fixture("goal_achieved").await;
+
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].body, got[1].body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.count(), 2);
+    let (_, body) = app.get("/v1/delivery-logs").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="http_error"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="success"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"webhook_retries_scheduled_total{delay="2s"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_endpoint_slower_than_the_timeout_is_a_failed_attempt_and_is_retried() {
+    let app = spawn_app_with(&["--delivery-timeout", "500ms"]).await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[Reply::Slow(Duration::from_secs(3), 200)]);
+    app.subscribe("acct_acme", &receiver.url, &["*"]).await;
+    app.publish_fixture("identify").await;
+
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"webhook_delivery_attempts_total{event="identify",outcome="timeout"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_errors_and_redirects_are_failed_attempts() {
+    // Nothing listens on the reserved port of a closed listener; a 302 is not followed.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn_app_with(&["--retry-delays", "100ms"]).await;
+    let redirecting = Receiver::start().await;
+    redirecting.always(Reply::Status(302));
+    let sub_dead = app.subscribe("acct_dead", &dead_url, &["*"]).await;
+    app.subscribe("acct_redirect", &redirecting.url, &["*"])
+        .await;
+    app.publish(
+        "purchase",
+        fixture("purchase")
+            .replace("acct_acme", "acct_dead")
+            .as_bytes(),
+    )
+    .await;
+    app.publish(
+        "purchase",
+        fixture("purchase")
+            .replace("acct_acme", "acct_redirect")
+            .as_bytes(),
+    )
+    .await;
+
+    let dead = app.wait_for_logs("account_id=acct_dead", 1).await;
+    assert_eq!(dead[0]["subscription_id"], sub_dead["id"]);
+    let attempts = dead[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "1 + one retry delay");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["status"].is_null() && a["error"].as_str().is_some_and(|e| !e.is_empty()))
+    );
+    let redirected = app.wait_for_logs("account_id=acct_redirect", 1).await;
+    assert!(
+        redirected[0]["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["status"] == 302)
+    );
+    assert_eq!(redirecting.count(), 2);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"webhook_delivery_attempts_total{event="purchase",outcome="connect_error"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"webhook_retries_scheduled_total{delay="100ms"} 2"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
