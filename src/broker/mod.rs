@@ -78,6 +78,10 @@ impl Publisher {
         *self.channel.write().expect("publisher lock") = channel;
     }
 
+    fn take(&self) -> Option<Channel> {
+        self.channel.write().expect("publisher lock").take()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.channel
             .read()
@@ -292,7 +296,11 @@ impl Broker {
 
     /// Closes the pooled connections (on shutdown, after the session's work is finished).
     pub async fn close(&self) {
-        self.publisher.set(None);
+        // Close the publish channel and wait for the broker's answer before closing the
+        // connection; a channel left to close itself on drop races the connection close.
+        if let Some(channel) = self.publisher.take() {
+            let _ = channel.close(200, "shutting down".into()).await;
+        }
         if let Ok(conn) = tokio::time::timeout(Duration::from_secs(2), self.pool.get()).await
             && let Ok(conn) = conn
         {
