@@ -83,23 +83,22 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let db = format!("sqlite://{}", dir.path().join("test.db").display());
     let prefix = unique("q");
     let exchange = unique("x");
-    let mut args = vec![
-        "webhook-dispatcher".to_string(),
-        "--amqp-url".into(),
-        amqp.clone(),
-        "--database-url".into(),
-        db,
-        "--listen-addr".into(),
-        "127.0.0.1:0".into(),
-        "--queue-prefix".into(),
-        prefix.clone(),
-        "--events-exchange".into(),
-        exchange.clone(),
-        "--allow-private-targets".into(),
-        "true".into(),
-        "--log-format".into(),
-        "pretty".into(),
+    let defaults = [
+        ("--amqp-url", amqp.clone()),
+        ("--database-url", db),
+        ("--listen-addr", "127.0.0.1:0".into()),
+        ("--queue-prefix", prefix.clone()),
+        ("--events-exchange", exchange.clone()),
+        ("--allow-private-targets", "true".into()),
+        ("--log-format", "pretty".into()),
     ];
+    // `extra` is `--flag value` pairs; a flag given there replaces the default.
+    let mut args = vec!["webhook-dispatcher".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value]);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let cfg = Cli::parse_from(args).cfg;
     let queues: Vec<String> = {

@@ -7,6 +7,7 @@ mod helpers;
 mod admin_api;
 mod delivery;
 mod invalid_input;
+mod reconnect;
 mod replay_and_metrics;
 mod retries;
 mod topology_and_shutdown;
