@@ -59,6 +59,13 @@ impl App {
             .context("loading subscriptions")?;
         let broker = Broker::new(&cfg)?;
         let metrics = Metrics::new();
+        let delay_labels: Vec<String> = broker
+            .topology
+            .retries
+            .iter()
+            .map(|r| r.label.clone())
+            .collect();
+        metrics.init_series(&delay_labels);
         let deliverer = Deliverer::new(cfg.delivery_timeout, cfg.allow_private_targets)?;
         let dispatcher = Arc::new(Dispatcher {
             index: index.clone(),
@@ -115,6 +122,9 @@ impl App {
             })
         };
         tracing::info!(addr = %self.cfg.listen_addr, config = ?self.cfg, "webhook-dispatcher started");
+        if self.cfg.weak_token() {
+            tracing::warn!("ADMIN_TOKEN is shorter than 16 characters; use a long random token");
+        }
 
         let refresher = tokio::spawn(refresh_index(
             self.index.clone(),
@@ -159,7 +169,7 @@ impl App {
         &self,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<Session>> {
+    ) -> anyhow::Result<Option<Arc<Session>>> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let opened = tokio::select! {
@@ -167,7 +177,7 @@ impl App {
                 opened = self.broker.open_session() => opened,
             };
             let session = match opened {
-                Ok(session) => session,
+                Ok(session) => Arc::new(session),
                 Err(e) if e.is_fatal() => return Err(e.into()),
                 Err(e) => {
                     self.metrics.broker_up(false);
@@ -190,68 +200,73 @@ impl App {
             }
             self.metrics.broker_up(false);
             self.broker.disconnected();
-            tracing::warn!("broker connection lost; reconnecting");
+            tracing::warn!("broker session lost; reconnecting");
         }
     }
 
-    /// Consumes on one session until its connection is lost or shutdown begins.
+    /// Consumes on one session until its connection, a consumer or the publish channel is lost,
+    /// or shutdown begins. Tasks still running keep the session (and so its channels) alive.
     async fn run_session(
         &self,
-        session: &Session,
+        session: &Arc<Session>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
         let stop = shutdown.child_token();
-        let Session {
-            events,
-            dead,
-            sample_channel,
-            ..
-        } = session;
         let dispatch =
             self.dispatcher
                 .clone()
-                .consume(events.clone(), tracker.clone(), stop.clone());
+                .consume(session.clone(), tracker.clone(), stop.clone());
         let log = dlq::run(
-            dead.clone(),
+            session.dead.clone(),
             self.store.clone(),
             self.metrics.clone(),
             stop.clone(),
         );
-        let sample = sample_queues(
-            sample_channel.clone(),
-            self.broker.topology.queues(),
-            self.metrics.clone(),
-        );
+        let publisher = self.broker.publisher.clone();
+        let sampler = tokio::spawn(sample_queues(self.broker.clone(), self.metrics.clone()));
         tokio::select! {
             _ = dispatch => {}
             _ = log => {}
-            _ = sample => {}
+            _ = publisher.lost() => tracing::warn!("the publish channel closed"),
         }
         stop.cancel();
+        sampler.abort();
     }
 }
 
-/// Samples every queue's ready-message count; returns when the channel fails.
-async fn sample_queues(channel: lapin::Channel, queues: Vec<&str>, metrics: Metrics) {
+/// Samples every queue's ready-message count on a channel of its own, reopened after a failure
+/// (a passive declare of a deleted queue closes the channel).
+async fn sample_queues(broker: Broker, metrics: Metrics) {
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
+    let queues: Vec<String> = broker
+        .topology
+        .queues()
+        .into_iter()
+        .map(String::from)
+        .collect();
     loop {
-        for queue in &queues {
-            match channel
-                .queue_declare((*queue).into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(q) => metrics
-                    .queue_messages
-                    .with_label_values(&[queue])
-                    .set(i64::from(q.message_count())),
-                Err(e) => {
-                    tracing::warn!(error = %e, queue, "queue sampling stopped");
-                    return;
+        if let Ok(channel) = broker.channel().await {
+            'sampling: loop {
+                for queue in &queues {
+                    match channel
+                        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                        .await
+                    {
+                        Ok(q) => metrics
+                            .queue_messages
+                            .with_label_values(&[queue])
+                            .set(i64::from(q.message_count())),
+                        Err(e) => {
+                            tracing::warn!(error = %e, queue, "queue sampling failed");
+                            break 'sampling;
+                        }
+                    }
                 }
+                tokio::time::sleep(SAMPLE_EVERY).await;
             }
         }
         tokio::time::sleep(SAMPLE_EVERY).await;

@@ -13,6 +13,7 @@ pub struct Config {
     /// RabbitMQ connection URL.
     #[arg(
         long,
+        global = true,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
@@ -22,76 +23,89 @@ pub struct Config {
     /// `postgres://…` for a store shared by several instances.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         default_value = "sqlite://webhook-dispatcher.db"
     )]
     pub database_url: String,
 
     /// Address of the admin API, `/metrics` and the health checks. Port 0 picks a free port.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen_addr: SocketAddr,
 
     /// Topic exchange producers publish events to (routing key = event name).
-    #[arg(long, env = "EVENTS_EXCHANGE", default_value = "clarm.events")]
+    #[arg(
+        long,
+        global = true,
+        env = "EVENTS_EXCHANGE",
+        default_value = "clarm.events"
+    )]
     pub events_exchange: String,
 
     /// Prefix of every queue the service declares.
-    #[arg(long, env = "QUEUE_PREFIX", default_value = "webhooks")]
+    #[arg(long, global = true, env = "QUEUE_PREFIX", default_value = "webhooks")]
     pub queue_prefix: String,
 
     /// `quorum` (replicated, survives node loss) or `classic` (single dev node).
-    #[arg(long, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    #[arg(long, global = true, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
     pub queue_type: QueueType,
 
     /// Bearer token required on `/v1/*`. May be unset only when LISTEN_ADDR is a loopback address.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
     /// Limit for one whole delivery attempt (connect, send, response).
-    #[arg(long, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
 
     /// Comma-separated retry delays; one delay queue per entry, attempts = 1 + entries.
-    #[arg(long, env = "RETRY_DELAYS", default_value = "2s,4s,8s", value_parser = parse_delays)]
+    #[arg(long, global = true, env = "RETRY_DELAYS", default_value = "2s,4s,8s", value_parser = parse_delays)]
     pub retry_delays: RetryDelays,
 
     /// Allow endpoints on loopback, private, link-local and other non-public addresses.
-    #[arg(long, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, global = true, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_targets: bool,
 
     /// Log format: `json` or `pretty`. `RUST_LOG` filters.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
     /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch).
-    #[arg(long, env = "PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, env = "PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most HTTP delivery attempts in flight at once.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before their messages are
     /// handed back to the broker unacked.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// How often the subscription index is reloaded from the store (changes made through this
     /// instance's API apply at once; this picks up other instances' changes).
-    #[arg(long, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub subscription_refresh: Duration,
 }
 
 impl Config {
+    /// Whether the admin token is too short to resist guessing (warned about at start).
+    pub fn weak_token(&self) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+    }
+
     /// Checks rules that involve more than one setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.admin_token.is_none() && !self.listen_addr.ip().is_loopback() {
             return Err(ConfigError::TokenRequired(self.listen_addr));
-        }
-        if let Some(token) = &self.admin_token
-            && token.expose().len() < 16
-        {
-            return Err(ConfigError::WeakToken);
         }
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
             return Err(ConfigError::Invalid(
@@ -154,8 +168,6 @@ pub enum ConfigError {
         "ADMIN_TOKEN is required when LISTEN_ADDR ({0}) is not a loopback address: set ADMIN_TOKEN or listen on 127.0.0.1"
     )]
     TokenRequired(SocketAddr),
-    #[error("ADMIN_TOKEN must be at least 16 characters")]
-    WeakToken,
     #[error("{0}")]
     Invalid(String),
 }

@@ -14,15 +14,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
 
-use crate::broker::{BrokerError, Publisher, Route, Topology, has_header, json_props};
+use crate::broker::{BrokerError, Publisher, Route, Session, Topology, has_header, json_props};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
 use crate::event;
 use crate::metrics::Metrics;
 use crate::retry::{Next, next_step};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::subscriptions::{Subscription, SubscriptionIndex};
 use crate::time::now_rfc3339;
-use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, new_dead_letter_id, raw_payload};
+use crate::wire::{
+    DeadLetter, DeliveryTask, MAX_KEPT_BYTES, TASK_HEADER, kept_payload, new_dead_letter_id,
+    raw_payload,
+};
+use sha2::{Digest, Sha256};
 
 pub struct Dispatcher {
     pub index: Arc<SubscriptionIndex>,
@@ -35,6 +39,15 @@ pub struct Dispatcher {
     pub limit: Arc<Semaphore>,
 }
 
+/// Why a message could not be handled now; it is requeued and tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The event-level facts every delivery of one event shares.
 struct EventRef<'a> {
     id: &'a str,
@@ -44,14 +57,16 @@ struct EventRef<'a> {
 }
 
 impl Dispatcher {
-    /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost),
-    /// handling each in its own task on `tracker`.
+    /// Takes messages from the session's events consumer until `stop` fires or the consumer
+    /// ends (connection lost), handling each in its own task on `tracker`. Each task holds the
+    /// session, so its channels stay open until the task has acked.
     pub async fn consume(
         self: Arc<Self>,
-        mut consumer: lapin::Consumer,
+        session: Arc<Session>,
         tracker: TaskTracker,
         stop: CancellationToken,
     ) {
+        let mut consumer = session.events.clone();
         loop {
             let next = tokio::select! {
                 biased;
@@ -60,7 +75,7 @@ impl Dispatcher {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(self.clone().handle(delivery));
+                    tracker.spawn(self.clone().handle(delivery, session.clone()));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "events consumer failed");
@@ -71,16 +86,26 @@ impl Dispatcher {
         }
     }
 
-    async fn handle(self: Arc<Self>, delivery: Delivery) {
-        let result = if has_header(&delivery.properties, TASK_HEADER) {
+    async fn handle(self: Arc<Self>, delivery: Delivery, _session: Arc<Session>) {
+        // Only the service's own delay queues and replays put tasks on the events queue, and
+        // they come through the default exchange. A task header on a message from the events
+        // exchange is a producer's and is ignored: it must not get a body of its choosing signed.
+        let is_task =
+            delivery.exchange.as_str().is_empty() && has_header(&delivery.properties, TASK_HEADER);
+        let result = if is_task {
             self.handle_task(&delivery.data).await
         } else {
             self.handle_event(&delivery).await
         };
         match result {
             Ok(()) => {
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %e, "ack failed; the broker will redeliver the message");
+                if !matches!(
+                    delivery.acker.ack(BasicAckOptions::default()).await,
+                    Ok(true)
+                ) {
+                    tracing::warn!(
+                        "ack failed (channel gone); the broker will redeliver the message"
+                    );
                 }
             }
             Err(e) => {
@@ -97,7 +122,7 @@ impl Dispatcher {
         }
     }
 
-    async fn handle_event(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+    async fn handle_event(&self, delivery: &Delivery) -> Result<(), HandleError> {
         let message_id = delivery
             .properties
             .message_id()
@@ -105,26 +130,7 @@ impl Dispatcher {
             .map(|m| m.as_str());
         let event = match event::parse(&delivery.data, message_id) {
             Ok(event) => event,
-            Err(err) => {
-                self.metrics.event_rejected(err.reason(), &err.to_string());
-                let fields = event::rejected_fields(&delivery.data);
-                let dead = DeadLetter {
-                    id: new_dead_letter_id(),
-                    event_id: message_id
-                        .map(str::to_string)
-                        .unwrap_or_else(|| event::derived_id(&delivery.data)),
-                    account_id: fields.account_id,
-                    subscription_id: None,
-                    url: None,
-                    event: fields.event,
-                    payload: raw_payload(&delivery.data),
-                    reason: err.reason().to_string(),
-                    detail: Some(err.to_string()),
-                    attempts: Vec::new(),
-                    dead_lettered_at: now_rfc3339(),
-                };
-                return self.dead_letter(&dead).await;
-            }
+            Err(err) => return self.reject(&delivery.data, message_id, &err).await,
         };
         self.metrics.event_consumed(event.kind.as_str());
         let subs = self.index.matching(&event.account_id, event.kind);
@@ -142,7 +148,41 @@ impl Dispatcher {
         results.into_iter().collect()
     }
 
-    async fn handle_task(&self, data: &[u8]) -> Result<(), BrokerError> {
+    /// Dead-letters an invalid inbound message with its reason.
+    async fn reject(
+        &self,
+        raw: &[u8],
+        message_id: Option<&str>,
+        err: &event::EventError,
+    ) -> Result<(), HandleError> {
+        self.metrics.event_rejected(err.reason(), &err.to_string());
+        let fields = event::rejected_fields(raw);
+        let (payload, cut) = kept_payload(raw);
+        let mut detail = err.to_string();
+        if cut {
+            detail.push_str(&format!(
+                "; payload keeps the first {MAX_KEPT_BYTES} of {} bytes (sha256 {})",
+                raw.len(),
+                hex::encode(Sha256::digest(raw))
+            ));
+        }
+        let dead = DeadLetter {
+            id: new_dead_letter_id(),
+            event_id: event::fallback_id(message_id, raw),
+            account_id: fields.account_id,
+            subscription_id: None,
+            url: None,
+            event: fields.event,
+            payload,
+            reason: err.reason().to_string(),
+            detail: Some(detail),
+            attempts: Vec::new(),
+            dead_lettered_at: now_rfc3339(),
+        };
+        self.dead_letter(&dead).await
+    }
+
+    async fn handle_task(&self, data: &[u8]) -> Result<(), HandleError> {
         let task: DeliveryTask = match serde_json::from_slice(data) {
             Ok(task) => task,
             Err(e) => {
@@ -153,7 +193,7 @@ impl Dispatcher {
                     subscription_id: None,
                     url: None,
                     event: None,
-                    payload: raw_payload(data),
+                    payload: kept_payload(data).0,
                     reason: "invalid_task".into(),
                     detail: Some(format!("unreadable delivery task: {e}")),
                     attempts: Vec::new(),
@@ -164,14 +204,13 @@ impl Dispatcher {
         };
         let sub = match self.index.get(&task.subscription_id) {
             Some(sub) => Some(sub),
-            // Perhaps created through another instance since the last refresh.
-            None => match self.index.reload(&self.store).await {
-                Ok(_) => self.index.get(&task.subscription_id),
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscription reload failed");
-                    None
-                }
-            },
+            // Perhaps created through another instance since the last refresh: ask the store
+            // (one row, and only on this rare path).
+            None => self
+                .store
+                .subscription(&task.subscription_id)
+                .await?
+                .map(Arc::new),
         };
         let ev = EventRef {
             id: &task.event_id,
@@ -212,7 +251,7 @@ impl Dispatcher {
         ev: &EventRef<'_>,
         sub: &Subscription,
         mut attempts: Vec<AttemptRecord>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), HandleError> {
         let number = attempts.len() as u32 + 1;
         let span = tracing::info_span!(
             "delivery",
@@ -275,7 +314,7 @@ impl Dispatcher {
         url: Option<&str>,
         attempts: Vec<AttemptRecord>,
         reason: &str,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), HandleError> {
         let dead = DeadLetter {
             id: new_dead_letter_id(),
             event_id: ev.id.to_string(),
@@ -292,7 +331,7 @@ impl Dispatcher {
         self.dead_letter(&dead).await
     }
 
-    async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), BrokerError> {
+    async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), HandleError> {
         let body = serde_json::to_vec(dead).expect("dead letter serialises");
         let props = json_props(&dead.id, &[]);
         self.publisher

@@ -13,7 +13,7 @@ use crate::event;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::time::now_rfc3339;
-use crate::wire::{DeadLetter, new_dead_letter_id, raw_payload};
+use crate::wire::{DeadLetter, kept_payload, new_dead_letter_id};
 
 pub async fn run(
     mut consumer: lapin::Consumer,
@@ -39,7 +39,7 @@ pub async fn run(
 }
 
 async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &CancellationToken) {
-    let dead = read(&delivery.data);
+    let dead = read(&delivery.data).sanitized();
     let mut wait = Duration::from_millis(100);
     loop {
         match store.insert_dead_letter(&dead).await {
@@ -50,8 +50,11 @@ async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &Ca
                 } else {
                     tracing::debug!(id = %dead.id, "dead letter already persisted");
                 }
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %e, id = %dead.id, "ack of a persisted dead letter failed; it will be stored once more harmlessly");
+                if !matches!(
+                    delivery.acker.ack(BasicAckOptions::default()).await,
+                    Ok(true)
+                ) {
+                    tracing::warn!(id = %dead.id, "ack of a persisted dead letter failed; its redelivery is stored once (same id)");
                 }
                 return;
             }
@@ -79,7 +82,7 @@ fn read(data: &[u8]) -> DeadLetter {
             subscription_id: None,
             url: None,
             event: None,
-            payload: raw_payload(data),
+            payload: kept_payload(data).0,
             reason: "unreadable".into(),
             detail: Some(format!(
                 "message in the dead-letter queue is not a dead letter: {e}"

@@ -173,10 +173,7 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
             check_id(&id)?;
             id
         }
-        _ => match message_id.filter(|m| !m.is_empty()) {
-            Some(m) => m.to_string(),
-            None => derived_id(raw),
-        },
+        _ => fallback_id(message_id, raw),
     };
 
     // `timestamp_raw` is already valid JSON text for a string: reuse the producer's bytes.
@@ -207,6 +204,15 @@ pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
             account_id: l.account_id,
         },
         Err(_) => RejectedFields::default(),
+    }
+}
+
+/// The id of a message without an `id` field: its AMQP `message_id` when that is a usable id,
+/// else one derived from its bytes.
+pub fn fallback_id(message_id: Option<&str>, raw: &[u8]) -> String {
+    match message_id.filter(|m| check_id(m).is_ok()) {
+        Some(m) => m.to_string(),
+        None => derived_id(raw),
     }
 }
 
@@ -272,6 +278,13 @@ mod tests {
         let with_id = PURCHASE.replacen('{', r#"{"id":"evt_1","#, 1);
         assert_eq!(parse(with_id.as_bytes(), Some("m")).unwrap().id, "evt_1");
         assert_eq!(parse(PURCHASE.as_bytes(), Some("m-7")).unwrap().id, "m-7");
+        // A message_id no receiver could use as webhook-id is replaced by the derived id.
+        assert!(
+            parse(PURCHASE.as_bytes(), Some("a\u{0}b"))
+                .unwrap()
+                .id
+                .starts_with("evt_")
+        );
         let a = parse(PURCHASE.as_bytes(), None).unwrap().id;
         assert_eq!(a, parse(PURCHASE.as_bytes(), None).unwrap().id);
         assert!(a.starts_with("evt_") && a.len() == 36);

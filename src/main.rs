@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::{App, Config, telemetry};
 
+/// Every setting is a flag (before or after the subcommand) and an environment variable.
 #[derive(Parser)]
 #[command(
     name = "webhook-dispatcher",
@@ -12,22 +13,28 @@ use webhook_dispatcher::{App, Config, telemetry};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole service: consumer, delivery, retries, DLQ logger and admin API.
-    Serve(Box<Config>),
+    /// Run the whole service: consumer, delivery, retries, DLQ logger and admin API (the default).
+    Serve,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command: Command::Serve(cfg),
-    } = Cli::parse();
-    telemetry::init(cfg.log_format);
-    let app = App::build(*cfg).await?;
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(config.log_format);
+    let app = App::build(config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await

@@ -1,10 +1,21 @@
 //! The Prometheus registry and the small functions that count and log together, so a failure
 //! is one call. Each `App` owns its registry: several apps in one test process do not collide.
 
+use crate::event::EventKind;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// The `outcome` labels of `webhook_delivery_attempts_total`.
+pub const OUTCOMES: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
+/// The `reason` labels of `webhook_events_rejected_total`.
+pub const REJECT_REASONS: [&str; 4] = [
+    "invalid_json",
+    "unknown_event",
+    "invalid_event",
+    "too_large",
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -118,6 +129,26 @@ impl Metrics {
             in_flight,
             broker_connected,
             queue_messages,
+        }
+    }
+
+    /// Creates the series every dashboard and alert expects at zero, so a rate over a counter
+    /// that has not moved yet is 0 rather than absent. `delays` are the retry delay labels.
+    pub fn init_series(&self, delays: &[String]) {
+        for kind in EventKind::ALL {
+            let event = kind.as_str();
+            self.events_consumed.with_label_values(&[event]);
+            self.delivery_duration.with_label_values(&[event]);
+            self.dead_letters.with_label_values(&[event, "exhausted"]);
+            for outcome in OUTCOMES {
+                self.delivery_attempts.with_label_values(&[event, outcome]);
+            }
+        }
+        for reason in REJECT_REASONS {
+            self.events_rejected.with_label_values(&[reason]);
+        }
+        for delay in delays {
+            self.retries_scheduled.with_label_values(&[delay]);
         }
     }
 

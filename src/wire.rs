@@ -49,6 +49,56 @@ pub struct DeadLetter {
     pub dead_lettered_at: String,
 }
 
+impl DeadLetter {
+    /// Replaces NUL characters in every text field: PostgreSQL refuses them in TEXT, and a
+    /// dead letter the store can never take would block the logger. (`payload` is JSON, where
+    /// NUL is always escaped.)
+    pub fn sanitized(mut self) -> DeadLetter {
+        fn clean(s: &mut String) {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{fffd}");
+            }
+        }
+        for field in [
+            &mut self.id,
+            &mut self.event_id,
+            &mut self.reason,
+            &mut self.dead_lettered_at,
+        ] {
+            clean(field);
+        }
+        for field in [
+            &mut self.account_id,
+            &mut self.subscription_id,
+            &mut self.url,
+            &mut self.event,
+            &mut self.detail,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clean(field);
+        }
+        for attempt in &mut self.attempts {
+            attempt.error.iter_mut().for_each(clean);
+            clean(&mut attempt.started_at);
+        }
+        self
+    }
+}
+
+/// Most of a rejected message kept in its dead letter. A dead letter must stay well under the
+/// broker's message size limit, or publishing it would fail every time.
+pub const MAX_KEPT_BYTES: usize = 64 * 1024;
+
+/// The raw message as JSON for a dead letter, cut to [`MAX_KEPT_BYTES`]; `true` if it was cut.
+pub fn kept_payload(raw: &[u8]) -> (Box<RawValue>, bool) {
+    if raw.len() <= MAX_KEPT_BYTES {
+        return (raw_payload(raw), false);
+    }
+    (raw_payload(&raw[..MAX_KEPT_BYTES]), true)
+}
+
 /// The raw message as JSON: itself when it is JSON, else a JSON string of its (lossy) text.
 pub fn raw_payload(raw: &[u8]) -> Box<RawValue> {
     if let Ok(text) = std::str::from_utf8(raw)
@@ -75,6 +125,37 @@ mod tests {
         assert_eq!(raw_payload(br#"{"a":1.50}"#).get(), r#"{"a":1.50}"#);
         assert_eq!(raw_payload(b"not json").get(), r#""not json""#);
         assert_eq!(raw_payload(&[0xff, b'a']).get(), "\"\u{fffd}a\"");
+    }
+
+    #[test]
+    fn oversized_payloads_are_cut_and_nul_is_replaced() {
+        let big = vec![b'x'; MAX_KEPT_BYTES + 10];
+        let (kept, cut) = kept_payload(&big);
+        assert!(cut);
+        assert_eq!(
+            kept.get().len(),
+            MAX_KEPT_BYTES + 2,
+            "a JSON string of the first bytes"
+        );
+        assert!(!kept_payload(b"{}").1);
+
+        let dead = DeadLetter {
+            id: "dl_1".into(),
+            event_id: "a\0b".into(),
+            account_id: Some("acct\0".into()),
+            subscription_id: None,
+            url: None,
+            event: Some("\0".into()),
+            payload: raw_payload(b"x\0"),
+            reason: "invalid_json".into(),
+            detail: None,
+            attempts: Vec::new(),
+            dead_lettered_at: "t".into(),
+        }
+        .sanitized();
+        assert_eq!(dead.event_id, "a\u{fffd}b");
+        assert_eq!(dead.account_id.as_deref(), Some("acct\u{fffd}"));
+        assert!(!dead.payload.get().contains('\0'));
     }
 
     #[test]

@@ -5,11 +5,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
 use crate::broker::{Route, json_props};
-use crate::store::{DeliveryLog, LogFilter, page_limit};
+use crate::store::{DeliveryLog, LogFilter, Page, page_limit};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TASK_HEADER};
 
@@ -27,7 +26,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<DeliveryLog>>, ApiError> {
     let Query(q) = query?;
     let filter = LogFilter {
         account_id: q.account_id,
@@ -39,9 +38,9 @@ pub async fn list(
         .store
         .list_delivery_logs(&filter, q.cursor.as_deref(), page_limit(q.limit))
         .await?;
-    Ok(Json(
-        json!({ "items": page.items, "next_cursor": page.next_cursor }),
-    ))
+    // Serialised straight from the records: going through `serde_json::Value` would reorder
+    // payload keys and turn 299.00 into 299.0.
+    Ok(Json(page))
 }
 
 pub async fn read(

@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ApiError, ApiJson, ApiState};
-use crate::store::{NewSubscription, SubscriptionPatch, page_limit};
+use crate::store::{NewSubscription, Page, SubscriptionPatch, page_limit};
 use crate::subscriptions::{
     EventSet, Subscription, validate_account, validate_description, validate_url,
 };
@@ -85,7 +85,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<Subscription>>, ApiError> {
     let Query(query) = query?;
     let page = state
         .store
@@ -95,10 +95,7 @@ pub async fn list(
             page_limit(query.limit),
         )
         .await?;
-    let items: Vec<Value> = page.items.iter().map(view).collect();
-    Ok(Json(
-        json!({ "items": items, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(page))
 }
 
 pub async fn read(

@@ -90,6 +90,13 @@ impl Publisher {
             .is_some_and(|c| c.status().connected())
     }
 
+    /// Resolves once the publish channel is gone (closed by the broker, or the connection lost).
+    pub async fn lost(&self) {
+        while self.is_connected() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Publishes a persistent message and waits for the broker's confirm. `mandatory` is set, so
     /// a message no queue takes is an error rather than silently dropped.
     pub async fn publish(
@@ -189,15 +196,13 @@ pub struct Broker {
     prefetch: u16,
 }
 
-/// One connected generation: consumers on the events and dead-letter queues, and a channel for
-/// sampling queue depths. Dropping it closes its channels (lapin closes a channel when its last
+/// One connected generation: consumers on the events and dead-letter queues. Dropping it closes its channels (lapin closes a channel when its last
 /// handle goes), so it must outlive every ack made on it.
 pub struct Session {
     pub events: Consumer,
     pub dead: Consumer,
     pub events_channel: Channel,
     pub dead_channel: Channel,
-    pub sample_channel: Channel,
 }
 
 impl Broker {
@@ -278,14 +283,12 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        let sample_channel = self.channel().await?;
         self.publisher.set(Some(publish));
         Ok(Session {
             events,
             dead,
             events_channel,
             dead_channel,
-            sample_channel,
         })
     }
 
@@ -325,12 +328,8 @@ impl Session {
     }
 
     /// Closes the channels; anything still unacked on them returns to its queue.
-    pub async fn close(self) {
-        for channel in [
-            &self.events_channel,
-            &self.dead_channel,
-            &self.sample_channel,
-        ] {
+    pub async fn close(&self) {
+        for channel in [&self.events_channel, &self.dead_channel] {
             let _ = channel.close(200, "shutting down".into()).await;
         }
     }

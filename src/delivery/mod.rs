@@ -24,7 +24,8 @@ pub enum Outcome {
     HttpError(u16),
     Timeout,
     ConnectError(String),
-    /// The endpoint resolved to an address the SSRF guard refuses.
+    /// The endpoint resolved to an address the SSRF guard refuses. Counted as `connect_error`
+    /// (the contract's outcome labels); the attempt's error says `blocked`.
     Blocked(String),
 }
 
@@ -34,8 +35,7 @@ impl Outcome {
             Outcome::Success(_) => "success",
             Outcome::HttpError(_) => "http_error",
             Outcome::Timeout => "timeout",
-            Outcome::ConnectError(_) => "connect_error",
-            Outcome::Blocked(_) => "blocked",
+            Outcome::ConnectError(_) | Outcome::Blocked(_) => "connect_error",
         }
     }
 
@@ -59,7 +59,7 @@ impl Outcome {
                 humantime::format_duration(timeout)
             )),
             Outcome::ConnectError(e) => Some(e.clone()),
-            Outcome::Blocked(e) => Some(e.clone()),
+            Outcome::Blocked(e) => Some(format!("blocked: {e}")),
         }
     }
 }

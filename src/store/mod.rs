@@ -29,8 +29,8 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// A page of results and the cursor of the next one.
-#[derive(Debug)]
+/// A page of results and the cursor of the next one; the API's list format.
+#[derive(Debug, serde::Serialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

@@ -110,44 +110,49 @@ impl Store {
         )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(from_row).collect()
+        // A corrupt row is logged and left out rather than failing the whole index (and with it
+        // every other account's deliveries).
+        Ok(rows
+            .iter()
+            .filter_map(|row| match from_row(row) {
+                Ok(sub) => Some(sub),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping unreadable subscription row");
+                    None
+                }
+            })
+            .collect())
     }
 
-    /// Applies `patch`; `None` if there is no such subscription.
+    /// Applies `patch` in one statement (concurrent changes to different fields both stick);
+    /// `None` if there is no such subscription.
     pub async fn update_subscription(
         &self,
         id: &str,
         patch: SubscriptionPatch,
     ) -> Result<Option<Subscription>, StoreError> {
-        let Some(mut sub) = self.subscription(id).await? else {
-            return Ok(None);
+        let (set_description, description) = match patch.description {
+            Some(d) => (1i64, d),
+            None => (0, None),
         };
-        if let Some(url) = patch.url {
-            sub.url = url.to_string();
-            sub.parsed_url = url;
-        }
-        if let Some(events) = patch.events {
-            sub.events = events;
-        }
-        if let Some(enabled) = patch.enabled {
-            sub.enabled = enabled;
-        }
-        if let Some(description) = patch.description {
-            sub.description = description;
-        }
-        sub.updated_at = now_rfc3339();
         let done = sqlx::query(
-            "UPDATE subscriptions SET url = $1, events = $2, enabled = $3, description = $4, updated_at = $5 WHERE id = $6",
+            "UPDATE subscriptions SET url = COALESCE($1, url), events = COALESCE($2, events), \
+             enabled = COALESCE($3, enabled), \
+             description = CASE WHEN $4 = 1 THEN $5 ELSE description END, updated_at = $6 WHERE id = $7",
         )
-        .bind(&sub.url)
-        .bind(events_json(sub.events))
-        .bind(i64::from(sub.enabled))
-        .bind(&sub.description)
-        .bind(&sub.updated_at)
-        .bind(&sub.id)
+        .bind(patch.url.map(|u| u.to_string()))
+        .bind(patch.events.map(events_json))
+        .bind(patch.enabled.map(i64::from))
+        .bind(set_description)
+        .bind(description)
+        .bind(now_rfc3339())
+        .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok((done.rows_affected() == 1).then_some(sub))
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.subscription(id).await
     }
 
     /// Deletes a subscription; `false` if there was none.

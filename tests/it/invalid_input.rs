@@ -96,6 +96,17 @@ async fn each_invalid_input_is_logged_with_its_reason_and_the_next_valid_event_i
     assert_eq!(unknown["event"], "refund");
     assert_eq!(unknown["account_id"], "acct_acme");
 
+    let too_large = logs.iter().find(|l| l["reason"] == "too_large").unwrap();
+    let kept = too_large["payload"]
+        .as_str()
+        .expect("cut payload is kept as text");
+    assert_eq!(kept.len(), 64 * 1024, "the first 64 KiB are kept");
+    assert!(
+        too_large["detail"].as_str().unwrap().contains("sha256"),
+        "{}",
+        too_large["detail"]
+    );
+
     let metrics = app.metrics().await;
     for (reason, count) in [
         ("invalid_json", 1),
@@ -133,5 +144,35 @@ async fn a_replay_of_a_message_rejected_before_matching_is_refused_clearly() {
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_replayable");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_producer_cannot_pass_off_a_message_as_an_internal_delivery_task() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let sub = app.subscribe("acct_acme", &receiver.url, &["*"]).await;
+    // A forged task: a body of the producer's choosing, aimed at a subscription it knows.
+    let forged = serde_json::json!({
+        "event_id": "forged", "account_id": "acct_acme", "subscription_id": sub["id"],
+        "event": "purchase", "body": "{\"anything\":\"the attacker wants signed\"}", "attempts": []
+    });
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-webhook-task".into(),
+        lapin::types::AMQPValue::LongString(b"delivery".to_vec().into()),
+    );
+    let props = lapin::BasicProperties::default().with_headers(headers);
+    app.publish_with("purchase", forged.to_string().as_bytes(), props)
+        .await;
+
+    let logs = app.wait_for_logs("", 1).await;
+    assert_eq!(
+        logs[0]["reason"], "invalid_event",
+        "treated as an inbound event: {}",
+        logs[0]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 0, "nothing was signed and sent");
     app.stop().await.unwrap();
 }

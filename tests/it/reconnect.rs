@@ -79,7 +79,11 @@ async fn a_cut_connection_is_reported_and_recovered_without_losing_events() {
                 .is_ok_and(|r| r.status() == 503)
         })
         .await;
-        assert!(app.metrics().await.contains("webhook_broker_connected 0"));
+        // The gauge follows the broker loop, a moment after /readyz (which reads the channel).
+        wait_until("webhook_broker_connected 0", PATIENCE, || async {
+            app.metrics().await.contains("webhook_broker_connected 0")
+        })
+        .await;
         // Published while the service is cut off (the test's own connection is direct).
         app.publish_fixture("identify").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -93,7 +97,10 @@ async fn a_cut_connection_is_reported_and_recovered_without_losing_events() {
         })
         .await;
         receiver.wait_for(1 + round, PATIENCE).await;
-        assert!(app.metrics().await.contains("webhook_broker_connected 1"));
+        wait_until("webhook_broker_connected 1", PATIENCE, || async {
+            app.metrics().await.contains("webhook_broker_connected 1")
+        })
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let identify = receiver

@@ -66,6 +66,20 @@ async fn replaying_a_log_record_delivers_it_again_once() {
 #[tokio::test]
 async fn metrics_expose_every_contract_series_and_move() {
     let app = spawn_app_with(&["--retry-delays", "100ms"]).await;
+    // Before anything happens the series exist at zero, so rates and alerts have data.
+    let fresh = app.metrics().await;
+    for line in [
+        r#"webhook_events_consumed_total{event="high_intent_visitor"} 0"#,
+        r#"webhook_delivery_attempts_total{event="purchase",outcome="timeout"} 0"#,
+        r#"webhook_events_rejected_total{reason="too_large"} 0"#,
+        r#"webhook_retries_scheduled_total{delay="100ms"} 0"#,
+        r#"webhook_dead_letters_total{event="identify",reason="exhausted"} 0"#,
+        r#"webhook_delivery_duration_seconds_count{event="goal_achieved"} 0"#,
+        "webhook_dead_letters_persisted_total 0",
+    ] {
+        assert!(fresh.contains(line), "missing {line}\n{fresh}");
+    }
+
     let receiver = Receiver::start().await;
     receiver.script(&[Reply::Status(500), Reply::Status(500)]);
     app.subscribe("acct_acme", &receiver.url, &["*"]).await;

@@ -64,6 +64,26 @@ async fn an_endpoint_that_always_fails_gets_four_attempts_at_2_4_8_s_then_one_lo
         assert!(attempt["duration_ms"].is_u64());
     }
 
+    // The log keeps the delivered body byte for byte, in the list as in the single record.
+    for path in [
+        "/v1/delivery-logs?account_id=acct_acme".to_string(),
+        format!("/v1/delivery-logs/{}", record["id"].as_str().unwrap()),
+    ] {
+        let raw = app
+            .http
+            .get(app.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            raw.contains(&format!("\"payload\":{}", got[0].text())),
+            "{path} changed the payload: {raw}"
+        );
+    }
+
     // Exactly four attempts and one record: nothing more arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.count(), 4);

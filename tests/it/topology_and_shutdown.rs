@@ -214,3 +214,50 @@ fn config(prefix: &str, exchange: &str, dir: &tempfile::TempDir) -> Config {
     ])
     .cfg
 }
+
+#[test]
+fn help_documents_every_setting_with_its_environment_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for env in [
+        "AMQP_URL",
+        "DATABASE_URL",
+        "LISTEN_ADDR",
+        "EVENTS_EXCHANGE",
+        "QUEUE_PREFIX",
+        "QUEUE_TYPE",
+        "ADMIN_TOKEN",
+        "DELIVERY_TIMEOUT",
+        "RETRY_DELAYS",
+        "ALLOW_PRIVATE_TARGETS",
+        "LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("env: {env}")),
+            "--help lacks {env}:\n{help}"
+        );
+    }
+    assert!(help.contains("serve"), "{help}");
+}
+
+#[test]
+fn a_public_listen_address_without_a_token_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+        .args([
+            "serve",
+            "--listen-addr",
+            "0.0.0.0:0",
+            "--database-url",
+            "sqlite::memory:",
+        ])
+        .env_remove("ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ADMIN_TOKEN is required"), "{stderr}");
+}
