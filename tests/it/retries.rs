@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-/// How far a retry may arrive after its nominal delay. The broker expires a quorum-queue message
-/// within ~12 ms of its TTL (measured on 3.10.8); dead-lettering, the consumer hand-off and the
-/// next HTTP request add a few ms more. A 750 ms allowance keeps the test stable on a loaded
-/// 2-core CI machine while still telling 2 s from 4 s apart. A retry may never come early.
-const LATE_ALLOWANCE: Duration = Duration::from_millis(750);
+/// How far a retry may arrive after its nominal delay. Measured on this 2-core machine with
+/// RabbitMQ 3.10.8 quorum queues: +6..8 ms when the test runs alone, up to +190 ms while the
+/// whole suite runs in parallel, up to +530 ms with a release build hogging both cores. 1.5 s
+/// keeps a wide margin over that and still tells the schedule apart (neighbouring delays differ
+/// by at least 2 s). A retry can never come early: its TTL starts after the failed response.
+const LATE_ALLOWANCE: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
 async fn an_endpoint_that_always_fails_gets_four_attempts_at_2_4_8_s_then_one_log_record() {
