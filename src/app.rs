@@ -21,6 +21,7 @@ use crate::api::{self, ApiState};
 use crate::broker::{Broker, Session};
 use crate::config::Config;
 use crate::delivery::Deliverer;
+use crate::delivery::limit::EndpointLimiter;
 use crate::dispatcher::Dispatcher;
 use crate::dlq;
 use crate::metrics::Metrics;
@@ -75,6 +76,7 @@ impl App {
             topology: broker.topology.clone(),
             metrics: metrics.clone(),
             limit: Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
+            endpoints: EndpointLimiter::new(cfg.max_in_flight_per_endpoint as usize),
         });
         let listener = TcpListener::bind(cfg.listen_addr)
             .await

@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, global = true, env = "MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
+    /// Most attempts in flight to one subscription's endpoint. Past it, deliveries to that
+    /// endpoint wait in the delay queues (no attempt spent), so a hanging endpoint cannot take
+    /// the whole prefetch window from every other account.
+    #[arg(long, global = true, env = "MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_endpoint: u32,
+
     /// On SIGTERM, how long in-flight deliveries may take to finish before their messages are
     /// handed back to the broker unacked.
     #[arg(long, global = true, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
@@ -146,6 +152,10 @@ impl fmt::Debug for Config {
             .field("allow_private_targets", &self.allow_private_targets)
             .field("prefetch", &self.prefetch)
             .field("max_in_flight", &self.max_in_flight)
+            .field(
+                "max_in_flight_per_endpoint",
+                &self.max_in_flight_per_endpoint,
+            )
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
 
 use crate::broker::{BrokerError, Publisher, Route, Session, Topology, has_header, json_props};
+use crate::delivery::limit::EndpointLimiter;
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
 use crate::event;
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct Dispatcher {
     pub metrics: Metrics,
     /// Bounds HTTP attempts in flight across all messages (`MAX_IN_FLIGHT`).
     pub limit: Arc<Semaphore>,
+    /// Bounds attempts in flight per subscription (`MAX_IN_FLIGHT_PER_ENDPOINT`).
+    pub endpoints: EndpointLimiter,
 }
 
 /// Why a message could not be handled now; it is requeued and tried again.
@@ -144,7 +147,7 @@ impl Dispatcher {
             event: event.kind.as_str(),
             body: &event.body,
         };
-        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new()))).await;
+        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new(), 0))).await;
         results.into_iter().collect()
     }
 
@@ -220,7 +223,7 @@ impl Dispatcher {
         };
         match sub {
             Some(sub) if sub.enabled && sub.account_id == task.account_id => {
-                self.deliver(&ev, &sub, task.attempts).await
+                self.deliver(&ev, &sub, task.attempts, task.deferrals).await
             }
             Some(sub) if sub.account_id == task.account_id => {
                 self.give_up(
@@ -245,13 +248,19 @@ impl Dispatcher {
         }
     }
 
-    /// One attempt to one subscription, then whatever [`next_step`] says.
+    /// One attempt to one subscription, then whatever [`next_step`] says — or, when the
+    /// endpoint already has its fill of attempts in flight, a deferral.
     async fn deliver(
         &self,
         ev: &EventRef<'_>,
         sub: &Subscription,
         mut attempts: Vec<AttemptRecord>,
+        deferrals: u32,
     ) -> Result<(), HandleError> {
+        let slot = self.endpoints.try_acquire(&sub.id);
+        if slot.is_none() && !self.topology.retries.is_empty() {
+            return self.defer(ev, sub, attempts, deferrals).await;
+        }
         let number = attempts.len() as u32 + 1;
         let span = tracing::info_span!(
             "delivery",
@@ -265,9 +274,12 @@ impl Dispatcher {
             let (outcome, record) = {
                 let _permit = self.limit.acquire().await.expect("semaphore never closed");
                 let _gauge = InFlight::new(&self.metrics);
-                self.deliverer
+                let attempt = self
+                    .deliverer
                     .attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number)
-                    .await
+                    .await;
+                drop(slot);
+                attempt
             };
             Span::current().record("outcome", outcome.label());
             self.metrics.attempt_finished(
@@ -288,6 +300,7 @@ impl Dispatcher {
                         event: ev.event.to_string(),
                         body: ev.body.to_string(),
                         attempts,
+                        deferrals: 0,
                     };
                     let body = serde_json::to_vec(&task).expect("task serialises");
                     let props = json_props(ev.id, &[(TASK_HEADER, "delivery")]);
@@ -305,6 +318,35 @@ impl Dispatcher {
         }
         .instrument(span)
         .await
+    }
+
+    /// Puts the delivery back in a delay queue without spending an attempt: its endpoint is at
+    /// its in-flight limit. Repeated deferrals wait longer (the next delay queue each time).
+    async fn defer(
+        &self,
+        ev: &EventRef<'_>,
+        sub: &Subscription,
+        attempts: Vec<AttemptRecord>,
+        deferrals: u32,
+    ) -> Result<(), HandleError> {
+        let index = (deferrals as usize).min(self.topology.retries.len() - 1);
+        let queue = &self.topology.retries[index];
+        let task = DeliveryTask {
+            event_id: ev.id.to_string(),
+            account_id: ev.account_id.to_string(),
+            subscription_id: sub.id.clone(),
+            event: ev.event.to_string(),
+            body: ev.body.to_string(),
+            attempts,
+            deferrals: deferrals + 1,
+        };
+        let body = serde_json::to_vec(&task).expect("task serialises");
+        let props = json_props(ev.id, &[(TASK_HEADER, "deferred")]);
+        self.publisher
+            .publish_retrying(Route::queue(&queue.name), &body, props)
+            .await?;
+        self.metrics.delivery_deferred(&sub.id, &queue.label);
+        Ok(())
     }
 
     async fn give_up(

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub retries_scheduled: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub dead_letters_persisted: IntCounter,
+    pub deliveries_deferred: IntCounter,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
     pub queue_messages: IntGaugeVec,
@@ -89,6 +90,14 @@ impl Metrics {
         registry
             .register(Box::new(dead_letters_persisted.clone()))
             .expect("unique metric");
+        let deliveries_deferred = IntCounter::new(
+            "webhook_deliveries_deferred_total",
+            "Deliveries put back in a delay queue, no attempt spent, because their endpoint was at MAX_IN_FLIGHT_PER_ENDPOINT.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(deliveries_deferred.clone()))
+            .expect("unique metric");
         let in_flight = IntGauge::new(
             "webhook_deliveries_in_flight",
             "HTTP delivery attempts under way.",
@@ -126,6 +135,7 @@ impl Metrics {
             retries_scheduled,
             dead_letters,
             dead_letters_persisted,
+            deliveries_deferred,
             in_flight,
             broker_connected,
             queue_messages,
@@ -182,6 +192,15 @@ impl Metrics {
     pub fn retry_scheduled(&self, delay: &str) {
         self.retries_scheduled.with_label_values(&[delay]).inc();
         tracing::info!(delay, "retry scheduled");
+    }
+
+    pub fn delivery_deferred(&self, subscription_id: &str, delay: &str) {
+        self.deliveries_deferred.inc();
+        tracing::debug!(
+            subscription_id,
+            delay,
+            "endpoint at its in-flight limit; delivery deferred"
+        );
     }
 
     pub fn dead_lettered(&self, event: &str, reason: &str) {

@@ -23,6 +23,13 @@ pub struct DeliveryTask {
     pub body: String,
     /// Earlier attempts, oldest first; the next attempt's number is `attempts.len() + 1`.
     pub attempts: Vec<AttemptRecord>,
+    /// Times the next attempt was put off because its endpoint was at its in-flight limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DeliveryTask {

@@ -103,6 +103,7 @@ pub async fn replay(
         event: event.clone(),
         body: log.payload.get().to_string(),
         attempts: Vec::new(),
+        deferrals: 0,
     };
     let body = serde_json::to_vec(&task).expect("task serialises");
     let props = json_props(&log.event_id, &[(TASK_HEADER, "replay")]);

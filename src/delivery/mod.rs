@@ -2,6 +2,7 @@
 //! classify what happened into an [`Outcome`] exactly once.
 
 pub mod guard;
+pub mod limit;
 pub mod signing;
 
 use std::error::Error as _;

@@ -111,3 +111,55 @@ async fn a_slow_endpoint_does_not_hold_up_another_subscription() {
     assert_eq!(slow.count(), 1);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_an_attempt() {
+    let app = spawn_app_with(&["--max-in-flight-per-endpoint", "1"]).await;
+    let busy = Receiver::start().await;
+    let other = Receiver::start().await;
+    busy.script(&[Reply::Slow(Duration::from_millis(1500), 200)]);
+    app.subscribe("acct_busy", &busy.url, &["*"]).await;
+    app.subscribe("acct_other", &other.url, &["*"]).await;
+
+    let first = fixture("purchase").replace("acct_acme", "acct_busy");
+    let second = fixture("identify").replace("acct_acme", "acct_busy");
+    app.publish("purchase", first.as_bytes()).await;
+    busy.wait_for(1, PATIENCE).await;
+    app.publish("identify", second.as_bytes()).await;
+    // Another account is served at once while the busy endpoint is full.
+    app.publish(
+        "purchase",
+        fixture("purchase")
+            .replace("acct_acme", "acct_other")
+            .as_bytes(),
+    )
+    .await;
+    other.wait_for(1, Duration::from_secs(1)).await;
+
+    let got = busy.wait_for(2, PATIENCE).await;
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(1500),
+        "the second waited for the first"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(busy.count(), 2);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("webhook_deliveries_deferred_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"webhook_delivery_attempts_total{event="identify",outcome="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"webhook_delivery_attempts_total{event="identify",outcome="http_error"} 0"#
+        ),
+        "no attempt spent: {metrics}"
+    );
+    let (_, logs) = app.get("/v1/delivery-logs").await;
+    assert_eq!(logs["items"], serde_json::json!([]));
+    app.stop().await.unwrap();
+}
