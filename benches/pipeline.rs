@@ -583,7 +583,7 @@ async fn latency(o: &Options, service: &Service, conn: &Connection, counters: &A
             .unwrap();
         pending.push(confirm);
         if pending.len() >= 500 {
-            let batch: Vec<_> = pending.drain(..).collect();
+            let batch = std::mem::take(&mut pending);
             tokio::spawn(async move { join_all(batch).await });
         }
     }
