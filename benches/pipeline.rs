@@ -36,7 +36,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
-const PREFETCH: u16 = 256;
 const MAX_IN_FLIGHT: usize = 512;
 const FAN_OUT: usize = 50;
 const HANG: Duration = Duration::from_secs(11);
@@ -49,36 +48,44 @@ struct Options {
     latency_secs: u64,
     /// Scenarios to run (`--only 1,2`); all by default. Memory needs 2 and 3.
     only: Vec<u32>,
+    /// AMQP prefetch of the ceiling loop and the service (`--prefetch N`, default: the service's).
+    prefetch: u16,
 }
 
 impl Options {
     fn parse() -> Options {
         let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
         let quick = args.iter().any(|a| a == "--quick");
         let classic = args.iter().any(|a| a == "--classic");
-        let events = args
-            .iter()
-            .position(|a| a == "--events")
-            .and_then(|i| args.get(i + 1))
-            .map(|n| n.parse().expect("--events takes a number"))
-            .unwrap_or(if quick { 2_000 } else { 50_000 });
-        let only = args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1))
-            .map(|list| {
+        let default_events = if quick { 2_000 } else { 50_000 };
+        let events = value("--events").map_or(default_events, |n| {
+            n.parse().expect("--events takes a number")
+        });
+        let only = value("--only").map_or_else(
+            || vec![1, 2, 3, 4, 5, 6],
+            |list| {
                 list.split(',')
                     .map(|n| n.trim().parse().expect("--only takes 1,2,…"))
                     .collect()
-            })
-            .unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6]);
+            },
+        );
+        let prefetch =
+            value("--prefetch").map_or(256, |n| n.parse().expect("--prefetch takes a number"));
+        let latency_secs = if quick { 3 } else { 30 };
         Options {
             events,
             quick,
             classic,
             latency_rate: 2_000,
-            latency_secs: if quick { 3 } else { 30 },
+            latency_secs,
             only,
+            prefetch,
         }
     }
 
@@ -273,7 +280,7 @@ async fn ceiling(
     counters.reset();
     let consumer_ch = conn.create_channel().await.unwrap();
     consumer_ch
-        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .basic_qos(o.prefetch, BasicQosOptions::default())
         .await
         .unwrap();
     let mut consumer = consumer_ch
@@ -371,6 +378,7 @@ impl Service {
             ("EVENTS_EXCHANGE".into(), exchange.clone()),
             ("QUEUE_TYPE".into(), o.queue_type().into()),
             ("ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+            ("PREFETCH".into(), o.prefetch.to_string()),
             (
                 "RUST_LOG".into(),
                 std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -508,9 +516,10 @@ async fn main() {
     let n = o.events;
 
     println!(
-        "\nwebhook-dispatcher pipeline benchmark — {} events, {} queues{}\n",
+        "\nwebhook-dispatcher pipeline benchmark — {} events, {} queues, prefetch {}{}\n",
         n,
         o.queue_type(),
+        o.prefetch,
         if o.quick { ", quick" } else { "" }
     );
     println!("| scenario | measured | result | target |");

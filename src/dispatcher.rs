@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
 
 use crate::broker::{BrokerError, Publisher, Route, Session, Topology, has_header, json_props};
-use crate::delivery::limit::EndpointLimiter;
+use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
 use crate::event;
 use crate::metrics::Metrics;
@@ -257,7 +257,7 @@ impl Dispatcher {
         mut attempts: Vec<AttemptRecord>,
         deferrals: u32,
     ) -> Result<(), HandleError> {
-        let slot = self.endpoints.try_acquire(&sub.id);
+        let slot = self.endpoints.acquire(&sub.id, WAIT_FOR_SLOT).await;
         if slot.is_none() && !self.topology.retries.is_empty() {
             return self.defer(ev, sub, attempts, deferrals).await;
         }

@@ -1,65 +1,62 @@
 //! Per-endpoint concurrency. An endpoint that hangs keeps its attempts in flight for the whole
 //! `DELIVERY_TIMEOUT`, and each holds a prefetched message; without a cap, one such endpoint
-//! would fill the prefetch window and stall every other account. With it, a delivery to an
-//! endpoint that already has `max` attempts in flight is deferred to a delay queue (without
-//! spending an attempt) and the message is acked, so the endpoint's backlog waits in the broker.
+//! would fill the prefetch window and stall every other account.
+//!
+//! Each subscription may have `max` attempts in flight. A delivery that finds its endpoint full
+//! waits up to [`WAIT_FOR_SLOT`] for a slot — a healthy endpoint frees one within milliseconds —
+//! and is otherwise deferred to a delay queue (no attempt spent), so a stuck endpoint's backlog
+//! waits in the broker instead of in the prefetch window.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a delivery waits for its endpoint to free a slot before it is deferred.
+pub const WAIT_FOR_SLOT: Duration = Duration::from_millis(250);
 
 pub struct EndpointLimiter {
     max: usize,
-    busy: Mutex<HashMap<String, usize>>,
-}
-
-/// An attempt's place in its endpoint's budget; released on drop.
-pub struct EndpointSlot<'a> {
-    limiter: &'a EndpointLimiter,
-    key: String,
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl EndpointLimiter {
     pub fn new(max: usize) -> EndpointLimiter {
         EndpointLimiter {
             max,
-            busy: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot for `key`, or `None` if it already has `max` attempts in flight.
-    pub fn try_acquire(&self, key: &str) -> Option<EndpointSlot<'_>> {
-        let mut busy = self.busy.lock().expect("limiter lock");
-        let count = busy.entry(key.to_string()).or_insert(0);
-        if *count >= self.max {
-            return None;
+    fn semaphore(&self, key: &str) -> Arc<Semaphore> {
+        let mut endpoints = self.endpoints.lock().expect("limiter lock");
+        if let Some(sem) = endpoints.get(key) {
+            return sem.clone();
         }
-        *count += 1;
-        Some(EndpointSlot {
-            limiter: self,
-            key: key.to_string(),
-        })
+        let sem = Arc::new(Semaphore::new(self.max));
+        endpoints.insert(key.to_string(), sem.clone());
+        sem
     }
 
-    /// Attempts in flight to `key` (for tests and introspection).
+    /// A slot for `key`, waiting up to `wait`; `None` if the endpoint stayed full.
+    pub async fn acquire(&self, key: &str, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let sem = self.semaphore(key);
+        if let Ok(permit) = sem.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::time::timeout(wait, sem.acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Attempts in flight to `key`.
     pub fn in_flight(&self, key: &str) -> usize {
-        self.busy
-            .lock()
-            .expect("limiter lock")
+        let endpoints = self.endpoints.lock().expect("limiter lock");
+        endpoints
             .get(key)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for EndpointSlot<'_> {
-    fn drop(&mut self) {
-        let mut busy = self.limiter.busy.lock().expect("limiter lock");
-        if let Some(count) = busy.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                busy.remove(&self.key);
-            }
-        }
+            .map_or(0, |s| self.max - s.available_permits())
     }
 }
 
@@ -67,21 +64,22 @@ impl Drop for EndpointSlot<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_endpoint_gets_at_most_max_slots_and_gets_them_back() {
+    #[tokio::test]
+    async fn a_full_endpoint_waits_briefly_then_gives_up_and_others_are_independent() {
         let limiter = EndpointLimiter::new(2);
-        let a1 = limiter.try_acquire("a").unwrap();
-        let _a2 = limiter.try_acquire("a").unwrap();
-        assert!(limiter.try_acquire("a").is_none(), "a is full");
-        let _b = limiter.try_acquire("b").expect("b is independent");
-        drop(a1);
-        assert_eq!(limiter.in_flight("a"), 1);
-        assert!(limiter.try_acquire("a").is_some());
-        drop(_b);
-        assert_eq!(limiter.in_flight("b"), 0);
-        assert!(
-            limiter.busy.lock().unwrap().get("b").is_none(),
-            "idle endpoints leave no entry"
-        );
+        let wait = Duration::from_millis(20);
+        let a1 = limiter.acquire("a", wait).await.unwrap();
+        let _a2 = limiter.acquire("a", wait).await.unwrap();
+        assert!(limiter.acquire("a", wait).await.is_none(), "a is full");
+        let _b = limiter.acquire("b", wait).await.expect("b is independent");
+        assert_eq!(limiter.in_flight("a"), 2);
+
+        // A slot freed while waiting is taken.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(a1);
+        });
+        assert!(limiter.acquire("a", Duration::from_secs(1)).await.is_some());
+        release.await.unwrap();
     }
 }
