@@ -257,8 +257,12 @@ impl Dispatcher {
         mut attempts: Vec<AttemptRecord>,
         deferrals: u32,
     ) -> Result<(), HandleError> {
+        // The global permit first: a delivery holding its endpoint's slot must never sit waiting
+        // for a global permit, or busy-but-healthy endpoints (a fan-out) would look stuck.
+        let permit = self.limit.acquire().await.expect("semaphore never closed");
         let slot = self.endpoints.acquire(&sub.id, WAIT_FOR_SLOT).await;
         if slot.is_none() && !self.topology.retries.is_empty() {
+            drop(permit);
             return self.defer(ev, sub, attempts, deferrals).await;
         }
         let number = attempts.len() as u32 + 1;
@@ -272,13 +276,12 @@ impl Dispatcher {
         );
         async {
             let (outcome, record) = {
-                let _permit = self.limit.acquire().await.expect("semaphore never closed");
                 let _gauge = InFlight::new(&self.metrics);
                 let attempt = self
                     .deliverer
                     .attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number)
                     .await;
-                drop(slot);
+                drop((slot, permit));
                 attempt
             };
             Span::current().record("outcome", outcome.label());

@@ -138,7 +138,7 @@ impl Deliverer {
         let signature = key.sign(event_id, timestamp, body.as_bytes());
         let request = self
             .client
-            .post(url.as_str())
+            .post(url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone())
             .header("webhook-id", event_id)
