@@ -76,7 +76,7 @@ impl Options {
             },
         );
         let prefetch =
-            value("--prefetch").map_or(256, |n| n.parse().expect("--prefetch takes a number"));
+            value("--prefetch").map_or(512, |n| n.parse().expect("--prefetch takes a number"));
         let latency_secs = if quick { 3 } else { 30 };
         Options {
             events,

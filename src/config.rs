@@ -76,7 +76,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch).
-    #[arg(long, global = true, env = "PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, env = "PREFETCH", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most HTTP delivery attempts in flight at once.

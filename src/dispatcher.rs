@@ -324,7 +324,7 @@ impl Dispatcher {
     }
 
     /// Puts the delivery back in a delay queue without spending an attempt: its endpoint is at
-    /// its in-flight limit. Repeated deferrals wait longer (the next delay queue each time).
+    /// its in-flight limit and has not freed a slot for a while.
     async fn defer(
         &self,
         ev: &EventRef<'_>,
@@ -332,8 +332,9 @@ impl Dispatcher {
         attempts: Vec<AttemptRecord>,
         deferrals: u32,
     ) -> Result<(), HandleError> {
-        let index = (deferrals as usize).min(self.topology.retries.len() - 1);
-        let queue = &self.topology.retries[index];
+        // The longest delay: a deferred delivery's endpoint has just failed to free a slot for a
+        // while, and every round trip through a delay queue costs the broker a publish.
+        let queue = self.topology.retries.last().expect("deferral needs a delay queue");
         let task = DeliveryTask {
             event_id: ev.id.to_string(),
             account_id: ev.account_id.to_string(),
