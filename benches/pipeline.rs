@@ -261,6 +261,7 @@ fn queue_args(o: &Options) -> FieldTable {
 // Scenario 1: the ceiling.
 
 /// The bare loop: consume, POST the body, ack — the least any dispatcher must do per message.
+/// Its HTTP pool keeps a connection per concurrent request, so it never reconnects mid-run.
 /// Runs until its channel closes; counts acks in `acked`.
 fn bare_loop(
     o: &Options,
@@ -269,7 +270,7 @@ fn bare_loop(
     acked: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .build()
         .unwrap();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));

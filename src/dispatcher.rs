@@ -334,7 +334,11 @@ impl Dispatcher {
     ) -> Result<(), HandleError> {
         // The longest delay: a deferred delivery's endpoint has just failed to free a slot for a
         // while, and every round trip through a delay queue costs the broker a publish.
-        let queue = self.topology.retries.last().expect("deferral needs a delay queue");
+        let queue = self
+            .topology
+            .retries
+            .last()
+            .expect("deferral needs a delay queue");
         let task = DeliveryTask {
             event_id: ev.id.to_string(),
             account_id: ev.account_id.to_string(),

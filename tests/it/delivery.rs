@@ -114,7 +114,14 @@ async fn a_slow_endpoint_does_not_hold_up_another_subscription() {
 
 #[tokio::test]
 async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_an_attempt() {
-    let app = spawn_app_with(&["--max-in-flight-per-endpoint", "1"]).await;
+    // Deferrals wait in the longest delay queue: keep it short here.
+    let app = spawn_app_with(&[
+        "--max-in-flight-per-endpoint",
+        "1",
+        "--retry-delays",
+        "500ms,1s",
+    ])
+    .await;
     let busy = Receiver::start().await;
     let other = Receiver::start().await;
     busy.script(&[Reply::Slow(Duration::from_millis(1500), 200)]);
