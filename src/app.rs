@@ -67,7 +67,11 @@ impl App {
             .map(|r| r.label.clone())
             .collect();
         metrics.init_series(&delay_labels);
-        let deliverer = Deliverer::new(cfg.delivery_timeout, cfg.allow_private_targets)?;
+        let deliverer = Deliverer::new(
+            cfg.delivery_timeout,
+            cfg.allow_private_targets,
+            cfg.max_in_flight_per_endpoint as usize,
+        )?;
         let dispatcher = Arc::new(Dispatcher {
             index: index.clone(),
             store: store.clone(),

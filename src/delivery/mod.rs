@@ -85,12 +85,18 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(timeout: Duration, allow_private: bool) -> Result<Deliverer, reqwest::Error> {
+    /// `idle_per_host` should match the per-endpoint concurrency, so a busy endpoint keeps its
+    /// connections instead of reconnecting for every request over the pool's size.
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        idle_per_host: usize,
+    ) -> Result<Deliverer, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(idle_per_host)
             .tcp_nodelay(true)
             .no_proxy();
         if !allow_private {
