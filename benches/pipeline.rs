@@ -264,7 +264,6 @@ fn queue_args(o: &Options) -> FieldTable {
 /// Its HTTP pool keeps a connection per concurrent request, so it never reconnects mid-run.
 /// Runs until its channel closes; counts acks in `acked`.
 fn bare_loop(
-    o: &Options,
     mut consumer: lapin::Consumer,
     url: String,
     acked: Arc<AtomicU64>,
@@ -274,7 +273,6 @@ fn bare_loop(
         .build()
         .unwrap();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let _ = o;
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let permit = limit.clone().acquire_owned().await.unwrap();
@@ -296,11 +294,13 @@ fn bare_loop(
     })
 }
 
-/// A fresh queue for the bare loop and a consumer on it with the benchmark's prefetch.
+/// A fresh queue for the bare loop, `preload` messages published into it, then a consumer on it
+/// with the benchmark's prefetch.
 async fn bare_queue(
     o: &Options,
     conn: &Connection,
     label: &str,
+    preload: usize,
 ) -> (String, Channel, lapin::Consumer) {
     let queue = format!("bench-{}.{label}", uuid::Uuid::new_v4().simple());
     let ch = channel(conn).await;
@@ -311,6 +311,7 @@ async fn bare_queue(
     ch.queue_declare(queue.as_str().into(), durable, queue_args(o))
         .await
         .unwrap();
+    publish_all(&ch, "", &queue, (0..preload).map(|i| event(label, i))).await;
     let consumer_ch = conn.create_channel().await.unwrap();
     consumer_ch
         .basic_qos(o.prefetch, BasicQosOptions::default())
@@ -342,35 +343,11 @@ async fn ceiling(
     receiver: SocketAddr,
     counters: &Arc<Counters>,
 ) -> f64 {
-    let queue = format!("bench-{}.ceiling", uuid::Uuid::new_v4().simple());
-    let ch = channel(conn).await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.as_str().into(), durable, queue_args(o))
-        .await
-        .unwrap();
-    publish_all(&ch, "", &queue, (0..o.events).map(|i| event("ceiling", i))).await;
-
+    let (queue, consumer_ch, consumer) = bare_queue(o, conn, "ceiling", o.events).await;
     counters.reset();
-    let consumer_ch = conn.create_channel().await.unwrap();
-    consumer_ch
-        .basic_qos(o.prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let consumer = consumer_ch
-        .basic_consume(
-            queue.as_str().into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let worker = bare_loop(o, consumer, format!("http://{receiver}/ok"), acked.clone());
+    let worker = bare_loop(consumer, format!("http://{receiver}/ok"), acked.clone());
     // Done when every message is acked, as for the service (which acks after the POST).
     wait_for("the ceiling loop", Duration::from_secs(600), || {
         acked.load(Ordering::SeqCst) as usize >= o.events
@@ -692,8 +669,8 @@ async fn latency(
     counters: &Arc<Counters>,
     receiver: SocketAddr,
 ) {
-    let (queue, consumer_ch, consumer) = bare_queue(o, conn, "latency").await;
-    let worker = bare_loop(o, consumer, format!("http://{receiver}/ok"), Arc::default());
+    let (queue, consumer_ch, consumer) = bare_queue(o, conn, "latency", 0).await;
+    let worker = bare_loop(consumer, format!("http://{receiver}/ok"), Arc::default());
     let reference = paced(o, conn, counters, "", &queue).await;
     let _ = consumer_ch.close(200, "done".into()).await;
     let _ = worker.await;

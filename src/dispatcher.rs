@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
 
+use crate::broker::topology::RetryQueue;
 use crate::broker::{BrokerError, Publisher, Route, Session, Topology, has_header, json_props};
 use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
@@ -40,6 +41,26 @@ pub struct Dispatcher {
     pub limit: Arc<Semaphore>,
     /// Bounds attempts in flight per subscription (`MAX_IN_FLIGHT_PER_ENDPOINT`).
     pub endpoints: EndpointLimiter,
+}
+
+impl EventRef<'_> {
+    /// The task that carries this event's delivery to `subscription_id` to its next attempt.
+    fn task(
+        &self,
+        subscription_id: &str,
+        attempts: Vec<AttemptRecord>,
+        deferrals: u32,
+    ) -> DeliveryTask {
+        DeliveryTask {
+            event_id: self.id.to_string(),
+            account_id: self.account_id.to_string(),
+            subscription_id: subscription_id.to_string(),
+            event: self.event.to_string(),
+            body: self.body.to_string(),
+            attempts,
+            deferrals,
+        }
+    }
 }
 
 /// Why a message could not be handled now; it is requeued and tried again.
@@ -296,19 +317,7 @@ impl Dispatcher {
                 Next::Done => Ok(()),
                 Next::Retry(index) => {
                     let queue = &self.topology.retries[index];
-                    let task = DeliveryTask {
-                        event_id: ev.id.to_string(),
-                        account_id: ev.account_id.to_string(),
-                        subscription_id: sub.id.clone(),
-                        event: ev.event.to_string(),
-                        body: ev.body.to_string(),
-                        attempts,
-                        deferrals: 0,
-                    };
-                    let body = serde_json::to_vec(&task).expect("task serialises");
-                    let props = json_props(ev.id, &[(TASK_HEADER, "delivery")]);
-                    self.publisher
-                        .publish_retrying(Route::queue(&queue.name), &body, props)
+                    self.park(queue, &ev.task(&sub.id, attempts, 0), "delivery")
                         .await?;
                     self.metrics.retry_scheduled(&queue.label);
                     Ok(())
@@ -339,21 +348,28 @@ impl Dispatcher {
             .retries
             .last()
             .expect("deferral needs a delay queue");
-        let task = DeliveryTask {
-            event_id: ev.id.to_string(),
-            account_id: ev.account_id.to_string(),
-            subscription_id: sub.id.clone(),
-            event: ev.event.to_string(),
-            body: ev.body.to_string(),
-            attempts,
-            deferrals: deferrals + 1,
-        };
-        let body = serde_json::to_vec(&task).expect("task serialises");
-        let props = json_props(ev.id, &[(TASK_HEADER, "deferred")]);
+        self.park(
+            queue,
+            &ev.task(&sub.id, attempts, deferrals + 1),
+            "deferred",
+        )
+        .await?;
+        self.metrics.delivery_deferred(&sub.id, &queue.label);
+        Ok(())
+    }
+
+    /// Publishes a delivery task to a delay queue, with a confirm.
+    async fn park(
+        &self,
+        queue: &RetryQueue,
+        task: &DeliveryTask,
+        kind: &str,
+    ) -> Result<(), HandleError> {
+        let body = serde_json::to_vec(task).expect("task serialises");
+        let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
         self.publisher
             .publish_retrying(Route::queue(&queue.name), &body, props)
             .await?;
-        self.metrics.delivery_deferred(&sub.id, &queue.label);
         Ok(())
     }
 
