@@ -43,6 +43,23 @@ pub struct Dispatcher {
     pub endpoints: EndpointLimiter,
 }
 
+/// Why a message could not be handled now; it is requeued and tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The event-level facts every delivery of one event shares.
+struct EventRef<'a> {
+    id: &'a str,
+    account_id: &'a str,
+    event: &'a str,
+    body: &'a str,
+}
+
 impl EventRef<'_> {
     /// The task that carries this event's delivery to `subscription_id` to its next attempt.
     fn task(
@@ -61,23 +78,6 @@ impl EventRef<'_> {
             deferrals,
         }
     }
-}
-
-/// Why a message could not be handled now; it is requeued and tried again.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The event-level facts every delivery of one event shares.
-struct EventRef<'a> {
-    id: &'a str,
-    account_id: &'a str,
-    event: &'a str,
-    body: &'a str,
 }
 
 impl Dispatcher {

@@ -32,12 +32,6 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-impl DeliveryTask {
-    pub fn next_attempt(&self) -> u32 {
-        self.attempts.len() as u32 + 1
-    }
-}
-
 /// A delivery or inbound message given up on, as published to `P.dead` and persisted by the DLQ
 /// logger. `id` is fixed when the dead letter is published, so a redelivered copy is stored once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
