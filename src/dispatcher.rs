@@ -24,11 +24,7 @@ use crate::retry::{Next, next_step};
 use crate::store::{Store, StoreError};
 use crate::subscriptions::{Subscription, SubscriptionIndex};
 use crate::time::now_rfc3339;
-use crate::wire::{
-    DeadLetter, DeliveryTask, MAX_KEPT_BYTES, TASK_HEADER, kept_payload, new_dead_letter_id,
-    raw_payload,
-};
-use sha2::{Digest, Sha256};
+use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, new_dead_letter_id, raw_payload};
 
 pub struct Dispatcher {
     pub index: Arc<SubscriptionIndex>,
@@ -181,27 +177,15 @@ impl Dispatcher {
     ) -> Result<(), HandleError> {
         self.metrics.event_rejected(err.reason(), &err.to_string());
         let fields = event::rejected_fields(raw);
-        let (payload, cut) = kept_payload(raw);
-        let mut detail = err.to_string();
-        if cut {
-            detail.push_str(&format!(
-                "; payload keeps the first {MAX_KEPT_BYTES} of {} bytes (sha256 {})",
-                raw.len(),
-                hex::encode(Sha256::digest(raw))
-            ));
-        }
         let dead = DeadLetter {
-            id: new_dead_letter_id(),
-            event_id: event::fallback_id(message_id, raw),
             account_id: fields.account_id,
-            subscription_id: None,
-            url: None,
             event: fields.event,
-            payload,
-            reason: err.reason().to_string(),
-            detail: Some(detail),
-            attempts: Vec::new(),
-            dead_lettered_at: now_rfc3339(),
+            ..DeadLetter::for_raw(
+                raw,
+                event::fallback_id(message_id, raw),
+                err.reason(),
+                err.to_string(),
+            )
         };
         self.dead_letter(&dead).await
     }
@@ -210,19 +194,9 @@ impl Dispatcher {
         let task: DeliveryTask = match serde_json::from_slice(data) {
             Ok(task) => task,
             Err(e) => {
-                let dead = DeadLetter {
-                    id: new_dead_letter_id(),
-                    event_id: event::derived_id(data),
-                    account_id: None,
-                    subscription_id: None,
-                    url: None,
-                    event: None,
-                    payload: kept_payload(data).0,
-                    reason: "invalid_task".into(),
-                    detail: Some(format!("unreadable delivery task: {e}")),
-                    attempts: Vec::new(),
-                    dead_lettered_at: now_rfc3339(),
-                };
+                let detail = format!("unreadable delivery task: {e}");
+                let dead =
+                    DeadLetter::for_raw(data, event::derived_id(data), "invalid_task", detail);
                 return self.dead_letter(&dead).await;
             }
         };

@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::time::now_rfc3339;
-use crate::wire::{DeadLetter, kept_payload, new_dead_letter_id};
+use crate::wire::DeadLetter;
 
 pub async fn run(
     mut consumer: lapin::Consumer,
@@ -75,20 +74,9 @@ async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &Ca
 fn read(data: &[u8]) -> DeadLetter {
     match serde_json::from_slice::<DeadLetter>(data) {
         Ok(dead) => dead,
-        Err(e) => DeadLetter {
-            id: new_dead_letter_id(),
-            event_id: event::derived_id(data),
-            account_id: None,
-            subscription_id: None,
-            url: None,
-            event: None,
-            payload: kept_payload(data).0,
-            reason: "unreadable".into(),
-            detail: Some(format!(
-                "message in the dead-letter queue is not a dead letter: {e}"
-            )),
-            attempts: Vec::new(),
-            dead_lettered_at: now_rfc3339(),
-        },
+        Err(e) => {
+            let detail = format!("message in the dead-letter queue is not a dead letter: {e}");
+            DeadLetter::for_raw(data, event::derived_id(data), "unreadable", detail)
+        }
     }
 }

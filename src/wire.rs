@@ -4,7 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use sha2::{Digest, Sha256};
+
 use crate::delivery::AttemptRecord;
+use crate::time::now_rfc3339;
 
 /// AMQP header that marks a message on `P.events` as a [`DeliveryTask`] rather than an inbound
 /// event. Producers publish to the exchange and never set it.
@@ -51,6 +54,34 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A dead letter for a message that never became a delivery (rejected inbound event,
+    /// unreadable task, foreign message in `P.dead`): the raw bytes are kept — cut to
+    /// [`MAX_KEPT_BYTES`], with the full size and SHA-256 added to `detail` when cut.
+    pub fn for_raw(raw: &[u8], event_id: String, reason: &str, detail: String) -> DeadLetter {
+        let (payload, cut) = kept_payload(raw);
+        let mut detail = detail;
+        if cut {
+            detail.push_str(&format!(
+                "; payload keeps the first {MAX_KEPT_BYTES} of {} bytes (sha256 {})",
+                raw.len(),
+                hex::encode(Sha256::digest(raw))
+            ));
+        }
+        DeadLetter {
+            id: new_dead_letter_id(),
+            event_id,
+            account_id: None,
+            subscription_id: None,
+            url: None,
+            event: None,
+            payload,
+            reason: reason.to_string(),
+            detail: Some(detail),
+            attempts: Vec::new(),
+            dead_lettered_at: now_rfc3339(),
+        }
+    }
+
     /// Replaces NUL characters in every text field: PostgreSQL refuses them in TEXT, and a
     /// dead letter the store can never take would block the logger. (`payload` is JSON, where
     /// NUL is always escaped.)
