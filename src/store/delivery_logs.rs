@@ -100,14 +100,8 @@ impl Store {
             query = query.bind(value);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|l| l.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(items, limit, |item| &item.id))
     }
 
     /// Marks a record replayed at `at` unless it already was; `false` if it was (or is missing).

@@ -86,6 +86,19 @@ impl Store {
     }
 }
 
+impl<T> Page<T> {
+    /// A page from rows fetched with `LIMIT limit + 1`: the extra row only says there is more,
+    /// and the cursor is the id of the last row kept.
+    pub(crate) fn from_rows(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> Page<T> {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next_cursor = more
+            .then(|| items.last().map(|item| id(item).to_string()))
+            .flatten();
+        Page { items, next_cursor }
+    }
+}
+
 /// Clamps a requested page size to 1..=500 (default 100).
 pub fn page_limit(requested: Option<u32>) -> i64 {
     i64::from(requested.unwrap_or(100).clamp(1, 500))

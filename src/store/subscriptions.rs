@@ -94,14 +94,8 @@ impl Store {
             query = query.bind(account);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|s| s.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(items, limit, |item| &item.id))
     }
 
     pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
