@@ -37,11 +37,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let events_consumed = counter_vec(
             "webhook_events_consumed_total",
@@ -68,63 +64,58 @@ impl Metrics {
             "Deliveries and messages published to the dead-letter queue.",
             &["event", "reason"],
         );
-        let delivery_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "webhook_delivery_duration_seconds",
-                "Duration of one HTTP delivery attempt.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["event"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(delivery_duration.clone()))
-            .expect("unique metric");
-        let dead_letters_persisted = IntCounter::new(
-            "webhook_dead_letters_persisted_total",
-            "Dead letters committed to the delivery log.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(dead_letters_persisted.clone()))
-            .expect("unique metric");
-        let deliveries_deferred = IntCounter::new(
-            "webhook_deliveries_deferred_total",
-            "Deliveries put back in a delay queue, no attempt spent, because their endpoint was at MAX_IN_FLIGHT_PER_ENDPOINT.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(deliveries_deferred.clone()))
-            .expect("unique metric");
-        let in_flight = IntGauge::new(
-            "webhook_deliveries_in_flight",
-            "HTTP delivery attempts under way.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(in_flight.clone()))
-            .expect("unique metric");
-        let broker_connected = IntGauge::new(
-            "webhook_broker_connected",
-            "1 while the broker connection is up, else 0.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(broker_connected.clone()))
-            .expect("unique metric");
-        let queue_messages = IntGaugeVec::new(
-            Opts::new(
-                "webhook_queue_messages",
-                "Messages ready in each queue, sampled.",
+        let delivery_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "webhook_delivery_duration_seconds",
+                    "Duration of one HTTP delivery attempt.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+                &["event"],
             ),
-            &["queue"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_messages.clone()))
-            .expect("unique metric");
+        );
+        let dead_letters_persisted = register(
+            &registry,
+            IntCounter::new(
+                "webhook_dead_letters_persisted_total",
+                "Dead letters committed to the delivery log.",
+            ),
+        );
+        let deliveries_deferred = register(
+            &registry,
+            IntCounter::new(
+                "webhook_deliveries_deferred_total",
+                "Deliveries put back in a delay queue, no attempt spent, because their endpoint was at MAX_IN_FLIGHT_PER_ENDPOINT.",
+            ),
+        );
+        let in_flight = register(
+            &registry,
+            IntGauge::new(
+                "webhook_deliveries_in_flight",
+                "HTTP delivery attempts under way.",
+            ),
+        );
+        let broker_connected = register(
+            &registry,
+            IntGauge::new(
+                "webhook_broker_connected",
+                "1 while the broker connection is up, else 0.",
+            ),
+        );
+        let queue_messages = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "webhook_queue_messages",
+                    "Messages ready in each queue, sampled.",
+                ),
+                &["queue"],
+            ),
+        );
 
         Metrics {
             registry,
@@ -211,6 +202,18 @@ impl Metrics {
     pub fn broker_up(&self, up: bool) {
         self.broker_connected.set(i64::from(up));
     }
+}
+
+/// Registers a metric built from constant names and labels (so neither step can fail at run time).
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }
 
 impl Default for Metrics {
