@@ -74,25 +74,22 @@ pub struct TestApp {
     cleaned: bool,
 }
 
-/// The service with test defaults: its own prefix/exchange/SQLite file, port 0, private targets
-/// allowed (receivers are on loopback). `extra` are more `--flag value` arguments.
-pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
-    let amqp = amqp_url();
-    require_broker(&amqp).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}", dir.path().join("test.db").display());
-    let prefix = unique("q");
-    let exchange = unique("x");
+/// A config with test defaults: the given queue prefix and exchange, a SQLite file in `dir`,
+/// port 0, private targets allowed (receivers are on loopback). `extra` are more `--flag value`
+/// pairs; a flag given there replaces the default.
+pub fn test_config(prefix: &str, exchange: &str, dir: &std::path::Path, extra: &[&str]) -> Config {
     let defaults = [
-        ("--amqp-url", amqp.clone()),
-        ("--database-url", db),
+        ("--amqp-url", amqp_url()),
+        (
+            "--database-url",
+            format!("sqlite://{}", dir.join("test.db").display()),
+        ),
         ("--listen-addr", "127.0.0.1:0".into()),
-        ("--queue-prefix", prefix.clone()),
-        ("--events-exchange", exchange.clone()),
+        ("--queue-prefix", prefix.to_string()),
+        ("--events-exchange", exchange.to_string()),
         ("--allow-private-targets", "true".into()),
         ("--log-format", "pretty".into()),
     ];
-    // `extra` is `--flag value` pairs; a flag given there replaces the default.
     let mut args = vec!["webhook-dispatcher".to_string()];
     for (flag, value) in defaults {
         if !extra.contains(&flag) {
@@ -100,7 +97,18 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Cli::parse_from(args).cfg;
+    Cli::parse_from(args).cfg
+}
+
+/// The service with test defaults (see [`test_config`]): its own prefix/exchange/SQLite file, port 0, private targets
+/// allowed (receivers are on loopback). `extra` are more `--flag value` arguments.
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let amqp = amqp_url();
+    require_broker(&amqp).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique("q");
+    let exchange = unique("x");
+    let cfg = test_config(&prefix, &exchange, dir.path(), extra);
     let queues: Vec<String> = {
         let topology = webhook_dispatcher::broker::Topology::new(&cfg);
         topology.queues().into_iter().map(String::from).collect()

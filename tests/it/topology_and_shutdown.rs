@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
@@ -10,12 +9,6 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::{App, Config};
 
 use crate::helpers::*;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    cfg: Config,
-}
 
 #[tokio::test]
 async fn the_contract_queues_exist_with_their_arguments_and_restarts_are_idempotent() {
@@ -197,22 +190,7 @@ async fn shutdown_lets_an_in_flight_delivery_finish_and_exits_cleanly() {
 }
 
 fn config(prefix: &str, exchange: &str, dir: &tempfile::TempDir) -> Config {
-    Cli::parse_from([
-        "webhook-dispatcher",
-        "--amqp-url",
-        &amqp_url(),
-        "--database-url",
-        &format!("sqlite://{}", dir.path().join("t.db").display()),
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--queue-prefix",
-        prefix,
-        "--events-exchange",
-        exchange,
-        "--log-format",
-        "pretty",
-    ])
-    .cfg
+    test_config(prefix, exchange, dir.path(), &[])
 }
 
 #[test]
