@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 
 pub use error::ApiError;
+pub use subscriptions::{parse_create_body, parse_patch_body};
 
 use crate::broker::{Publisher, Topology};
 use crate::config::Secret;

@@ -55,26 +55,77 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+impl CreateBody {
+    fn validate(self) -> Result<NewSubscription, ApiError> {
+        validate_account(&self.account_id).map_err(ApiError::Unprocessable)?;
+        let url = validate_url(&self.url).map_err(ApiError::Unprocessable)?;
+        let events = EventSet::parse(&self.events).map_err(ApiError::Unprocessable)?;
+        if let Some(d) = &self.description {
+            validate_description(d).map_err(ApiError::Unprocessable)?;
+        }
+        Ok(NewSubscription {
+            account_id: self.account_id,
+            url,
+            events,
+            enabled: self.enabled,
+            description: self.description,
+        })
+    }
+}
+
+impl PatchBody {
+    fn validate(self) -> Result<SubscriptionPatch, ApiError> {
+        let mut patch = SubscriptionPatch::default();
+        if let Some(url) = &self.url {
+            patch.url = Some(validate_url(url).map_err(ApiError::Unprocessable)?);
+        }
+        if let Some(events) = &self.events {
+            patch.events = Some(EventSet::parse(events).map_err(ApiError::Unprocessable)?);
+        }
+        patch.enabled = self.enabled;
+        if let Some(description) = self.description {
+            if let Some(d) = &description {
+                validate_description(d).map_err(ApiError::Unprocessable)?;
+            }
+            patch.description = Some(description);
+        }
+        if patch.url.is_none()
+            && patch.events.is_none()
+            && patch.enabled.is_none()
+            && patch.description.is_none()
+        {
+            return Err(ApiError::Unprocessable(
+                "nothing to change: send at least one of url, events, enabled, description".into(),
+            ));
+        }
+        Ok(patch)
+    }
+}
+
+/// A create body as the API reads it (JSON, then validation) without the HTTP around it: the
+/// fuzz target's entry point. Malformed JSON is `BadRequest`, a wrong shape `Unprocessable`.
+pub fn parse_create_body(bytes: &[u8]) -> Result<NewSubscription, ApiError> {
+    body_from_slice::<CreateBody>(bytes)?.validate()
+}
+
+/// A PATCH body as the API reads it; see [`parse_create_body`].
+pub fn parse_patch_body(bytes: &[u8]) -> Result<SubscriptionPatch, ApiError> {
+    body_from_slice::<PatchBody>(bytes)?.validate()
+}
+
+fn body_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+        _ => ApiError::BadRequest(e.to_string()),
+    })
+}
+
 pub async fn create(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    validate_account(&body.account_id).map_err(ApiError::Unprocessable)?;
-    let url = validate_url(&body.url).map_err(ApiError::Unprocessable)?;
-    let events = EventSet::parse(&body.events).map_err(ApiError::Unprocessable)?;
-    if let Some(d) = &body.description {
-        validate_description(d).map_err(ApiError::Unprocessable)?;
-    }
-    let sub = state
-        .store
-        .create_subscription(NewSubscription {
-            account_id: body.account_id,
-            url,
-            events,
-            enabled: body.enabled,
-            description: body.description,
-        })
-        .await?;
+    let new = body.validate()?;
+    let sub = state.store.create_subscription(new).await?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
     let mut view = view(&sub);
@@ -115,29 +166,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut patch = SubscriptionPatch::default();
-    if let Some(url) = &body.url {
-        patch.url = Some(validate_url(url).map_err(ApiError::Unprocessable)?);
-    }
-    if let Some(events) = &body.events {
-        patch.events = Some(EventSet::parse(events).map_err(ApiError::Unprocessable)?);
-    }
-    patch.enabled = body.enabled;
-    if let Some(description) = body.description {
-        if let Some(d) = &description {
-            validate_description(d).map_err(ApiError::Unprocessable)?;
-        }
-        patch.description = Some(description);
-    }
-    if patch.url.is_none()
-        && patch.events.is_none()
-        && patch.enabled.is_none()
-        && patch.description.is_none()
-    {
-        return Err(ApiError::Unprocessable(
-            "nothing to change: send at least one of url, events, enabled, description".into(),
-        ));
-    }
+    let patch = body.validate()?;
     let sub = state
         .store
         .update_subscription(&id, patch)
