@@ -115,6 +115,8 @@ impl App {
             topology: self.broker.topology.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.cfg.admin_token.clone(),
+            allow_private_targets: self.cfg.allow_private_targets,
+            secret_rotation_overlap: self.cfg.secret_rotation_overlap,
         };
         let api_stop = CancellationToken::new();
         let api = {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// Longest overlap a secret rotation may keep the old secret signing.
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Everything `webhook-dispatcher serve` needs. Field docs are the `--help` text.
 #[derive(Clone, Args)]
 pub struct Config {
@@ -98,6 +101,11 @@ pub struct Config {
     /// instance's API apply at once; this picks up other instances' changes).
     #[arg(long, global = true, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub subscription_refresh: Duration,
+
+    /// After `POST /v1/subscriptions/{id}/rotate-secret`, how long the old secret keeps signing
+    /// next to the new one (a request may ask for another overlap, up to 30 days).
+    #[arg(long, global = true, env = "SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub secret_rotation_overlap: Duration,
 }
 
 impl Config {
@@ -121,6 +129,11 @@ impl Config {
         if self.events_exchange.is_empty() || self.events_exchange.len() > 255 {
             return Err(ConfigError::Invalid(
                 "EVENTS_EXCHANGE must be 1 to 255 characters".into(),
+            ));
+        }
+        if self.secret_rotation_overlap > MAX_SECRET_OVERLAP {
+            return Err(ConfigError::Invalid(
+                "SECRET_ROTATION_OVERLAP must be at most 30 days".into(),
             ));
         }
         if self.delivery_timeout.is_zero() {
@@ -157,6 +170,7 @@ impl fmt::Debug for Config {
                 &self.max_in_flight_per_endpoint,
             )
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("secret_rotation_overlap", &self.secret_rotation_overlap)
             .finish_non_exhaustive()
     }
 }

@@ -272,9 +272,10 @@ impl Dispatcher {
         async {
             let (outcome, record) = {
                 let _gauge = InFlight::new(&self.metrics);
+                let keys = sub.signing_keys(chrono::Utc::now());
                 let attempt = self
                     .deliverer
-                    .attempt(&sub.parsed_url, &sub.secret, ev.id, ev.body, number)
+                    .attempt(&sub.parsed_url, &keys, ev.id, ev.body, number)
                     .await;
                 drop((slot, permit));
                 attempt

@@ -1,7 +1,7 @@
 //! API errors: one enum, mapped to a status and `{"error":{"code","message"}}` in one place.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -75,6 +75,16 @@ impl From<JsonRejection> for ApiError {
                 ApiError::TooLarge(super::MAX_BODY_BYTES)
             }
             other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(super::MAX_BODY_BYTES)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
         }
     }
 }

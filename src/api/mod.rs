@@ -36,6 +36,9 @@ pub struct ApiState {
     pub topology: Arc<Topology>,
     pub metrics: Metrics,
     pub admin_token: Option<Secret>,
+    /// Off: endpoint URLs are checked by the SSRF guard on create and update.
+    pub allow_private_targets: bool,
+    pub secret_rotation_overlap: std::time::Duration,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -49,6 +52,10 @@ pub fn router(state: ApiState) -> Router {
             get(subscriptions::read)
                 .patch(subscriptions::update)
                 .delete(subscriptions::delete),
+        )
+        .route(
+            "/subscriptions/{id}/rotate-secret",
+            post(subscriptions::rotate_secret),
         )
         .route("/delivery-logs", get(delivery_logs::list))
         .route("/delivery-logs/{id}", get(delivery_logs::read))

@@ -6,8 +6,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 
 use super::{ApiError, ApiJson, ApiState};
+use crate::config::MAX_SECRET_OVERLAP;
+use crate::delivery::guard;
 use crate::store::{NewSubscription, Page, SubscriptionPatch, page_limit};
 use crate::subscriptions::{
     EventSet, Subscription, validate_account, validate_description, validate_url,
@@ -114,10 +120,16 @@ pub fn parse_patch_body(bytes: &[u8]) -> Result<SubscriptionPatch, ApiError> {
 }
 
 fn body_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
-        _ => ApiError::BadRequest(e.to_string()),
-    })
+    // Read like axum's `Json` (which names the field at fault), without the HTTP around it.
+    let classify = |e: &serde_json::Error, text: String| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(text),
+        _ => ApiError::BadRequest(text),
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| classify(e.inner(), e.to_string()))?;
+    de.end().map_err(|e| classify(&e, e.to_string()))?;
+    Ok(value)
 }
 
 pub async fn create(
@@ -125,6 +137,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new = body.validate()?;
+    vet(&state, &new.url).await?;
     let sub = state.store.create_subscription(new).await?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
@@ -167,6 +180,9 @@ pub async fn update(
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<Value>, ApiError> {
     let patch = body.validate()?;
+    if let Some(url) = &patch.url {
+        vet(&state, url).await?;
+    }
     let sub = state
         .store
         .update_subscription(&id, patch)
@@ -187,6 +203,63 @@ pub async fn delete(
     refresh(&state).await?;
     tracing::info!(subscription_id = %id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// How long the old secret keeps signing; the server's SECRET_ROTATION_OVERLAP if absent.
+    #[serde(default)]
+    overlap_seconds: Option<u64>,
+}
+
+/// `POST /v1/subscriptions/{id}/rotate-secret`: a new secret, shown in this answer only; the old
+/// one keeps signing next to it for the overlap. The body (`{"overlap_seconds": N}`) is optional.
+pub async fn rotate_secret(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        body_from_slice(&body)?
+    };
+    let overlap = match body.overlap_seconds {
+        None => state.secret_rotation_overlap,
+        Some(secs) if secs <= MAX_SECRET_OVERLAP.as_secs() => Duration::from_secs(secs),
+        Some(_) => {
+            return Err(ApiError::Unprocessable(format!(
+                "overlap_seconds must be at most {} (30 days)",
+                MAX_SECRET_OVERLAP.as_secs()
+            )));
+        }
+    };
+    let sub = state
+        .store
+        .rotate_secret(&id, overlap)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    refresh(&state).await?;
+    tracing::info!(
+        subscription_id = %sub.id,
+        overlap = %humantime::format_duration(overlap),
+        "subscription secret rotated"
+    );
+    let mut view = view(&sub);
+    view["secret"] = Value::String(sub.secret.expose().to_string());
+    Ok(Json(view))
+}
+
+/// The SSRF guard's check of a new or changed endpoint, unless private targets are allowed.
+async fn vet(state: &ApiState, url: &url::Url) -> Result<(), ApiError> {
+    if state.allow_private_targets {
+        return Ok(());
+    }
+    guard::vet_url(url)
+        .await
+        .map_err(|blocked| ApiError::Unprocessable(format!("url is not allowed: {blocked}")))
 }
 
 fn view(sub: &Subscription) -> Value {

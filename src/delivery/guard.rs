@@ -85,18 +85,17 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 pub struct GuardedResolver;
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{host} resolves only to non-public addresses ({addrs}); set ALLOW_PRIVATE_TARGETS=true to allow them"
-)]
+#[error("{host} {reason}; set ALLOW_PRIVATE_TARGETS=true to allow private targets")]
 pub struct Blocked {
     pub host: String,
-    pub addrs: String,
+    pub reason: String,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
+            check_name(&host)?;
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = found
@@ -105,17 +104,42 @@ impl Resolve for GuardedResolver {
                 .filter(|a| is_public(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let addrs = found
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let addrs: Vec<IpAddr> = found.iter().map(SocketAddr::ip).collect();
                 return Err(
-                    Box::new(Blocked { host, addrs }) as Box<dyn std::error::Error + Send + Sync>
+                    Box::new(non_public(&host, &addrs)) as Box<dyn std::error::Error + Send + Sync>
                 );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
+    }
+}
+
+/// Names that only ever mean this host or a private network (RFC 6761 `localhost`, mDNS
+/// `.local`, RFC 8375 `.home.arpa`, and the customary `.internal`/`.localdomain`), refused
+/// before any lookup: a resolver may answer them from files, a search domain or the LAN.
+fn check_name(host: &str) -> Result<(), Blocked> {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let local = ["localhost", "local", "internal", "localdomain", "home.arpa"]
+        .iter()
+        .any(|suffix| name == *suffix || name.ends_with(&format!(".{suffix}")));
+    if local {
+        return Err(Blocked {
+            host: host.to_string(),
+            reason: "is a local-only name".into(),
+        });
+    }
+    Ok(())
+}
+
+fn non_public(host: &str, addrs: &[IpAddr]) -> Blocked {
+    let list = addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Blocked {
+        host: host.to_string(),
+        reason: format!("resolves to a non-public address ({list})"),
     }
 }
 
@@ -128,12 +152,45 @@ pub fn check_literal(url: &url::Url) -> Result<(), Blocked> {
         _ => return Ok(()),
     };
     if is_public(ip) {
+        return Ok(());
+    }
+    Err(Blocked {
+        host: ip.to_string(),
+        reason: "is not a public address".into(),
+    })
+}
+
+/// Refuses `host` if any address it resolved to is not public. Stricter than the connect-time
+/// filter (which drops the non-public addresses and uses the rest): a name that mixes public and
+/// private addresses has no business being a customer's webhook endpoint.
+pub fn check_addrs(host: &str, addrs: &[IpAddr]) -> Result<(), Blocked> {
+    if addrs.iter().all(|ip| is_public(*ip)) {
         Ok(())
     } else {
-        Err(Blocked {
-            host: ip.to_string(),
-            addrs: ip.to_string(),
-        })
+        Err(non_public(host, addrs))
+    }
+}
+
+/// How long a subscription change may wait for DNS before the name is accepted unresolved.
+const VET_LOOKUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The check on create and update: IP literals in any spelling, then the name's current
+/// addresses. A name that does not resolve (yet) is accepted: every delivery checks again, and
+/// only vetted addresses are ever connected to.
+pub async fn vet_url(url: &url::Url) -> Result<(), Blocked> {
+    check_literal(url)?;
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(());
+    };
+    check_name(host)?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout(VET_LOOKUP_LIMIT, lookup).await {
+        Ok(Ok(found)) => {
+            let addrs: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+            check_addrs(host, &addrs)
+        }
+        Ok(Err(_)) | Err(_) => Ok(()),
     }
 }
 
@@ -188,21 +245,75 @@ mod tests {
         }
     }
 
-    #[test]
-    fn literal_hosts_in_urls_are_checked_in_every_spelling() {
-        // The URL parser normalises decimal, octal and hex IPv4 spellings to the address.
-        for raw in [
+    /// The hostile-target table: every entry must be refused by the create/update
+    /// check, whatever the spelling. Names are resolved for real (only through /etc/hosts here:
+    /// the local-only names are refused before any lookup).
+    #[tokio::test]
+    async fn hostile_targets_are_all_refused() {
+        let hostile = [
             "http://127.0.0.1/",
-            "http://2130706433/",
-            "http://0x7f.0.0.1/",
-            "http://0177.0.0.1/",
-            "http://[::ffff:127.0.0.1]/",
-            "http://[::1]:8080/",
-            "https://10.0.0.1/hook",
+            "http://2130706433/",              // decimal 127.0.0.1
+            "http://0x7f000001/",              // hex
+            "http://0177.0.0.1/",              // octal
+            "http://0x7f.0.0.1/",              // mixed
+            "http://127.1/",                   // short form
+            "http://0/",                       // 0.0.0.0
+            "http://0x0a.0x00.0x00.0x01/hook", // hex 10.0.0.1
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",     // IPv4-mapped
+            "http://[::ffff:7f00:1]/",        // the same, in hex
+            "http://[0:0:0:0:0:ffff:a00:1]/", // mapped 10.0.0.1
+            "http://[::127.0.0.1]/",          // IPv4-compatible
+            "http://[64:ff9b::a9fe:a9fe]/",   // NAT64 of 169.254.169.254
+            "http://[2002:c0a8:101::]/",      // 6to4 of 192.168.1.1
+            "http://[fd00::1]/",              // unique local
+            "http://[fe80::1]/",              // link-local
+            "http://localhost/",
+            "http://localhost./",
+            "http://LocalHost:8080/",
+            "http://api.localhost/",
+            "http://printer.local/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://router.home.arpa/",
+            "http://169.254.169.254/latest/meta-data/", // cloud metadata
+            "http://10.0.0.1/",
+            "http://172.16.5.4/",
+            "http://192.168.0.1/",
+            "http://100.64.0.1/",      // CGNAT
+            "http://224.0.0.1/",       // multicast
+            "http://255.255.255.255/", // broadcast
+            "http://192.0.2.1/",       // documentation
+            "http://198.18.0.1/",      // benchmarking
+            "http://240.0.0.1/",       // reserved
+        ];
+        for raw in hostile {
+            let url = url::Url::parse(raw).unwrap();
+            assert!(vet_url(&url).await.is_err(), "{raw} should be refused");
+        }
+        assert!(hostile.len() >= 20);
+    }
+
+    #[test]
+    fn names_resolving_to_private_addresses_are_refused() {
+        let ten: IpAddr = "10.1.2.3".parse().unwrap();
+        let public: IpAddr = "93.184.216.34".parse().unwrap();
+        let err = check_addrs("rebind.example", &[ten]).unwrap_err();
+        assert!(err.to_string().contains("10.1.2.3"), "{err}");
+        // One private address among public ones is enough to refuse the name.
+        assert!(check_addrs("mixed.example", &[public, ten]).is_err());
+        assert!(check_addrs("hooks.example", &[public]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn public_literals_and_unresolvable_names_pass_the_change_check() {
+        for raw in [
+            "https://93.184.216.34/hook",
+            "https://[2606:4700:4700::1111]/",
+            // Not resolvable here: accepted, and checked again at every delivery.
+            "https://hooks.invalid/x",
         ] {
             let url = url::Url::parse(raw).unwrap();
-            assert!(check_literal(&url).is_err(), "{raw} should be blocked");
+            assert!(vet_url(&url).await.is_ok(), "{raw}");
         }
-        assert!(check_literal(&url::Url::parse("https://example.com/").unwrap()).is_ok());
     }
 }

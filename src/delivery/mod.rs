@@ -112,18 +112,18 @@ impl Deliverer {
         })
     }
 
-    /// Sends `body` to `url` signed with `key`; never fails, every problem is an [`Outcome`].
+    /// Sends `body` to `url` signed with each of `keys`; never fails, every problem is an [`Outcome`].
     pub async fn attempt(
         &self,
         url: &url::Url,
-        key: &SigningKey,
+        keys: &[&SigningKey],
         event_id: &str,
         body: &str,
         attempt: u32,
     ) -> (Outcome, AttemptRecord) {
         let started_at = now_rfc3339();
         let start = Instant::now();
-        let outcome = self.send(url, key, event_id, body).await;
+        let outcome = self.send(url, keys, event_id, body).await;
         let record = AttemptRecord {
             attempt,
             started_at,
@@ -134,14 +134,20 @@ impl Deliverer {
         (outcome, record)
     }
 
-    async fn send(&self, url: &url::Url, key: &SigningKey, event_id: &str, body: &str) -> Outcome {
+    async fn send(
+        &self,
+        url: &url::Url,
+        keys: &[&SigningKey],
+        event_id: &str,
+        body: &str,
+    ) -> Outcome {
         if !self.allow_private
             && let Err(blocked) = guard::check_literal(url)
         {
             return Outcome::Blocked(blocked.to_string());
         }
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = key.sign(event_id, timestamp, body.as_bytes());
+        let signature = signing::signature_header(keys, event_id, timestamp, body.as_bytes());
         let request = self
             .client
             .post(url.clone())

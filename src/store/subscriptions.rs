@@ -6,8 +6,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Page, Store, StoreError};
 use crate::delivery::SigningKey;
-use crate::subscriptions::{EventSet, Subscription};
-use crate::time::now_rfc3339;
+use crate::subscriptions::{EventSet, PreviousSecret, Subscription};
+use crate::time::{now_rfc3339, rfc3339};
 
 /// A validated subscription to create.
 #[derive(Debug)]
@@ -28,8 +28,8 @@ pub struct SubscriptionPatch {
     pub description: Option<Option<String>>,
 }
 
-const COLUMNS: &str =
-    "id, account_id, url, events, enabled, description, secret, created_at, updated_at";
+const COLUMNS: &str = "id, account_id, url, events, enabled, description, secret, \
+     previous_secret, previous_secret_expires_at, created_at, updated_at";
 
 impl Store {
     pub async fn create_subscription(
@@ -45,6 +45,7 @@ impl Store {
             enabled: new.enabled,
             description: new.description,
             secret: SigningKey::generate(),
+            previous_secret: None,
             parsed_url: new.url,
             created_at: now.clone(),
             updated_at: now,
@@ -149,6 +150,36 @@ impl Store {
         self.subscription(id).await
     }
 
+    /// Gives a subscription a new secret; the current one becomes the previous secret, signing
+    /// next to the new one until `now + overlap` (an earlier previous secret is dropped). A zero
+    /// overlap retires the old secret at once. `None` if there is no such subscription.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        overlap: std::time::Duration,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let now = chrono::Utc::now();
+        let expires_at = (!overlap.is_zero()).then(|| {
+            let overlap = chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::MAX);
+            rfc3339(now.checked_add_signed(overlap).unwrap_or(now))
+        });
+        let done = sqlx::query(
+            "UPDATE subscriptions SET previous_secret = CASE WHEN $1 = 1 THEN secret ELSE NULL END, \
+             previous_secret_expires_at = $2, secret = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(i64::from(expires_at.is_some()))
+        .bind(&expires_at)
+        .bind(SigningKey::generate().expose())
+        .bind(rfc3339(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.subscription(id).await
+    }
+
     /// Deletes a subscription; `false` if there was none.
     pub async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
@@ -177,6 +208,17 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
     let parsed_url = url::Url::parse(&url).map_err(|e| corrupt(format!("url: {e}")))?;
     let secret_text: String = row.try_get("secret")?;
     let secret = SigningKey::parse(&secret_text).map_err(|e| corrupt(e.to_string()))?;
+    let previous_text: Option<String> = row.try_get("previous_secret")?;
+    let previous_until: Option<String> = row.try_get("previous_secret_expires_at")?;
+    let previous_secret = match (previous_text, previous_until) {
+        (Some(text), Some(until)) => Some(PreviousSecret {
+            key: SigningKey::parse(&text).map_err(|e| corrupt(format!("previous_secret: {e}")))?,
+            expires_at: chrono::DateTime::parse_from_rfc3339(&until)
+                .map_err(|e| corrupt(format!("previous_secret_expires_at: {e}")))?
+                .to_utc(),
+        }),
+        _ => None,
+    };
     let enabled: i64 = row.try_get("enabled")?;
     Ok(Subscription {
         id: id.clone(),
@@ -186,6 +228,7 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
         enabled: enabled != 0,
         description: row.try_get("description")?,
         secret,
+        previous_secret,
         parsed_url,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -3,6 +3,7 @@
 
 mod index;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use index::SubscriptionIndex;
@@ -73,10 +74,47 @@ pub struct Subscription {
     pub description: Option<String>,
     #[serde(skip)]
     pub secret: SigningKey,
+    /// The secret before the last rotation; shown as its expiry only.
+    #[serde(
+        rename = "previous_secret_expires_at",
+        serialize_with = "serialize_previous"
+    )]
+    pub previous_secret: Option<PreviousSecret>,
     #[serde(skip)]
     pub parsed_url: url::Url,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A rotated-out secret that keeps signing, next to the current one, until `expires_at`.
+#[derive(Clone, Debug)]
+pub struct PreviousSecret {
+    pub key: SigningKey,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    /// The keys a delivery made at `now` is signed with: the current secret, then the previous
+    /// one while its overlap lasts (receivers accept either signature).
+    pub fn signing_keys(&self, now: DateTime<Utc>) -> Vec<&SigningKey> {
+        let mut keys = vec![&self.secret];
+        if let Some(previous) = &self.previous_secret
+            && now < previous.expires_at
+        {
+            keys.push(&previous.key);
+        }
+        keys
+    }
+}
+
+fn serialize_previous<S: serde::Serializer>(
+    previous: &Option<PreviousSecret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    previous
+        .as_ref()
+        .map(|p| crate::time::rfc3339(p.expires_at))
+        .serialize(s)
 }
 
 fn serialize_events<S: serde::Serializer>(events: &EventSet, s: S) -> Result<S::Ok, S::Error> {

@@ -10,4 +10,5 @@ mod invalid_input;
 mod reconnect;
 mod replay_and_metrics;
 mod retries;
+mod security;
 mod topology_and_shutdown;
