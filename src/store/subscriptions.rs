@@ -144,10 +144,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        self.subscription(id).await
+        self.changed(done.rows_affected(), id).await
     }
 
     /// Gives a subscription a new secret; the current one becomes the previous secret, signing
@@ -174,7 +171,12 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
+        self.changed(done.rows_affected(), id).await
+    }
+
+    /// The subscription as an UPDATE of `rows` rows left it; `None` if it matched none.
+    async fn changed(&self, rows: u64, id: &str) -> Result<Option<Subscription>, StoreError> {
+        if rows == 0 {
             return Ok(None);
         }
         self.subscription(id).await
