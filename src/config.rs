@@ -314,4 +314,65 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
+
+    fn parse(args: &[&str]) -> Config {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cfg: Config,
+        }
+        let args = std::iter::once("webhook-dispatcher").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).unwrap().cfg
+    }
+
+    #[test]
+    fn a_public_listen_address_needs_an_admin_token() {
+        let open = parse(&["--listen-addr", "0.0.0.0:8080"]);
+        let err = open.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::TokenRequired(_)), "{err}");
+        assert!(err.to_string().contains("ADMIN_TOKEN is required"));
+        let guarded = parse(&[
+            "--listen-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "a-long-enough-token",
+        ]);
+        assert!(guarded.validate().is_ok());
+        assert!(
+            parse(&["--listen-addr", "127.0.0.1:8080"])
+                .validate()
+                .is_ok()
+        );
+        assert!(parse(&["--listen-addr", "[::1]:8080"]).validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let cfg = parse(&[
+            "--admin-token",
+            "token-that-must-not-leak",
+            "--amqp-url",
+            "amqp://svc:broker-password@rabbit:5672/%2f",
+            "--database-url",
+            "postgres://svc:db-password@db/webhooks",
+        ]);
+        let printed = format!("{cfg:?}");
+        for secret in ["token-that-must-not-leak", "broker-password", "db-password"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_overlap_over_30_days_is_refused() {
+        assert!(
+            parse(&["--secret-rotation-overlap", "31days"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(&["--secret-rotation-overlap", "30days"])
+                .validate()
+                .is_ok()
+        );
+    }
 }
