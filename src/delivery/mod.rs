@@ -162,15 +162,15 @@ impl Deliverer {
             Err(e) => return classify(e),
         };
         let status = response.status().as_u16();
-        // Drain a little of the body so the connection goes back to the pool; a huge or
-        // dripping body is cut off (and the connection dropped) instead of read.
+        // Drain a little of the body so the connection goes back to the pool; a huge body is
+        // cut off at the cap, a dripping one by the timeout (and the connection dropped). The
+        // status is the endpoint's answer: a body that then fails or never ends changes
+        // nothing, whatever the status (its bytes are thrown away anyway).
         let mut read = 0usize;
         while read <= MAX_RESPONSE_BYTES {
             match response.chunk().await {
                 Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) => break,
-                Err(e) if !response_status_ok(status) => return classify(e),
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         if response_status_ok(status) {
@@ -210,4 +210,69 @@ fn error_chain(err: reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An endpoint that answers `head` at once, then drips one body byte every 50 ms until the
+    /// client hangs up.
+    async fn dripping(head: &'static str) -> url::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The request is small: headers and body come before the first answer.
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while stream.write_all(b"x").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                });
+            }
+        });
+        url::Url::parse(&url).unwrap()
+    }
+
+    async fn attempt(url: &url::Url, timeout: Duration) -> (Outcome, AttemptRecord) {
+        Deliverer::new(timeout, true, 1)
+            .unwrap()
+            .attempt(url, &SigningKey::generate(), "evt_1", "{}", 1)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_status_followed_by_a_body_that_never_ends_is_classified_by_the_status() {
+        let timeout = Duration::from_millis(300);
+        for (head, expected) in [
+            (
+                "HTTP/1.1 500 Oops\r\ncontent-length: 1000000\r\n\r\n",
+                Outcome::HttpError(500),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n",
+                Outcome::Success(200),
+            ),
+        ] {
+            let url = dripping(head).await;
+            let (outcome, record) = attempt(&url, timeout).await;
+            assert_eq!(outcome, expected, "{head:?}");
+            assert_eq!(record.status, outcome.status());
+            // Cut off by the timeout, not read to the end (that would take 14 hours).
+            assert!(record.duration_ms >= 300, "{record:?}");
+            assert!(record.duration_ms < 3_000, "{record:?}");
+        }
+    }
 }

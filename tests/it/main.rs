@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin_api;
 mod delivery;
+mod hostile_endpoints;
 mod invalid_input;
 mod reconnect;
 mod replay_and_metrics;
