@@ -7,6 +7,7 @@ mod helpers;
 mod admin_api;
 mod delivery;
 mod invalid_input;
+mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
 mod retries;
