@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin_api;
+mod broker_restart;
 mod delivery;
 mod invalid_input;
 mod private_broker;
