@@ -5,9 +5,11 @@
 mod helpers;
 
 mod admin_api;
+mod broker_restart;
 mod delivery;
 mod hostile_endpoints;
 mod invalid_input;
+mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
 mod retries;
