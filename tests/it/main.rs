@@ -6,8 +6,10 @@ mod helpers;
 
 mod admin_api;
 mod delivery;
+mod faults;
 mod invalid_input;
 mod reconnect;
 mod replay_and_metrics;
 mod retries;
+mod service_process;
 mod topology_and_shutdown;
