@@ -344,7 +344,9 @@ impl Broker {
 }
 
 impl Session {
-    /// Stops both consumers; unacked messages go back to the broker when the channels close.
+    /// Stops both consumers; unacked messages go back to the broker when the channels close. On
+    /// a quorum queue the cancel is a round trip through the queue, so acks sent before it are
+    /// applied by the time it returns.
     pub async fn cancel_consumers(&self) {
         use lapin::options::BasicCancelOptions;
         let _ = self
