@@ -174,9 +174,16 @@ async fn sigterm_mid_load_is_graceful() {
     )
     .await;
     assert_eq!(report.lost, 0, "{report}");
+    let repeated: Vec<String> = receiver
+        .counts()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, n)| format!("{id} x{n}"))
+        .take(10)
+        .collect();
     assert_eq!(
         report.duplicates, 0,
-        "a graceful stop finishes and acks what it started: {report}"
+        "a graceful stop finishes and acks what it started: {report}; repeated: {repeated:?}"
     );
 }
 

@@ -360,9 +360,14 @@ impl Drop for ServiceProcess {
             let _ = self.child.as_mut().map(Child::wait);
         }
         if std::thread::panicking() {
+            // The temp dir goes with the test: keep the whole log where cargo keeps test files.
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", self.prefix));
+            let kept = match std::fs::copy(&self.log_path, &kept) {
+                Ok(_) => kept.display().to_string(),
+                Err(e) => format!("not kept: {e}"),
+            };
             eprintln!(
-                "service log ({}):\n{}",
-                self.log_path.display(),
+                "service log (whole log: {kept}), last lines:\n{}",
                 self.log_tail()
             );
         }
