@@ -159,6 +159,11 @@ impl App {
             );
         }
         if let Some(session) = last_session {
+            // Cancel only now, after the last ack: on a quorum queue basic.cancel is a round trip
+            // through the queue, so the acks sent before it are applied before the channels
+            // close. Acks followed straight by a channel close are sometimes dropped by the
+            // broker (rabbitmq-server#10327) and their messages delivered again.
+            session.cancel_consumers().await;
             session.close().await;
         }
         self.broker.close().await;
@@ -171,8 +176,8 @@ impl App {
         result
     }
 
-    /// Runs sessions until shutdown; returns the live session (if any) so its channels stay open
-    /// while in-flight deliveries ack.
+    /// Runs sessions until shutdown; returns the live session (if any) so its channels and
+    /// consumers stay open while in-flight deliveries ack.
     async fn broker_loop(
         &self,
         tracker: &TaskTracker,
@@ -203,7 +208,8 @@ impl App {
             tracing::info!("connected to the broker; consuming");
             self.run_session(&session, tracker, shutdown).await;
             if shutdown.is_cancelled() {
-                session.cancel_consumers().await;
+                // The consumers stay registered until the in-flight deliveries have acked (see
+                // `run`); what the broker sends meanwhile is not taken and goes back on close.
                 return Ok(Some(session));
             }
             self.metrics.broker_up(false);

@@ -8,14 +8,15 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
 
 use crate::broker::topology::RetryQueue;
-use crate::broker::{BrokerError, Publisher, Route, Session, Topology, has_header, json_props};
+use crate::broker::{
+    self, BrokerError, Publisher, Route, Session, Topology, has_header, json_props,
+};
 use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
 use crate::event;
@@ -119,12 +120,9 @@ impl Dispatcher {
         };
         match result {
             Ok(()) => {
-                if !matches!(
-                    delivery.acker.ack(BasicAckOptions::default()).await,
-                    Ok(true)
-                ) {
+                if !broker::ack(&delivery.acker).await {
                     tracing::warn!(
-                        "ack failed (channel gone); the broker will redeliver the message"
+                        "ack failed or did not complete (channel gone); the broker will redeliver the message"
                     );
                 }
             }
@@ -133,11 +131,7 @@ impl Dispatcher {
                 // a broker in trouble is not hammered with the same message.
                 tracing::error!(error = %e, "could not hand the message on; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                let _ = delivery.acker.nack(requeue).await;
+                let _ = broker::requeue(&delivery.acker).await;
             }
         }
     }

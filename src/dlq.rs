@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker;
 use crate::event;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -49,10 +49,7 @@ async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &Ca
                 } else {
                     tracing::debug!(id = %dead.id, "dead letter already persisted");
                 }
-                if !matches!(
-                    delivery.acker.ack(BasicAckOptions::default()).await,
-                    Ok(true)
-                ) {
+                if !broker::ack(&delivery.acker).await {
                     tracing::warn!(id = %dead.id, "ack of a persisted dead letter failed; its redelivery is stored once (same id)");
                 }
                 return;

@@ -8,8 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use lapin::Acker;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer};
@@ -158,6 +160,34 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
+/// written; but lapin (4.12) can leave one that was under way when the connection dropped
+/// pending forever. The broker requeues that message anyway, so waiting longer would only pin
+/// the task — and with it the dead session, and graceful shutdown for its whole grace period.
+/// A timed-out ack is not withdrawn: on a live connection its frame still goes out.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acks a delivery; `false` when the ack failed or did not complete within [`SETTLE_TIMEOUT`]
+/// (the broker will deliver the message again).
+pub async fn ack(acker: &Acker) -> bool {
+    matches!(
+        tokio::time::timeout(SETTLE_TIMEOUT, acker.ack(BasicAckOptions::default())).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Hands a delivery back to its queue; bounded like [`ack`].
+pub async fn requeue(acker: &Acker) -> bool {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    matches!(
+        tokio::time::timeout(SETTLE_TIMEOUT, acker.nack(requeue)).await,
+        Ok(Ok(true))
+    )
 }
 
 /// Persistent JSON message properties with the given headers.
@@ -314,7 +344,9 @@ impl Broker {
 }
 
 impl Session {
-    /// Stops both consumers; unacked messages go back to the broker when the channels close.
+    /// Stops both consumers; unacked messages go back to the broker when the channels close. On
+    /// a quorum queue the cancel is a round trip through the queue, so acks sent before it are
+    /// applied by the time it returns.
     pub async fn cancel_consumers(&self) {
         use lapin::options::BasicCancelOptions;
         let _ = self

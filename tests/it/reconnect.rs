@@ -1,69 +1,13 @@
 //! The service notices a cut broker connection, reports it, and recovers by itself.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
-/// A TCP proxy in front of the broker that can cut every connection and refuse new ones.
-struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (o, l) = (open.clone(), links.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let upstream = upstream.clone();
-                l.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                }));
-            }
-        });
-        Proxy { addr, open, links }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn a_cut_connection_is_reported_and_recovered_without_losing_events() {
-    let broker = url::Url::parse(&amqp_url()).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        broker.host_str().unwrap(),
-        broker.port().unwrap_or(5672)
-    );
-    let proxy = Proxy::start(upstream).await;
-    let mut via_proxy = broker.clone();
-    via_proxy.set_port(Some(proxy.addr.port())).unwrap();
-    let app = spawn_app_with(&["--amqp-url", via_proxy.as_str()]).await;
+    let proxy = Proxy::to_broker().await;
+    let app = spawn_app_with(&["--amqp-url", &proxy.amqp_url()]).await;
     let receiver = Receiver::start().await;
     app.subscribe("acct_acme", &receiver.url, &["*"]).await;
     app.publish_fixture("purchase").await;
