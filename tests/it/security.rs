@@ -1,11 +1,13 @@
 //! Security: the SSRF guard on the API (create and update refuse private targets with a clear
-//! 422) and secret rotation (the old secret keeps signing next to the new one for the overlap).
+//! 422), secret rotation (the old secret keeps signing next to the new one for the overlap), and
+//! no secret in the logs of a whole run.
 
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::service_process::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
 
 /// Whether `secret` verifies `received` with the stock Standard Webhooks library.
 fn verifies(secret: &str, received: &Received) -> bool {
@@ -163,4 +165,116 @@ async fn rotation_requests_are_checked() {
         .await;
     assert_eq!(status, 404, "{err}");
     app.stop().await.unwrap();
+}
+
+/// A full run through the real binary at `RUST_LOG=debug` (its own crates and every dependency):
+/// create, deliver, retry, dead-letter, rotate, replay. Neither the subscription secrets (whole
+/// or their key part) nor the admin token may appear anywhere in what it printed.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    const TOKEN: &str = "admin-token-that-must-not-be-logged";
+    let service = ServiceProcess::start(&[
+        ("RUST_LOG", "debug"),
+        ("ADMIN_TOKEN", TOKEN),
+        ("RETRY_DELAYS", "100ms,200ms"),
+    ])
+    .await;
+    let ok = Receiver::start().await;
+    ok.script(&[Reply::Status(503)]);
+    let failing = Receiver::start().await;
+    failing.always(Reply::Status(500));
+    let auth = format!("Bearer {TOKEN}");
+    let mut secrets = Vec::new();
+    let create = |url: String| {
+        let request = service
+            .http
+            .post(service.url("/v1/subscriptions"))
+            .header("authorization", &auth)
+            .json(&json!({"account_id": LOAD_ACCOUNT, "url": url, "events": ["purchase"]}));
+        async move {
+            let sub: Value = request.send().await.unwrap().json().await.unwrap();
+            sub
+        }
+    };
+    let good = create(ok.url.clone()).await;
+    let bad = create(failing.url.clone()).await;
+    secrets.push(good["secret"].as_str().unwrap().to_string());
+    secrets.push(bad["secret"].as_str().unwrap().to_string());
+    let rotated: Value = service
+        .http
+        .post(service.url(&format!(
+            "/v1/subscriptions/{}/rotate-secret",
+            good["id"].as_str().unwrap()
+        )))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    secrets.push(rotated["secret"].as_str().unwrap().to_string());
+
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(producer.publish_events(&event_ids("secrets", 1)).await, 1);
+    // The good endpoint: a 503, then a retry that succeeds, signed with both secrets.
+    let received = ok.wait_for(2, PATIENCE).await;
+    verify_signature(&secrets[0], &received[1]);
+    verify_signature(&secrets[2], &received[1]);
+    // The failing endpoint: three attempts, a dead letter, then a replay of it.
+    let logs_url = service.url("/v1/delivery-logs?reason=exhausted");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let record = loop {
+        let page: Value = service
+            .http
+            .get(&logs_url)
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !page["items"][0].is_null() {
+            break page["items"][0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exhausted record within {PATIENCE:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let replay = service
+        .http
+        .post(service.url(&format!(
+            "/v1/delivery-logs/{}/replay",
+            record["id"].as_str().unwrap()
+        )))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    failing.wait_for(4, PATIENCE).await;
+
+    let logs = service.current_logs();
+    // The run was logged (at debug, with the dependencies' own lines) …
+    for expected in [
+        "subscription created",
+        "subscription secret rotated",
+        good["id"].as_str().unwrap(),
+        "exhausted",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the logs should mention {expected:?}"
+        );
+    }
+    // … and no secret, nor the key inside it, nor the admin token, is in there.
+    for secret in &secrets {
+        let key = secret.strip_prefix("whsec_").unwrap();
+        assert!(!logs.contains(key), "a subscription secret was logged");
+    }
+    assert!(!logs.contains(TOKEN), "the admin token was logged");
+    println!("secrets checked against {} bytes of debug logs", logs.len());
 }
