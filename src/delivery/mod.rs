@@ -249,7 +249,7 @@ mod tests {
     async fn attempt(url: &url::Url, timeout: Duration) -> (Outcome, AttemptRecord) {
         Deliverer::new(timeout, true, 1)
             .unwrap()
-            .attempt(url, &SigningKey::generate(), "evt_1", "{}", 1)
+            .attempt(url, &[&SigningKey::generate()], "evt_1", "{}", 1)
             .await
     }
 
