@@ -321,17 +321,22 @@ impl Drop for TestApp {
 /// Deletes queues and an exchange, from a thread with its own runtime so it works in `Drop`
 /// and in async code alike.
 pub fn delete_topology(queues: Vec<String>, exchange: String) {
-    let _ = std::thread::spawn(move || delete_topology_now(queues, exchange)).join();
+    delete_topology_at(amqp_url(), queues, exchange);
 }
 
-fn delete_topology_now(queues: Vec<String>, exchange: String) {
+/// [`delete_topology`] on the broker at `url`. Gives up after 10 s (a broker that is down or
+/// stuck in its boot), and ignores queues and exchanges that do not exist.
+pub fn delete_topology_at(url: String, queues: Vec<String>, exchange: String) {
+    let _ = std::thread::spawn(move || delete_topology_now(url, queues, exchange)).join();
+}
+
+fn delete_topology_now(url: String, queues: Vec<String>, exchange: String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async move {
-        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-        else {
+    let delete = async move {
+        let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
             return;
         };
         let Ok(ch) = conn.create_channel().await else {
@@ -346,7 +351,8 @@ fn delete_topology_now(queues: Vec<String>, exchange: String) {
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
         let _ = conn.close(200, "bye".into()).await;
-    });
+    };
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), delete).await });
 }
 
 /// Polls `check` every 20 ms until it holds; panics naming `what` after `limit`.

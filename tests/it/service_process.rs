@@ -20,7 +20,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use crate::helpers::{PATIENCE, amqp_url, delete_topology, test_config, unique, wait_until};
+use crate::helpers::{PATIENCE, amqp_url, delete_topology_at, test_config, unique, wait_until};
 
 /// Events per load test: `FAULT_EVENTS`, else 2000.
 pub fn fault_events() -> usize {
@@ -38,7 +38,7 @@ pub fn fault_events() -> usize {
 
 /// The service binary running as a child process with its own queue prefix, exchange, SQLite
 /// file (in a temp dir) and admin port. Dropping it kills the process and deletes its queues and
-/// exchange, also when the test panicked.
+/// exchange on its broker, also when the test panicked.
 pub struct ServiceProcess {
     pub addr: SocketAddr,
     pub prefix: String,
@@ -46,6 +46,9 @@ pub struct ServiceProcess {
     /// Every queue the service declares (events, delay queues, dead).
     pub queues: Vec<String>,
     pub http: reqwest::Client,
+    /// The broker the queues live on, reached directly (the service's own `AMQP_URL` may be a
+    /// proxy in front of it).
+    broker_url: String,
     env: Vec<(String, String)>,
     child: Option<Child>,
     exited: Option<ExitStatus>,
@@ -56,16 +59,22 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts the service with test defaults overridden by `env` (`("MAX_IN_FLIGHT", "64")`,
-    /// …) and waits until `/readyz` says 200.
+    /// Starts the service on the shared broker with test defaults overridden by `env`
+    /// (`("MAX_IN_FLIGHT", "64")`, …) and waits until `/readyz` says 200.
     pub async fn start(env: &[(&str, &str)]) -> ServiceProcess {
+        ServiceProcess::start_on(&amqp_url(), env).await
+    }
+
+    /// [`ServiceProcess::start`] on the broker at `broker_url` (a private node): the service's
+    /// default `AMQP_URL`, and where `Drop` deletes its queues and exchange.
+    pub async fn start_on(broker_url: &str, env: &[(&str, &str)]) -> ServiceProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_path = dir.path().join("service.db");
         let prefix = unique("fq");
         let exchange = unique("fx");
         let port = free_port();
         let mut vars: Vec<(String, String)> = [
-            ("AMQP_URL", amqp_url()),
+            ("AMQP_URL", broker_url.to_string()),
             ("DATABASE_URL", sqlite_url(&db_path)),
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("QUEUE_PREFIX", prefix.clone()),
@@ -106,6 +115,7 @@ impl ServiceProcess {
             exchange,
             queues,
             http: reqwest::Client::new(),
+            broker_url: broker_url.to_string(),
             env: vars,
             child: None,
             exited: None,
@@ -242,6 +252,16 @@ impl ServiceProcess {
 
     /// Waits until `/readyz` answers 200; panics if the process exits first.
     pub async fn wait_ready(&mut self, limit: Duration) {
+        assert!(
+            self.ready_within(limit).await.is_some(),
+            "the service was not ready within {limit:?}; its log ends:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Polls `/readyz` every 20 ms and returns when it first answered 200, or `None` if it did
+    /// not within `limit`; panics if the process exits first.
+    pub async fn ready_within(&mut self, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         loop {
             let ready = self
@@ -252,7 +272,7 @@ impl ServiceProcess {
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK);
             if ready {
-                return;
+                return Some(Instant::now());
             }
             if !self.running() {
                 panic!(
@@ -261,11 +281,9 @@ impl ServiceProcess {
                     self.log_tail()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "the service was not ready within {limit:?}; its log ends:\n{}",
-                self.log_tail()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -371,7 +389,11 @@ impl Drop for ServiceProcess {
                 self.log_tail()
             );
         }
-        delete_topology(self.queues.clone(), self.exchange.clone());
+        delete_topology_at(
+            self.broker_url.clone(),
+            self.queues.clone(),
+            self.exchange.clone(),
+        );
     }
 }
 
@@ -491,8 +513,14 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// A producer on the shared broker.
     pub async fn connect(exchange: &str) -> Producer {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Producer::connect_to(&amqp_url(), exchange).await
+    }
+
+    /// A producer on the broker at `url` (a private node).
+    pub async fn connect_to(url: &str, exchange: &str) -> Producer {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("producer connection");
         let channel = conn.create_channel().await.expect("producer channel");
@@ -574,6 +602,8 @@ pub struct Report {
     pub recover: Duration,
     /// From the end of the fault until every event was handled.
     pub drain: Duration,
+    /// Figures of one test's own, printed after the others as `name=value`.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl Report {
@@ -605,7 +635,14 @@ impl Report {
             duplicates,
             recover,
             drain,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a figure of the test's own to the line.
+    pub fn with(mut self, name: &'static str, value: impl fmt::Display) -> Report {
+        self.extra.push((name, value.to_string()));
+        self
     }
 }
 
@@ -621,7 +658,11 @@ impl fmt::Display for Report {
             self.duplicates,
             self.recover.as_millis(),
             self.drain.as_millis()
-        )
+        )?;
+        for (name, value) in &self.extra {
+            write!(f, " {name}={value}")?;
+        }
+        Ok(())
     }
 }
 
