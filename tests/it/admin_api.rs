@@ -187,6 +187,10 @@ async fn bad_requests_get_clear_json_errors() {
 
     let (status, err) = app.get("/v1/delivery-logs?limit=lots").await;
     assert_eq!(status, 400, "{err}");
+
+    let (status, err) = app.request(Method::PUT, "/v1/subscriptions", None).await;
+    assert_eq!(status, 405, "{err}");
+    assert_eq!(err["error"]["code"], "method_not_allowed");
     app.stop().await.unwrap();
 }
 
