@@ -68,6 +68,27 @@ async fn finish(
     report
 }
 
+/// After a stop (the fault): start the service again, check every event was confirmed, and
+/// [`finish`] with the restart as the end of the fault.
+async fn restart_and_finish(
+    fault: &'static str,
+    svc: &mut ServiceProcess,
+    publishing: JoinHandle<usize>,
+    producer: &Producer,
+    receiver: &CountingReceiver,
+    ids: &[String],
+) -> Report {
+    let restarted = Instant::now();
+    svc.restart().await;
+    let recover = restarted.elapsed();
+    assert_eq!(
+        publishing.await.unwrap(),
+        ids.len(),
+        "the broker confirmed every event"
+    );
+    finish(fault, svc, producer, receiver, ids, recover, restarted).await
+}
+
 /// SIGKILL can only repeat deliveries whose message was unacked at the time, and the broker
 /// hands the service at most PREFETCH unacked messages: with PREFETCH = MAX_IN_FLIGHT, the
 /// duplicates are bounded by the in-flight limit. (MAX_IN_FLIGHT <= MAX_IN_FLIGHT_PER_ENDPOINT
@@ -101,18 +122,8 @@ async fn sigkill_mid_load_loses_nothing() {
         "the kill came after the load was delivered ({at_kill} of {n})"
     );
 
-    let restarted = Instant::now();
-    svc.restart().await;
-    let recover = restarted.elapsed();
-    assert_eq!(
-        publishing.await.unwrap(),
-        n,
-        "the broker confirmed every event"
-    );
-    let report = finish(
-        "sigkill", &mut svc, &producer, &receiver, &ids, recover, restarted,
-    )
-    .await;
+    let report =
+        restart_and_finish("sigkill", &mut svc, publishing, &producer, &receiver, &ids).await;
     assert_eq!(report.lost, 0, "{report}");
     assert!(
         report.duplicates <= KILL_IN_FLIGHT,
@@ -161,18 +172,8 @@ async fn sigterm_mid_load_is_graceful() {
         "SIGTERM came after the load was delivered ({at_term} of {n})"
     );
 
-    let restarted = Instant::now();
-    svc.restart().await;
-    let recover = restarted.elapsed();
-    assert_eq!(
-        publishing.await.unwrap(),
-        n,
-        "the broker confirmed every event"
-    );
-    let report = finish(
-        "sigterm", &mut svc, &producer, &receiver, &ids, recover, restarted,
-    )
-    .await;
+    let report =
+        restart_and_finish("sigterm", &mut svc, publishing, &producer, &receiver, &ids).await;
     assert_eq!(report.lost, 0, "{report}");
     let repeated: Vec<String> = receiver
         .counts()

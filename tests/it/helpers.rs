@@ -437,6 +437,16 @@ struct ReceiverState {
     default: Option<Reply>,
 }
 
+/// Serves `app` on a free loopback port; returns the URL receivers give out (`…/hooks`).
+pub async fn serve_receiver(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("receiver port");
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// A real HTTP endpoint on 127.0.0.1:0 that records every request. It answers from its script
 /// first, then with its default (200 unless changed).
 #[derive(Clone)]
@@ -451,11 +461,7 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(receive)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("receiver port");
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_receiver(app).await;
         Receiver { url, state }
     }
 

@@ -183,58 +183,51 @@ async fn secrets_never_reach_the_logs() {
     ok.script(&[Reply::Status(503)]);
     let failing = Receiver::start().await;
     failing.always(Reply::Status(500));
-    let auth = format!("Bearer {TOKEN}");
-    let mut secrets = Vec::new();
-    let create = |url: String| {
-        let request = service
+    // The admin API with the token: (status, JSON body or null).
+    let api = |method: Method, path: String, body: Option<Value>| {
+        let mut request = service
             .http
-            .post(service.url("/v1/subscriptions"))
-            .header("authorization", &auth)
-            .json(&json!({"account_id": LOAD_ACCOUNT, "url": url, "events": ["purchase"]}));
+            .request(method, service.url(&path))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
         async move {
-            let sub: Value = request.send().await.unwrap().json().await.unwrap();
-            sub
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
-    let good = create(ok.url.clone()).await;
-    let bad = create(failing.url.clone()).await;
-    secrets.push(good["secret"].as_str().unwrap().to_string());
-    secrets.push(bad["secret"].as_str().unwrap().to_string());
-    let rotated: Value = service
-        .http
-        .post(service.url(&format!(
-            "/v1/subscriptions/{}/rotate-secret",
-            good["id"].as_str().unwrap()
-        )))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    secrets.push(rotated["secret"].as_str().unwrap().to_string());
+    let subscribe = |url: &str| {
+        let body = json!({"account_id": LOAD_ACCOUNT, "url": url, "events": ["purchase"]});
+        api(Method::POST, "/v1/subscriptions".into(), Some(body))
+    };
+    let (_, good) = subscribe(&ok.url).await;
+    let (_, bad) = subscribe(&failing.url).await;
+    let rotate = format!(
+        "/v1/subscriptions/{}/rotate-secret",
+        good["id"].as_str().unwrap()
+    );
+    let (_, rotated) = api(Method::POST, rotate, None).await;
+    let secrets: Vec<String> = [&good, &bad, &rotated]
+        .iter()
+        .map(|v| v["secret"].as_str().unwrap().to_string())
+        .collect();
 
     let producer = Producer::connect(&service.exchange).await;
     assert_eq!(producer.publish_events(&event_ids("secrets", 1)).await, 1);
-    // The good endpoint: a 503, then a retry that succeeds, signed with both secrets.
+    // The good endpoint: a 503, then a retry that succeeds, signed with both of its secrets.
     let received = ok.wait_for(2, PATIENCE).await;
     verify_signature(&secrets[0], &received[1]);
     verify_signature(&secrets[2], &received[1]);
     // The failing endpoint: three attempts, a dead letter, then a replay of it.
-    let logs_url = service.url("/v1/delivery-logs?reason=exhausted");
     let deadline = std::time::Instant::now() + PATIENCE;
     let record = loop {
-        let page: Value = service
-            .http
-            .get(&logs_url)
-            .header("authorization", &auth)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = "/v1/delivery-logs?reason=exhausted".to_string();
+        let (_, page) = api(Method::GET, path, None).await;
         if !page["items"][0].is_null() {
             break page["items"][0].clone();
         }
@@ -244,17 +237,11 @@ async fn secrets_never_reach_the_logs() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let replay = service
-        .http
-        .post(service.url(&format!(
-            "/v1/delivery-logs/{}/replay",
-            record["id"].as_str().unwrap()
-        )))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), 202);
+    let replay = format!(
+        "/v1/delivery-logs/{}/replay",
+        record["id"].as_str().unwrap()
+    );
+    assert_eq!(api(Method::POST, replay, None).await.0, 202);
     failing.wait_for(4, PATIENCE).await;
 
     let logs = service.current_logs();

@@ -20,7 +20,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use crate::helpers::{PATIENCE, amqp_url, delete_topology_at, test_config, unique, wait_until};
+use crate::helpers::{
+    PATIENCE, amqp_url, delete_topology_at, serve_receiver, test_config, unique, wait_until,
+};
 
 /// Events per load test: `FAULT_EVENTS`, else 2000.
 pub fn fault_events() -> usize {
@@ -446,11 +448,7 @@ impl CountingReceiver {
         let app = axum::Router::new()
             .fallback(count)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("receiver port");
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_receiver(app).await;
         CountingReceiver { url, state }
     }
 
