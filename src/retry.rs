@@ -19,7 +19,8 @@ pub fn next_step(outcome: &Outcome, attempt: u32, delays: usize) -> Next {
     if outcome.is_success() {
         return Next::Done;
     }
-    let index = attempt as usize - 1;
+    // Attempts count from 1; a 0 (never passed today) is read as the first.
+    let index = attempt.max(1) as usize - 1;
     if index < delays {
         Next::Retry(index)
     } else {
@@ -38,6 +39,7 @@ mod tests {
         assert_eq!(next_step(&fail, 2, 3), Next::Retry(1));
         assert_eq!(next_step(&fail, 3, 3), Next::Retry(2));
         assert_eq!(next_step(&fail, 4, 3), Next::Exhausted);
+        assert_eq!(next_step(&fail, 0, 3), Next::Retry(0));
         assert_eq!(next_step(&Outcome::Timeout, 1, 0), Next::Exhausted);
     }
 

@@ -128,6 +128,14 @@ pub fn validate_url(raw: &str) -> Result<url::Url, String> {
     }
     let url =
         url::Url::parse(raw).map_err(|e| format!("url {raw:?} is not an absolute URL: {e}"))?;
+    // Stored and shown normalised (non-ASCII percent-encoded): that form must fit too, or a URL
+    // read back from the API could not be sent back unchanged.
+    if url.as_str().len() > 2048 {
+        return Err(format!(
+            "url must be at most 2048 characters once normalised (percent-encoded, it is {})",
+            url.as_str().len()
+        ));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "url must use http or https, not {:?}",
@@ -211,5 +219,9 @@ mod tests {
         ] {
             assert!(validate_url(bad).is_err(), "{bad}");
         }
+        // 2,020 bytes as sent, 6,020 once `é` is percent-encoded.
+        let long = format!("https://example.com/{}", "é".repeat(1000));
+        assert!(long.len() <= 2048);
+        assert!(validate_url(&long).unwrap_err().contains("normalised"));
     }
 }
