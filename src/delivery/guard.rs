@@ -98,20 +98,21 @@ impl Resolve for GuardedResolver {
             check_name(&host)?;
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| is_public(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let addrs: Vec<IpAddr> = found.iter().map(SocketAddr::ip).collect();
-                return Err(
-                    Box::new(non_public(&host, &addrs)) as Box<dyn std::error::Error + Send + Sync>
-                );
-            }
+            let allowed = keep_public(&host, found)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
+}
+
+/// The addresses a delivery may connect to: the public ones among what `host` resolved to, or
+/// `Blocked` if there are none.
+fn keep_public(host: &str, found: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Blocked> {
+    let addrs: Vec<IpAddr> = found.iter().map(SocketAddr::ip).collect();
+    let allowed: Vec<SocketAddr> = found.into_iter().filter(|a| is_public(a.ip())).collect();
+    if allowed.is_empty() {
+        return Err(non_public(host, &addrs));
+    }
+    Ok(allowed)
 }
 
 /// Names that only ever mean this host or a private network (RFC 6761 `localhost`, mDNS
@@ -302,6 +303,17 @@ mod tests {
         // One private address among public ones is enough to refuse the name.
         assert!(check_addrs("mixed.example", &[public, ten]).is_err());
         assert!(check_addrs("hooks.example", &[public]).is_ok());
+    }
+
+    #[test]
+    fn deliveries_connect_only_to_the_public_addresses_of_a_name() {
+        let private: SocketAddr = "10.0.0.7:0".parse().unwrap();
+        let public: SocketAddr = "93.184.216.34:0".parse().unwrap();
+        assert!(keep_public("rebind.example", vec![private]).is_err());
+        assert_eq!(
+            keep_public("mixed.example", vec![private, public]).unwrap(),
+            vec![public]
+        );
     }
 
     #[tokio::test]

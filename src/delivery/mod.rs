@@ -275,4 +275,37 @@ mod tests {
             assert!(record.duration_ms < 3_000, "{record:?}");
         }
     }
+
+    /// With the guard on, a delivery to a private target fails as `blocked` without any
+    /// connection: IP literals in any spelling, and names (through the guarded resolver).
+    #[tokio::test]
+    async fn the_guard_blocks_private_targets_at_delivery_without_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let guarded = Deliverer::new(Duration::from_secs(2), false, 1).unwrap();
+        for raw in [
+            format!("http://127.0.0.1:{port}/hooks"),
+            format!("http://2130706433:{port}/hooks"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hooks"),
+            format!("http://localhost:{port}/hooks"),
+            format!("http://localhost.:{port}/hooks"),
+        ] {
+            let url = url::Url::parse(&raw).unwrap();
+            let (outcome, record) = guarded
+                .attempt(&url, &[&SigningKey::generate()], "evt_1", "{}", 1)
+                .await;
+            assert!(matches!(outcome, Outcome::Blocked(_)), "{raw}: {outcome:?}");
+            assert_eq!(outcome.label(), "connect_error");
+            let error = record.error.unwrap();
+            assert!(error.starts_with("blocked: "), "{raw}: {error}");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }
