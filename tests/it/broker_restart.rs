@@ -19,6 +19,9 @@ use crate::service_process::{
 
 /// How soon after the node accepts connections the service must be consuming again.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(5);
+/// The service's PREFETCH (its default): the broker has at most this many messages out to the
+/// service unacked, and only those can be delivered twice when the node goes away.
+const UNACKED_WINDOW: usize = 512;
 /// How long the restarted node may take to see every event delivered.
 const DRAIN: Duration = Duration::from_secs(120);
 
@@ -98,6 +101,10 @@ async fn broker_restart_mid_load_loses_nothing() {
         0,
         "events never delivered, e.g. {:?}: {report}",
         &lost[..lost.len().min(5)]
+    );
+    assert!(
+        report.duplicates <= UNACKED_WINDOW,
+        "more duplicates than messages the broker had out unacked: {report}"
     );
     svc.stop(PATIENCE).await;
 }
