@@ -32,6 +32,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b))     // 100.64.0.0/10 CGNAT
         || (a == 192 && b == 0 && c == 0)           // 192.0.0.0/24 IETF protocol assignments
         || (a == 198 && (b == 18 || b == 19))       // 198.18.0.0/15 benchmarking
+        || (a == 192 && b == 88 && c == 99)         // 192.88.99.0/24 6to4 relay anycast
         || a >= 240) // 240.0.0.0/4 reserved
 }
 
@@ -44,11 +45,12 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] & 0xffc0) == 0xfe80            // fe80::/10 link-local
         || (seg[0] & 0xffc0) == 0xfec0            // fec0::/10 site-local (deprecated)
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // 2001:db8::/32 documentation
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // 64:ff9b:1::/48 local-use NAT64
         || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0])) // 100::/64 discard
 }
 
 /// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
-/// NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
+/// IPv4-translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let seg = ip.segments();
     let tail = || {
@@ -66,6 +68,10 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail());
     }
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
+        return Some(tail());
+    }
+    // SIIT IPv4-translated addresses, ::ffff:0:a.b.c.d.
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(tail());
     }
     if seg[0] == 0x2002 {
@@ -133,6 +139,12 @@ fn check_name(host: &str) -> Result<(), Blocked> {
 }
 
 fn non_public(host: &str, addrs: &[IpAddr]) -> Blocked {
+    if addrs.is_empty() {
+        return Blocked {
+            host: host.to_string(),
+            reason: "resolves to no address".into(),
+        };
+    }
     let list = addrs
         .iter()
         .map(IpAddr::to_string)
@@ -267,6 +279,9 @@ mod tests {
             "http://[::127.0.0.1]/",          // IPv4-compatible
             "http://[64:ff9b::a9fe:a9fe]/",   // NAT64 of 169.254.169.254
             "http://[2002:c0a8:101::]/",      // 6to4 of 192.168.1.1
+            "http://[64:ff9b:1::a9fe:a9fe]/", // local-use NAT64 of 169.254.169.254
+            "http://[::ffff:0:7f00:1]/",      // SIIT-translated 127.0.0.1
+            "http://192.88.99.1/",            // 6to4 relay anycast
             "http://[fd00::1]/",              // unique local
             "http://[fe80::1]/",              // link-local
             "http://localhost/",

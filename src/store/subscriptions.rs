@@ -212,13 +212,22 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
     let secret = SigningKey::parse(&secret_text).map_err(|e| corrupt(e.to_string()))?;
     let previous_text: Option<String> = row.try_get("previous_secret")?;
     let previous_until: Option<String> = row.try_get("previous_secret_expires_at")?;
+    // A previous secret that cannot be read is dropped (and logged), not the subscription: the
+    // current secret still signs every delivery.
     let previous_secret = match (previous_text, previous_until) {
-        (Some(text), Some(until)) => Some(PreviousSecret {
-            key: SigningKey::parse(&text).map_err(|e| corrupt(format!("previous_secret: {e}")))?,
-            expires_at: chrono::DateTime::parse_from_rfc3339(&until)
-                .map_err(|e| corrupt(format!("previous_secret_expires_at: {e}")))?
-                .to_utc(),
-        }),
+        (Some(text), Some(until)) => {
+            let key = SigningKey::parse(&text).map_err(|e| e.to_string());
+            let expires_at = chrono::DateTime::parse_from_rfc3339(&until)
+                .map(|t| t.to_utc())
+                .map_err(|e| e.to_string());
+            match (key, expires_at) {
+                (Ok(key), Ok(expires_at)) => Some(PreviousSecret { key, expires_at }),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(subscription_id = %id, error = %e, "ignoring an unreadable previous secret");
+                    None
+                }
+            }
+        }
         _ => None,
     };
     let enabled: i64 = row.try_get("enabled")?;

@@ -74,7 +74,7 @@ pub struct Subscription {
     pub description: Option<String>,
     #[serde(skip)]
     pub secret: SigningKey,
-    /// The secret before the last rotation; shown as its expiry only.
+    /// The secret before the last rotation; shown as its expiry only, while it still signs.
     #[serde(
         rename = "previous_secret_expires_at",
         serialize_with = "serialize_previous"
@@ -111,8 +111,10 @@ fn serialize_previous<S: serde::Serializer>(
     previous: &Option<PreviousSecret>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
+    // Once the overlap is over the old secret signs nothing: shown as null, like no rotation.
     previous
         .as_ref()
+        .filter(|p| Utc::now() < p.expires_at)
         .map(|p| crate::time::rfc3339(p.expires_at))
         .serialize(s)
 }

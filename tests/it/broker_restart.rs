@@ -70,8 +70,14 @@ async fn broker_restart_mid_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drain = accepting.elapsed();
-    // Let late duplicates land before counting them.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Count duplicates only once nothing more can arrive: the queues (delay queues, where
+    // deferred deliveries wait, included) are empty and nothing is in flight; a clean stop
+    // then leaves nothing in the events queue.
+    let producer = Producer::connect_to(&broker.amqp_url(), &svc.exchange).await;
+    wait_until("the service to be drained", DRAIN, || {
+        svc.drained(&producer)
+    })
+    .await;
     let deferred = svc
         .metric_sum("webhook_deliveries_deferred_total", "")
         .await;
@@ -107,4 +113,9 @@ async fn broker_restart_mid_load_loses_nothing() {
         "more duplicates than messages the broker had out unacked: {report}"
     );
     svc.stop(PATIENCE).await;
+    assert_eq!(
+        producer.ready(&svc.events_queue()).await,
+        0,
+        "after a clean stop nothing is left to be delivered again"
+    );
 }

@@ -123,6 +123,24 @@ async fn a_rotated_secret_signs_next_to_the_new_one_for_the_overlap() {
     assert_eq!(after.header("webhook-signature").split(' ').count(), 1);
     assert!(verifies(newest, &after));
     assert!(!verifies(&new, &after) && !verifies(&old, &after));
+
+    // A one-second overlap ends by itself: the expiry reads null afterwards, and one signature.
+    let (_, short) = app
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            json!({"overlap_seconds": 1}),
+        )
+        .await;
+    assert!(short["previous_secret_expires_at"].is_string(), "{short}");
+    wait_until("the one-second overlap to end", PATIENCE, || async {
+        let (_, read) = app.get(&format!("/v1/subscriptions/{id}")).await;
+        read["previous_secret_expires_at"].is_null()
+    })
+    .await;
+    app.publish_fixture("purchase").await;
+    let later = receiver.wait_for(3, PATIENCE).await.remove(2);
+    assert_eq!(later.header("webhook-signature").split(' ').count(), 1);
+    assert!(verifies(short["secret"].as_str().unwrap(), &later));
     app.stop().await.unwrap();
 }
 
@@ -173,7 +191,7 @@ async fn rotation_requests_are_checked() {
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
     const TOKEN: &str = "admin-token-that-must-not-be-logged";
-    let service = ServiceProcess::start(&[
+    let mut service = ServiceProcess::start(&[
         ("RUST_LOG", "debug"),
         ("ADMIN_TOKEN", TOKEN),
         ("RETRY_DELAYS", "100ms,200ms"),
@@ -244,7 +262,9 @@ async fn secrets_never_reach_the_logs() {
     assert_eq!(api(Method::POST, replay, None).await.0, 202);
     failing.wait_for(4, PATIENCE).await;
 
-    let logs = service.current_logs();
+    // Stopped gracefully first, so whatever is logged on the way out is checked too.
+    service.stop(PATIENCE).await;
+    let logs = service.logs();
     // The run was logged (at debug, with the dependencies' own lines) …
     for expected in [
         "subscription created",
