@@ -141,9 +141,7 @@ pub async fn create(
     let sub = state.store.create_subscription(new).await?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
-    let mut view = view(&sub);
-    view["secret"] = Value::String(sub.secret.expose().to_string());
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(view_with_secret(&sub))))
 }
 
 pub async fn list(
@@ -247,9 +245,7 @@ pub async fn rotate_secret(
         overlap = %humantime::format_duration(overlap),
         "subscription secret rotated"
     );
-    let mut view = view(&sub);
-    view["secret"] = Value::String(sub.secret.expose().to_string());
-    Ok(Json(view))
+    Ok(Json(view_with_secret(&sub)))
 }
 
 /// The SSRF guard's check of a new or changed endpoint, unless private targets are allowed.
@@ -264,6 +260,13 @@ async fn vet(state: &ApiState, url: &url::Url) -> Result<(), ApiError> {
 
 fn view(sub: &Subscription) -> Value {
     serde_json::to_value(sub).expect("subscription serialises")
+}
+
+/// The view plus the secret: only the answers to create and rotate-secret show it.
+fn view_with_secret(sub: &Subscription) -> Value {
+    let mut view = view(sub);
+    view["secret"] = Value::String(sub.secret.expose().to_string());
+    view
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -172,10 +172,7 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Acks a delivery; `false` when the ack failed or did not complete within [`SETTLE_TIMEOUT`]
 /// (the broker will deliver the message again).
 pub async fn ack(acker: &Acker) -> bool {
-    matches!(
-        tokio::time::timeout(SETTLE_TIMEOUT, acker.ack(BasicAckOptions::default())).await,
-        Ok(Ok(true))
-    )
+    settle(acker.ack(BasicAckOptions::default())).await
 }
 
 /// Hands a delivery back to its queue; bounded like [`ack`].
@@ -184,10 +181,12 @@ pub async fn requeue(acker: &Acker) -> bool {
         requeue: true,
         ..Default::default()
     };
-    matches!(
-        tokio::time::timeout(SETTLE_TIMEOUT, acker.nack(requeue)).await,
-        Ok(Ok(true))
-    )
+    settle(acker.nack(requeue)).await
+}
+
+/// Whether an ack or nack completed within [`SETTLE_TIMEOUT`].
+async fn settle(op: impl Future<Output = lapin::Result<bool>>) -> bool {
+    matches!(tokio::time::timeout(SETTLE_TIMEOUT, op).await, Ok(Ok(true)))
 }
 
 /// Persistent JSON message properties with the given headers.

@@ -128,7 +128,10 @@ fn check_name(host: &str) -> Result<(), Blocked> {
     let name = host.trim_end_matches('.').to_ascii_lowercase();
     let local = ["localhost", "local", "internal", "localdomain", "home.arpa"]
         .iter()
-        .any(|suffix| name == *suffix || name.ends_with(&format!(".{suffix}")));
+        .any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+        });
     if local {
         return Err(Blocked {
             host: host.to_string(),

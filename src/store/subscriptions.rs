@@ -196,6 +196,15 @@ fn events_json(events: EventSet) -> String {
     serde_json::to_string(&events.names()).expect("names serialise")
 }
 
+fn previous_secret(text: &str, until: &str) -> Result<PreviousSecret, String> {
+    Ok(PreviousSecret {
+        key: SigningKey::parse(text).map_err(|e| e.to_string())?,
+        expires_at: chrono::DateTime::parse_from_rfc3339(until)
+            .map_err(|e| e.to_string())?
+            .to_utc(),
+    })
+}
+
 fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
     let id: String = row.try_get("id")?;
     let corrupt = |detail: String| StoreError::Corrupt {
@@ -215,19 +224,11 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
     // A previous secret that cannot be read is dropped (and logged), not the subscription: the
     // current secret still signs every delivery.
     let previous_secret = match (previous_text, previous_until) {
-        (Some(text), Some(until)) => {
-            let key = SigningKey::parse(&text).map_err(|e| e.to_string());
-            let expires_at = chrono::DateTime::parse_from_rfc3339(&until)
-                .map(|t| t.to_utc())
-                .map_err(|e| e.to_string());
-            match (key, expires_at) {
-                (Ok(key), Ok(expires_at)) => Some(PreviousSecret { key, expires_at }),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(subscription_id = %id, error = %e, "ignoring an unreadable previous secret");
-                    None
-                }
-            }
-        }
+        (Some(text), Some(until)) => previous_secret(&text, &until)
+            .inspect_err(|e| {
+                tracing::error!(subscription_id = %id, error = %e, "ignoring an unreadable previous secret");
+            })
+            .ok(),
         _ => None,
     };
     let enabled: i64 = row.try_get("enabled")?;
