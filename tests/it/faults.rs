@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{PATIENCE, Proxy, wait_until};
+use crate::helpers::{PATIENCE, Proxy, metric_sum, wait_until};
 use crate::service_process::{
     CountingReceiver, LOAD_ACCOUNT, Producer, Report, ServiceProcess, event_ids, fault_events,
-    killed_by, metric_sum, sqlite_url,
+    killed_by, sqlite_url,
 };
 
 /// How long a whole load may take to arrive once the fault is over.
@@ -326,40 +326,35 @@ impl StoreLock {
     }
 }
 
-/// Delivery-log records per event id, read from the SQLite file.
-async fn logged_per_event(db: &std::path::Path) -> HashMap<String, u32> {
+/// The `exhausted` delivery-log records in the SQLite file: each one's event id and number of
+/// attempts.
+async fn exhausted_records(db: &std::path::Path) -> Vec<(String, usize)> {
     let mut conn = SqliteConnection::connect(&sqlite_url(db))
         .await
         .expect("store");
-    let rows = sqlx::query(
-        "SELECT event_id, COUNT(*) FROM delivery_logs WHERE reason = 'exhausted' GROUP BY event_id",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("delivery logs");
-    let _ = conn.close().await;
-    rows.iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32))
-        .collect()
-}
-
-/// The number of attempts each `exhausted` record holds.
-async fn attempts_per_record(db: &std::path::Path) -> Vec<usize> {
-    let mut conn = SqliteConnection::connect(&sqlite_url(db))
-        .await
-        .expect("store");
-    let rows = sqlx::query("SELECT attempts FROM delivery_logs WHERE reason = 'exhausted'")
-        .fetch_all(&mut conn)
-        .await
-        .expect("delivery logs");
+    let rows =
+        sqlx::query("SELECT event_id, attempts FROM delivery_logs WHERE reason = 'exhausted'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("delivery logs");
     let _ = conn.close().await;
     rows.iter()
         .map(|r| {
             let attempts: serde_json::Value =
-                serde_json::from_str(&r.get::<String, _>(0)).expect("attempts are JSON");
-            attempts.as_array().expect("a list of attempts").len()
+                serde_json::from_str(&r.get::<String, _>(1)).expect("attempts are JSON");
+            let attempts = attempts.as_array().expect("a list of attempts").len();
+            (r.get::<String, _>(0), attempts)
         })
         .collect()
+}
+
+/// How many records each event id has.
+fn per_event(records: &[(String, usize)]) -> HashMap<String, u32> {
+    let mut counts = HashMap::new();
+    for (event_id, _) in records {
+        *counts.entry(event_id.clone()).or_insert(0) += 1;
+    }
+    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +421,7 @@ async fn store_unavailable_holds_dead_letters() {
     lock.release().await;
     let db = svc.db_path().to_path_buf();
     wait_until("every dead letter persisted", PATIENCE, || async {
-        logged_per_event(&db).await.len() == N
+        per_event(&exhausted_records(&db).await).len() == N
     })
     .await;
     let recover = unlocked.elapsed();
@@ -443,10 +438,11 @@ async fn store_unavailable_holds_dead_letters() {
     svc.stop(PATIENCE).await;
     assert_eq!(producer.ready(&svc.dead_queue()).await, 0);
 
+    let records = exhausted_records(&db).await;
     let report = Report::new(
         "store_unavailable",
         &ids,
-        &logged_per_event(&db).await,
+        &per_event(&records),
         recover,
         drain,
     );
@@ -461,10 +457,9 @@ async fn store_unavailable_holds_dead_letters() {
         4 * N,
         "each event had its 4 attempts, no more"
     );
-    let attempts = attempts_per_record(&db).await;
-    assert_eq!(attempts.len(), N);
+    assert_eq!(records.len(), N);
     assert!(
-        attempts.iter().all(|&n| n == 4),
-        "each record holds its 4 attempts: {attempts:?}"
+        records.iter().all(|(_, attempts)| *attempts == 4),
+        "each record holds its 4 attempts: {records:?}"
     );
 }

@@ -121,14 +121,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run(shutdown.clone()));
 
-    let conn = Connection::connect(&amqp, ConnectionProperties::default())
-        .await
-        .expect("test connection");
-    let publisher = conn.create_channel().await.expect("test channel");
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
+    let (conn, publisher) = confirm_channel(&amqp).await;
     let test = TestApp {
         addr,
         http: reqwest::Client::new(),
@@ -526,15 +519,75 @@ async fn receive(
     StatusCode::from_u16(status).expect("valid status")
 }
 
-/// Verifies a request the way a receiver would, with the stock Standard Webhooks library.
-pub fn verify_signature(secret: &str, received: &Received) {
+/// Whether `secret` verifies `received` the way a receiver would, with the stock Standard
+/// Webhooks library.
+pub fn signature_verifies(secret: &str, received: &Received) -> bool {
     let wh = standardwebhooks::Webhook::new(secret).expect("secret parses");
     let mut headers = HeaderMap::new();
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
         headers.insert(name, received.header(name).parse().expect("header value"));
     }
-    wh.verify(&received.body, &headers)
-        .expect("signature verifies with the standardwebhooks crate");
+    wh.verify(&received.body, &headers).is_ok()
+}
+
+/// Verifies a request the way a receiver would, with the stock Standard Webhooks library.
+pub fn verify_signature(secret: &str, received: &Received) {
+    assert!(
+        signature_verifies(secret, received),
+        "signature verifies with the standardwebhooks crate"
+    );
+}
+
+/// Sum of the series of `name` in a Prometheus text page whose labels contain `label` (`""`
+/// for all); 0 when there is none.
+pub fn metric_sum(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, labels)) => (metric, labels),
+                None => (series, ""),
+            };
+            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A port nothing listens on, below the ephemeral range so no outgoing connection takes it
+/// while its owner is down (a broker node being restarted), and never handed out twice by this
+/// process.
+pub fn free_port() -> u16 {
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(20000);
+    let mut taken = TAKEN.lock().unwrap();
+    loop {
+        let port = rand::random_range(10000..ephemeral_low);
+        if port % 10000 == 5672 || port % 10000 == 4369 || taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// A connection to the broker at `url` and a channel on it in publisher-confirm mode.
+pub async fn confirm_channel(url: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("test connection to the broker");
+    let channel = conn.create_channel().await.expect("test channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    (conn, channel)
 }
 
 /// A TCP proxy in front of the broker that can cut every connection and refuse new ones.

@@ -14,14 +14,11 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use crate::helpers::{confirm_channel, free_port};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -378,28 +375,6 @@ fn rabbitmq_user() -> Option<(u32, u32, PathBuf)> {
     }
 }
 
-/// A port nothing listens on, below the ephemeral range so no outgoing connection takes it
-/// while the node is down, and never handed out twice by this process.
-pub fn free_port() -> u16 {
-    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768)
-        .max(20000);
-    let mut taken = TAKEN.lock().unwrap();
-    loop {
-        let port = rand::random_range(10000..ephemeral_low);
-        if port % 10000 == 5672 || port % 10000 == 4369 || taken.contains(&port) {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.push(port);
-            return port;
-        }
-    }
-}
-
 /// Declares a durable quorum queue on `channel`.
 async fn declare_quorum(channel: &lapin::Channel, name: &str) -> lapin::Queue {
     let mut args = FieldTable::default();
@@ -439,14 +414,7 @@ async fn a_private_node_keeps_durable_messages_across_a_restart() {
     );
 
     let messages: Vec<String> = (0..20).map(|i| format!("message-{i}")).collect();
-    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("connects to the private node");
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (conn, channel) = confirm_channel(&broker.amqp_url()).await;
     declare_quorum(&channel, "wdtest.durable").await;
     for body in &messages {
         let confirm = channel

@@ -111,12 +111,8 @@ async fn metrics_expose_every_contract_series_and_move() {
         metrics.contains("webhook_delivery_duration_seconds_bucket{event=\"purchase\""),
         "{metrics}"
     );
-    let attempts: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("webhook_delivery_attempts_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(attempts, 3, "{metrics}");
+    let attempts = metric_sum(&metrics, "webhook_delivery_attempts_total", "");
+    assert_eq!(attempts, 3.0, "{metrics}");
     // Queue depths are sampled every few seconds.
     wait_until("queue depth samples", PATIENCE, || async {
         app.metrics().await.contains(&format!(

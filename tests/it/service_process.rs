@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 
 use crate::helpers::{
-    PATIENCE, amqp_url, delete_topology_at, serve_receiver, test_config, unique, wait_until,
+    PATIENCE, amqp_url, confirm_channel, delete_topology_at, free_port, metric_sum, serve_receiver,
+    test_config, unique, wait_until,
 };
 
 /// Events per load test: `FAULT_EVENTS`, else 2000.
@@ -266,14 +267,7 @@ impl ServiceProcess {
     pub async fn ready_within(&mut self, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         loop {
-            let ready = self
-                .http
-                .get(self.url("/readyz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK);
-            if ready {
+            if self.readyz_status().await == Some(200) {
                 return Some(Instant::now());
             }
             if !self.running() {
@@ -407,29 +401,6 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// Sum of the series of `name` in a Prometheus text page whose labels contain `label`.
-pub fn metric_sum(page: &str, name: &str, label: &str) -> f64 {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, labels) = match series.split_once('{') {
-                Some((metric, labels)) => (metric, labels),
-                None => (series, ""),
-            };
-            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
-/// A port that was free a moment ago (the service binds it itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// An HTTP endpoint that counts deliveries per `webhook-id`, so duplicates show.
 #[derive(Clone)]
 pub struct CountingReceiver {
@@ -526,14 +497,7 @@ impl Producer {
 
     /// A producer on the broker at `url` (a private node).
     pub async fn connect_to(url: &str, exchange: &str) -> Producer {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .expect("producer connection");
-        let channel = conn.create_channel().await.expect("producer channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm mode");
+        let (conn, channel) = confirm_channel(url).await;
         Producer {
             conn,
             channel,
