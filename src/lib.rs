@@ -16,6 +16,7 @@
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod catalog;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;

@@ -5,24 +5,43 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
 use crate::broker::{Route, json_props};
 use crate::store::{DeliveryLog, LogFilter, Page, page_limit};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TASK_HEADER};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     account_id: Option<String>,
     subscription_id: Option<String>,
+    /// Event name, e.g. `purchase`.
     event: Option<String>,
+    /// `exhausted`, `invalid_event`, …
     reason: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 500 (default 100).
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    operation_id = "listDeliveryLogs",
+    get,
+    path = "/delivery-logs",
+    tag = "delivery-logs",
+    summary = "List dead-lettered deliveries, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of delivery-log records", body = Page<DeliveryLog>),
+        (status = 400, description = "A query parameter is malformed or unknown", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -43,6 +62,18 @@ pub async fn list(
     Ok(Json(page))
 }
 
+#[utoipa::path(
+    operation_id = "getDeliveryLog",
+    get,
+    path = "/delivery-logs/{id}",
+    tag = "delivery-logs",
+    summary = "Read one delivery-log record with its attempts",
+    params(("id" = String, Path, description = "Delivery-log record id")),
+    responses(
+        (status = 200, description = "The record", body = DeliveryLog),
+        (status = 404, description = "No such record", body = ErrorBody),
+    ),
+)]
 pub async fn read(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -57,6 +88,21 @@ pub async fn read(
 
 /// Sends the record's delivery again from attempt 1, through the normal path. A record is
 /// replayed once: it is claimed in the store before publishing and released if that fails.
+#[utoipa::path(
+    operation_id = "replayDeliveryLog",
+    post,
+    path = "/delivery-logs/{id}/replay",
+    tag = "delivery-logs",
+    summary = "Deliver a record again from attempt 1",
+    description = "Publishes the delivery again through the normal path; a record is replayed once.",
+    params(("id" = String, Path, description = "Delivery-log record id")),
+    responses(
+        (status = 202, description = "Queued; the record with its `replayed_at`", body = DeliveryLog),
+        (status = 404, description = "No such record", body = ErrorBody),
+        (status = 409, description = "`not_replayable` (rejected before matching), `subscription_deleted` or `already_replayed`", body = ErrorBody),
+        (status = 503, description = "The broker is not reachable; the record stays replayable", body = ErrorBody),
+    ),
+)]
 pub async fn replay(
     State(state): State<ApiState>,
     Path(id): Path<String>,

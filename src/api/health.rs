@@ -7,7 +7,16 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::ApiState;
+use super::openapi::{Health, Readiness};
 
+#[utoipa::path(
+    operation_id = "metrics",
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain; version=0.0.4")),
+)]
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -15,11 +24,30 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(
+    operation_id = "healthz",
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready when the broker connection is up and the store answers.
+#[utoipa::path(
+    operation_id = "readyz",
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: broker connected and store reachable",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Broker or store unavailable", body = Readiness),
+    ),
+)]
 pub async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let broker = state.publisher.is_connected();
     let store = state.store.ping().await;

@@ -1,10 +1,18 @@
-//! The admin API (axum): subscriptions, the delivery log and replay under `/v1` (bearer token
-//! when one is set), plus `/metrics`, `/healthz` and `/readyz`, which stay open.
+//! The admin API (axum): subscriptions, test events, the delivery log and replay and the
+//! event-type catalogue under `/v1` (bearer token when one is set), plus `/metrics`, `/healthz`,
+//! `/readyz` and `/openapi.json`, which stay open.
+//!
+//! Every route is registered once, in [`api`], with `utoipa_axum::routes!`: the same call adds
+//! the handler to the router and its `#[utoipa::path]` documentation to the OpenAPI document,
+//! so the two cannot drift apart (`tests/it/openapi.rs` checks it from both sides).
 
 mod delivery_logs;
 mod error;
+mod event_types;
 mod health;
+mod openapi;
 mod subscriptions;
+mod test_event;
 
 use std::sync::Arc;
 
@@ -13,17 +21,19 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use subscriptions::{parse_create_body, parse_patch_body};
 
-use crate::broker::{Publisher, Topology};
+use crate::broker::{BrokerError, Publisher, Route, Topology, json_props};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
+use crate::wire::{DeliveryTask, TASK_HEADER};
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,44 +51,66 @@ pub struct ApiState {
     pub secret_rotation_overlap: std::time::Duration,
 }
 
-pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route(
-            "/subscriptions",
-            post(subscriptions::create).get(subscriptions::list),
-        )
-        .route(
-            "/subscriptions/{id}",
-            get(subscriptions::read)
-                .patch(subscriptions::update)
-                .delete(subscriptions::delete),
-        )
-        .route(
-            "/subscriptions/{id}/rotate-secret",
-            post(subscriptions::rotate_secret),
-        )
-        .route("/delivery-logs", get(delivery_logs::list))
-        .route("/delivery-logs/{id}", get(delivery_logs::read))
-        .route("/delivery-logs/{id}/replay", post(delivery_logs::replay))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+/// Every route with its documentation: the one place to add a route. A handler takes part
+/// through `routes!(…)` with its `#[utoipa::path]` (paths under `/v1` are written without the
+/// prefix). `admin_token` guards `/v1`.
+fn api(admin_token: Option<Secret>) -> OpenApiRouter<ApiState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(
+            subscriptions::read,
+            subscriptions::update,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(test_event::send))
+        .routes(routes!(delivery_logs::list))
+        .routes(routes!(delivery_logs::read))
+        .routes(routes!(delivery_logs::replay))
+        .routes(routes!(event_types::list))
+        .routes(routes!(event_types::read))
+        .route_layer(middleware::from_fn_with_state(admin_token, require_token));
+    OpenApiRouter::with_openapi(openapi::base())
         .nest("/v1", v1)
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::document))
+}
+
+/// The OpenAPI 3.1 document of [`router`]'s routes, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(api(None).into_openapi())
+}
+
+pub fn router(state: ApiState) -> Router {
+    let (routes, _doc) = api(state.admin_token.clone()).split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+/// Puts a delivery task on `P.events` through the default exchange with the task header, and
+/// waits for the broker's confirm: from there it is attempted, signed, retried, dead-lettered
+/// and counted like any delivery. `kind` labels the header (`test`, …).
+async fn enqueue(state: &ApiState, task: &DeliveryTask, kind: &str) -> Result<(), BrokerError> {
+    let body = serde_json::to_vec(task).expect("task serialises");
+    let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
+    state
+        .publisher
+        .publish(Route::queue(&state.topology.events), &body, props)
+        .await
+}
+
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time when a token is set.
 async fn require_token(
-    State(state): State<ApiState>,
+    State(admin_token): State<Option<Secret>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.admin_token {
+    if let Some(token) = &admin_token {
         let presented = request
             .headers()
             .get(AUTHORIZATION)

@@ -1,16 +1,18 @@
-//! `/v1/subscriptions`: create (the only answer that shows the secret), list, read, change,
-//! delete. Every change refreshes the in-memory index before answering.
+//! `/v1/subscriptions`: create (with rotate-secret, the only answers that show the secret),
+//! list, read, change, delete, and send a test event. Every change refreshes the in-memory index
+//! before answering.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, ApiJson, ApiState};
 use crate::config::MAX_SECRET_OVERLAP;
 use crate::delivery::guard;
@@ -19,14 +21,22 @@ use crate::subscriptions::{
     EventSet, Subscription, validate_account, validate_description, validate_url,
 };
 
-#[derive(Deserialize)]
+/// A new subscription.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[schema(example = "acct_acme")]
     account_id: String,
+    /// http(s) endpoint; without credentials or a `#fragment`, at most 2,048 characters.
+    #[schema(example = "https://example.com/hooks")]
     url: String,
+    /// Event names, or `["*"]` for every event.
+    #[schema(example = json!(["purchase", "identify"]))]
     events: Vec<String>,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     enabled: bool,
+    /// At most 1,000 characters.
     #[serde(default)]
     description: Option<String>,
 }
@@ -35,7 +45,8 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+/// The fields to change; at least one. `account_id` cannot change.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default)]
@@ -46,6 +57,7 @@ pub struct PatchBody {
     enabled: Option<bool>,
     /// Absent: unchanged; `null`: cleared.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
 }
 
@@ -53,12 +65,36 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this account's subscriptions.
     account_id: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 500 (default 100).
     limit: Option<u32>,
+}
+
+/// A subscription as create and rotate-secret show it: with its signing secret.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionWithSecret {
+    #[serde(flatten)]
+    subscription: Subscription,
+    /// `whsec_` + base64 key; shown only in this answer.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: String,
+}
+
+impl From<Subscription> for SubscriptionWithSecret {
+    fn from(subscription: Subscription) -> Self {
+        let secret = subscription.secret.expose().to_string();
+        SubscriptionWithSecret {
+            subscription,
+            secret,
+        }
+    }
 }
 
 impl CreateBody {
@@ -119,6 +155,16 @@ pub fn parse_patch_body(bytes: &[u8]) -> Result<SubscriptionPatch, ApiError> {
     body_from_slice::<PatchBody>(bytes)?.validate()
 }
 
+/// An optional JSON body: empty (or only white space) reads as `T::default()`.
+pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    body_from_slice(bytes)
+}
+
 fn body_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Read like axum's `Json` (which names the field at fault), without the HTTP around it.
     let classify = |e: &serde_json::Error, text: String| match e.classify() {
@@ -132,18 +178,44 @@ fn body_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Ap
     Ok(value)
 }
 
+#[utoipa::path(
+    operation_id = "createSubscription",
+    post,
+    path = "/subscriptions",
+    tag = "subscriptions",
+    summary = "Create a subscription",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created; the only answer besides rotate-secret that shows the secret", body = SubscriptionWithSecret),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid (unknown event, URL not allowed, …)", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SubscriptionWithSecret>), ApiError> {
     let new = body.validate()?;
     vet(&state, &new.url).await?;
     let sub = state.store.create_subscription(new).await?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
-    Ok((StatusCode::CREATED, Json(view_with_secret(&sub))))
+    Ok((StatusCode::CREATED, Json(sub.into())))
 }
 
+#[utoipa::path(
+    operation_id = "listSubscriptions",
+    get,
+    path = "/subscriptions",
+    tag = "subscriptions",
+    summary = "List subscriptions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of subscriptions", body = Page<Subscription>),
+        (status = 400, description = "A query parameter is malformed or unknown", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -160,23 +232,51 @@ pub async fn list(
     Ok(Json(page))
 }
 
+#[utoipa::path(
+    operation_id = "getSubscription",
+    get,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "Read a subscription",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = Subscription),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ),
+)]
 pub async fn read(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Subscription>, ApiError> {
     let sub = state
         .store
         .subscription(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(Json(view(&sub)))
+    Ok(Json(sub))
 }
 
+#[utoipa::path(
+    operation_id = "updateSubscription",
+    patch,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "Change a subscription",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The changed subscription", body = Subscription),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Nothing to change, or a field is invalid", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Subscription>, ApiError> {
     let patch = body.validate()?;
     if let Some(url) = &patch.url {
         vet(&state, url).await?;
@@ -188,9 +288,21 @@ pub async fn update(
         .ok_or_else(|| not_found(&id))?;
     refresh(&state).await?;
     tracing::info!(subscription_id = %sub.id, "subscription updated");
-    Ok(Json(view(&sub)))
+    Ok(Json(sub))
 }
 
+#[utoipa::path(
+    operation_id = "deleteSubscription",
+    delete,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "Delete a subscription",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -203,27 +315,40 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+/// Optional body of rotate-secret.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// How long the old secret keeps signing; the server's SECRET_ROTATION_OVERLAP if absent.
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     overlap_seconds: Option<u64>,
 }
 
 /// `POST /v1/subscriptions/{id}/rotate-secret`: a new secret, shown in this answer only; the old
 /// one keeps signing next to it for the overlap. The body (`{"overlap_seconds": N}`) is optional.
+#[utoipa::path(
+    operation_id = "rotateSubscriptionSecret",
+    post,
+    path = "/subscriptions/{id}/rotate-secret",
+    tag = "subscriptions",
+    summary = "Rotate the signing secret",
+    description = "A new secret, shown in this answer only; the old one keeps signing next to it for the overlap.",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body(content = Option<RotateBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The subscription with its new secret", body = SubscriptionWithSecret),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 422, description = "overlap_seconds over 30 days", body = ErrorBody),
+    ),
+)]
 pub async fn rotate_secret(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = body?;
-    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateBody::default()
-    } else {
-        body_from_slice(&body)?
-    };
+) -> Result<Json<SubscriptionWithSecret>, ApiError> {
+    let body: RotateBody = optional_body(&body?)?;
     let overlap = match body.overlap_seconds {
         None => state.secret_rotation_overlap,
         Some(secs) if secs <= MAX_SECRET_OVERLAP.as_secs() => Duration::from_secs(secs),
@@ -245,7 +370,7 @@ pub async fn rotate_secret(
         overlap = %humantime::format_duration(overlap),
         "subscription secret rotated"
     );
-    Ok(Json(view_with_secret(&sub)))
+    Ok(Json(sub.into()))
 }
 
 /// The SSRF guard's check of a new or changed endpoint, unless private targets are allowed.
@@ -258,18 +383,7 @@ async fn vet(state: &ApiState, url: &url::Url) -> Result<(), ApiError> {
         .map_err(|blocked| ApiError::Unprocessable(format!("url is not allowed: {blocked}")))
 }
 
-fn view(sub: &Subscription) -> Value {
-    serde_json::to_value(sub).expect("subscription serialises")
-}
-
-/// The view plus the secret: only the answers to create and rotate-secret show it.
-fn view_with_secret(sub: &Subscription) -> Value {
-    let mut view = view(sub);
-    view["secret"] = Value::String(sub.secret.expose().to_string());
-    view
-}
-
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no subscription {id:?}"))
 }
 

@@ -66,12 +66,16 @@ impl Outcome {
 }
 
 /// One attempt as it appears in the delivery log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
+    /// 1 for the first attempt.
     pub attempt: u32,
+    #[schema(format = DateTime)]
     pub started_at: String,
     pub duration_ms: u64,
+    /// The endpoint's HTTP status; null when none came back.
     pub status: Option<u16>,
+    /// What went wrong (timeout, connection error, …); null on success.
     pub error: Option<String>,
 }
 

@@ -11,7 +11,7 @@ use crate::delivery::AttemptRecord;
 use crate::wire::DeadLetter;
 
 /// One delivery-log record, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryLog {
     pub id: String,
     pub event_id: String,
@@ -19,11 +19,18 @@ pub struct DeliveryLog {
     pub subscription_id: Option<String>,
     pub url: Option<String>,
     pub event: Option<String>,
+    /// The delivered body; for a message rejected before matching, the raw inbound message
+    /// (a string when it was not JSON).
+    #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
+    /// `exhausted`, `invalid_event`, `subscription_disabled`, …
+    #[schema(example = "exhausted")]
     pub reason: String,
     pub detail: Option<String>,
     pub attempts: Vec<AttemptRecord>,
+    #[schema(format = DateTime)]
     pub dead_lettered_at: String,
+    #[schema(format = DateTime)]
     pub replayed_at: Option<String>,
 }
 

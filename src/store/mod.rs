@@ -30,9 +30,10 @@ pub struct Store {
 }
 
 /// A page of results and the cursor of the next one; the API's list format.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 

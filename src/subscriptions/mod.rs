@@ -63,12 +63,17 @@ fn bit(kind: EventKind) -> u8 {
 }
 
 /// A stored subscription. `secret` is never serialised; the API adds it where the contract says.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(description = "A webhook endpoint of one account and the events it receives.")]
 pub struct Subscription {
     pub id: String,
+    #[schema(example = "acct_acme")]
     pub account_id: String,
+    #[schema(example = "https://example.com/hooks")]
     pub url: String,
+    /// Event names in a fixed order, or `["*"]` for every event.
     #[serde(serialize_with = "serialize_events")]
+    #[schema(value_type = Vec<String>, example = json!(["purchase", "identify"]))]
     pub events: EventSet,
     pub enabled: bool,
     pub description: Option<String>,
@@ -79,10 +84,13 @@ pub struct Subscription {
         rename = "previous_secret_expires_at",
         serialize_with = "serialize_previous"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub previous_secret: Option<PreviousSecret>,
     #[serde(skip)]
     pub parsed_url: url::Url,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 

@@ -16,4 +16,5 @@ mod replay_and_metrics;
 mod retries;
 mod security;
 mod service_process;
+mod test_events;
 mod topology_and_shutdown;
