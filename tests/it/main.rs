@@ -10,6 +10,7 @@ mod delivery;
 mod faults;
 mod hostile_endpoints;
 mod invalid_input;
+mod openapi;
 mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
