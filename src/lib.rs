@@ -10,7 +10,8 @@
 //! ```
 //! `app` wires it; `broker` owns the AMQP side, `dispatcher` the consume → deliver → retry
 //! loop, `delivery` the HTTP attempt, `retry` the next step, `dlq` persistence of dead letters,
-//! `store` SQLite/PostgreSQL, `api` the admin HTTP API.
+//! `store` SQLite/PostgreSQL, `api` the admin HTTP API (and its OpenAPI document), `catalog`
+//! the six event types with the JSON Schemas of their bodies.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::ApiError;
 use crate::catalog::{self, EventType};
 use crate::event::EventKind;
+use crate::store::Page;
 
 /// One event type: what it means, the JSON Schema (draft 2020-12) of the body receivers get,
 /// and an example body.
@@ -36,12 +37,6 @@ impl From<&'static EventType> for EventTypeView {
     }
 }
 
-/// The list form: `{"items":[…]}` (the whole catalogue, no pages).
-#[derive(Serialize, ToSchema)]
-pub struct EventTypeList {
-    items: Vec<EventTypeView>,
-}
-
 #[utoipa::path(
     operation_id = "listEventTypes",
     get,
@@ -49,11 +44,15 @@ pub struct EventTypeList {
     tag = "event-types",
     summary = "List the event types",
     description = "The six events, each with a description, the JSON Schema of the body receivers get, and an example.",
-    responses((status = 200, description = "Every event type", body = EventTypeList)),
+    responses((status = 200, description = "Every event type, in one page (`next_cursor` is null)", body = Page<EventTypeView>)),
 )]
-pub async fn list() -> Json<EventTypeList> {
+pub async fn list() -> Json<Page<EventTypeView>> {
+    // The list format of every list, though the six always fit in one page.
     let items = catalog::all().iter().map(EventTypeView::from).collect();
-    Json(EventTypeList { items })
+    Json(Page {
+        items,
+        next_cursor: None,
+    })
 }
 
 #[utoipa::path(

@@ -2,7 +2,7 @@
 //! event-type catalogue under `/v1` (bearer token when one is set), plus `/metrics`, `/healthz`,
 //! `/readyz` and `/openapi.json`, which stay open.
 //!
-//! Every route is registered once, in [`api`], with `utoipa_axum::routes!`: the same call adds
+//! Every route is registered once, in `api()`, with `utoipa_axum::routes!`: the same call adds
 //! the handler to the router and its `#[utoipa::path]` documentation to the OpenAPI document,
 //! so the two cannot drift apart (`tests/it/openapi.rs` checks it from both sides).
 
