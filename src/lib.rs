@@ -10,7 +10,8 @@
 //! ```
 //! `app` wires it; `broker` owns the AMQP side, `dispatcher` the consume → deliver → retry
 //! loop, `delivery` the HTTP attempt, `retry` the next step, `dlq` persistence of dead letters,
-//! `store` SQLite/PostgreSQL, `api` the admin HTTP API.
+//! `store` SQLite/PostgreSQL, `api` the admin HTTP API; `ops` the operator's tasks (replay,
+//! stats, drain, publish) shared by the API and the CLI, whose terminal side is `cli`.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod dispatcher;
 pub mod dlq;
 pub mod event;
 pub mod metrics;
+pub mod ops;
 pub mod retry;
 pub mod store;
 pub mod subscriptions;

@@ -7,10 +7,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::broker::{Route, json_props};
+use crate::ops::select::Filters;
 use crate::store::{DeliveryLog, LogFilter, Page, page_limit};
-use crate::time::now_rfc3339;
-use crate::wire::{DeliveryTask, TASK_HEADER};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +17,9 @@ pub struct ListQuery {
     subscription_id: Option<String>,
     event: Option<String>,
     reason: Option<String>,
+    /// Same forms as the replay's `since`/`until`: RFC 3339, a date, `HH:MM`, an age.
+    since: Option<String>,
+    until: Option<String>,
     cursor: Option<String>,
     limit: Option<u32>,
 }
@@ -33,6 +34,7 @@ pub async fn list(
         subscription_id: q.subscription_id,
         event: q.event,
         reason: q.reason,
+        ..Filters::times(q.since, q.until, chrono::Utc::now())?
     };
     let page = state
         .store
@@ -55,8 +57,8 @@ pub async fn read(
     Ok(Json(log))
 }
 
-/// Sends the record's delivery again from attempt 1, through the normal path. A record is
-/// replayed once: it is claimed in the store before publishing and released if that fails.
+/// Sends the record's delivery again from attempt 1, through the normal path; once (see
+/// [`Replayer`](crate::ops::replay::Replayer)).
 pub async fn replay(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -66,56 +68,7 @@ pub async fn replay(
         .delivery_log(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let (Some(subscription_id), Some(account_id), Some(event)) =
-        (&log.subscription_id, &log.account_id, &log.event)
-    else {
-        return Err(ApiError::Conflict {
-            code: "not_replayable",
-            message: format!(
-                "{id} was rejected before matching ({}); there is no delivery to replay: fix the message and publish it again",
-                log.reason
-            ),
-        });
-    };
-    if state.index.get(subscription_id).is_none() {
-        return Err(ApiError::Conflict {
-            code: "subscription_deleted",
-            message: format!("subscription {subscription_id} no longer exists"),
-        });
-    }
-    if let Some(at) = &log.replayed_at {
-        return Err(ApiError::Conflict {
-            code: "already_replayed",
-            message: format!("{id} was already replayed at {at}"),
-        });
-    }
-    let at = now_rfc3339();
-    if !state.store.claim_replay(&id, &at).await? {
-        return Err(ApiError::Conflict {
-            code: "already_replayed",
-            message: format!("{id} was already replayed"),
-        });
-    }
-    let task = DeliveryTask {
-        event_id: log.event_id.clone(),
-        account_id: account_id.clone(),
-        subscription_id: subscription_id.clone(),
-        event: event.clone(),
-        body: log.payload.get().to_string(),
-        attempts: Vec::new(),
-        deferrals: 0,
-    };
-    let body = serde_json::to_vec(&task).expect("task serialises");
-    let props = json_props(&log.event_id, &[(TASK_HEADER, "replay")]);
-    if let Err(e) = state
-        .publisher
-        .publish(Route::queue(&state.topology.events), &body, props)
-        .await
-    {
-        state.store.release_replay(&id).await?;
-        return Err(e.into());
-    }
-    tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
+    let at = state.replayer().replay(&log).await?;
     let log = DeliveryLog {
         replayed_at: Some(at),
         ..log

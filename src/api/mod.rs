@@ -1,6 +1,7 @@
 //! The admin API (axum): subscriptions, the delivery log and replay under `/v1` (bearer token
 //! when one is set), plus `/metrics`, `/healthz` and `/readyz`, which stay open.
 
+mod bulk_replay;
 mod delivery_logs;
 mod error;
 mod health;
@@ -22,6 +23,7 @@ pub use subscriptions::{parse_create_body, parse_patch_body};
 use crate::broker::{Publisher, Topology};
 use crate::config::Secret;
 use crate::metrics::Metrics;
+use crate::ops::replay::Replayer;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
 
@@ -41,6 +43,17 @@ pub struct ApiState {
     pub secret_rotation_overlap: std::time::Duration,
 }
 
+impl ApiState {
+    /// Replays through this service's store and publisher.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            store: self.store.clone(),
+            publisher: self.publisher.clone(),
+            events_queue: self.topology.events.clone(),
+        }
+    }
+}
+
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route(
@@ -58,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
             post(subscriptions::rotate_secret),
         )
         .route("/delivery-logs", get(delivery_logs::list))
+        .route("/delivery-logs/replay", post(bulk_replay::replay))
         .route("/delivery-logs/{id}", get(delivery_logs::read))
         .route("/delivery-logs/{id}/replay", post(delivery_logs::replay))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

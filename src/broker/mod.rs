@@ -282,10 +282,7 @@ impl Broker {
         self.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
 
-        let publish = self.channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let publish = self.confirm_channel().await?;
 
         let events_channel = self.channel().await?;
         events_channel
@@ -319,6 +316,23 @@ impl Broker {
             events_channel,
             dead_channel,
         })
+    }
+
+    /// A fresh channel in publisher-confirm mode.
+    async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    /// Connects once for a one-shot command (the operator CLI): installs a confirm channel in
+    /// the publisher; declares nothing and consumes nothing.
+    pub async fn connect_publisher(&self) -> Result<(), BrokerError> {
+        let publish = self.confirm_channel().await?;
+        self.publisher.set(Some(publish));
+        Ok(())
     }
 
     /// Forgets the session's publish channel (called when the session ends).

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin_api;
 mod broker_restart;
+mod bulk_replay;
 mod delivery;
 mod faults;
 mod hostile_endpoints;

@@ -1,0 +1,91 @@
+//! `POST /v1/delivery-logs/replay`: replays the records a filter selects, through the same
+//! [`Replayer`](crate::ops::replay::Replayer) as the single-record endpoint and the CLI. 200
+//! for a dry run (nothing changes), 202 when replays were queued.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, ApiState};
+use crate::ops::replay::{Failed, Skipped};
+use crate::ops::select::Filters;
+
+/// Records replayed per request unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: u32 = 1000;
+/// Most records one request may replay.
+pub const MAX_LIMIT: u32 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplayRequest {
+    account_id: Option<String>,
+    subscription_id: Option<String>,
+    event: Option<String>,
+    reason: Option<String>,
+    /// RFC 3339, a date, `HH:MM` (today, UTC) or an age (`2h`); inclusive.
+    since: Option<String>,
+    /// Same forms as `since`; exclusive.
+    until: Option<String>,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkReplayResponse {
+    dry_run: bool,
+    /// Records looked at in this request: replayed + skipped + failed (at most `limit`).
+    matched: usize,
+    /// Ids replayed (a dry run: that would be), oldest first.
+    replayed: Vec<String>,
+    skipped: Vec<Skipped>,
+    failed: Vec<Failed>,
+    /// More records matched than `limit` let through: send the request again for the next ones.
+    more: bool,
+}
+
+pub async fn replay(
+    State(state): State<ApiState>,
+    ApiJson(req): ApiJson<BulkReplayRequest>,
+) -> Result<(StatusCode, Json<BulkReplayResponse>), ApiError> {
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be between 1 and {MAX_LIMIT}, got {limit}"
+        )));
+    }
+    let filters = Filters {
+        account_id: req.account_id,
+        subscription_id: req.subscription_id,
+        event: req.event,
+        reason: req.reason,
+        since: req.since,
+        until: req.until,
+        ids: req.ids,
+        all: req.all,
+    };
+    let selection = filters.selection(chrono::Utc::now())?;
+    let report = state
+        .replayer()
+        .run(&selection, Some(limit as usize), req.dry_run, &mut |_| {})
+        .await?;
+    let status = if req.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let response = BulkReplayResponse {
+        dry_run: req.dry_run,
+        matched: report.matched(),
+        replayed: report.replayed,
+        skipped: report.skipped,
+        failed: report.failed,
+        more: report.more,
+    };
+    Ok((status, Json(response)))
+}
