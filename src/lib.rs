@@ -17,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;
