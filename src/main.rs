@@ -18,7 +18,11 @@ use webhook_dispatcher::{App, Config, telemetry};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    #[command(flatten)]
+    // Under a heading of their own, so each subcommand's own flags come first in its --help.
+    #[command(
+        flatten,
+        next_help_heading = "Settings (flags or environment, as for serve)"
+    )]
     config: Config,
 }
 

@@ -30,6 +30,7 @@ pub enum OpsCommand {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Send dead-lettered deliveries again, from attempt 1, through the normal path.
+    #[command(after_help = replay::TIME_HELP)]
     Replay(ReplayArgs),
 }
 

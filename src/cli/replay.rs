@@ -17,8 +17,12 @@ use crate::ops::select::Filters;
 use crate::ops::{connect_broker, open_store};
 use crate::store::DeliveryLog;
 
-/// TIME is RFC 3339 (2026-11-27T10:00:00Z), a date (2026-11-27), a clock time today in UTC
-/// (10:00) or an age (2h, 30m); compared with the record's dead-letter time.
+/// The `--help` note on TIME.
+pub const TIME_HELP: &str = "TIME is RFC 3339 (2026-11-27T10:00:00Z, or with an offset), a date (2026-11-27, \
+midnight UTC), a clock time today in UTC (10:00) or an age (2h, 30m), compared with the time each \
+record was dead-lettered. Records are replayed oldest first, each once: a second run skips what the \
+first replayed.";
+
 #[derive(Args)]
 pub struct ReplayArgs {
     /// Only this account's records.

@@ -544,3 +544,37 @@ async fn replay_skips_what_cannot_be_sent_and_says_why() {
         "{bad_time:?}"
     );
 }
+
+#[tokio::test]
+async fn dlq_drain_runs_next_to_the_services_own_logger() {
+    let service = ServiceProcess::start(&[]).await;
+    let letters: Vec<DeadLetter> = (0..300).map(dead_letter).collect();
+    let bodies: Vec<Vec<u8>> = letters
+        .iter()
+        .map(|dl| serde_json::to_vec(dl).unwrap())
+        .collect();
+    publish_raw("", &service.dead_queue(), &bodies).await;
+
+    // Two consumers of P.dead: the service's logger and the drain.
+    let run = service.cli(&["dlq", "drain"], b"").await;
+    run.expect_code(0);
+    let drained: u64 = run
+        .stdout
+        .strip_prefix("drained ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count line: {run:?}"));
+    assert!(drained <= 300, "{run:?}");
+    let records = wait_for_logs(&service, "account_id=acct_drain", 300).await;
+    assert_eq!(records.len(), 300, "every dead letter stored once");
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(producer.ready(&service.dead_queue()).await, 0);
+    assert_eq!(
+        service
+            .metric_sum("webhook_dead_letters_persisted_total", "")
+            .await as u64
+            + drained,
+        300,
+        "the service stored what the drain did not"
+    );
+}
