@@ -227,3 +227,22 @@ async fn concurrent_bulk_replays_send_each_record_once() {
     assert_eq!(receiver.count(), attempts + 12, "no record delivered twice");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn bulk_replay_needs_the_admin_token() {
+    let token = "test-token-0123456789abcdef";
+    let app = spawn_app_with(&["--admin-token", token]).await;
+    let (status, err) = app.post(BULK, json!({"all": true, "dry_run": true})).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["code"], "unauthorized");
+    let resp = app
+        .http
+        .post(app.url(BULK))
+        .bearer_auth(token)
+        .json(&json!({"all": true, "dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    app.stop().await.unwrap();
+}

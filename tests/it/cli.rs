@@ -197,7 +197,7 @@ async fn publish_takes_a_file_stdin_or_flags_and_refuses_what_the_service_would_
 }
 
 #[tokio::test]
-async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
+async fn the_cli_needs_no_token_and_names_an_unreachable_broker_without_its_password() {
     let service = ServiceProcess::start(&[]).await;
     let port = free_port();
     let url = format!("--amqp-url=amqp://guest:hunter2@127.0.0.1:{port}/%2f");
@@ -212,6 +212,13 @@ async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
         "{run:?}"
     );
     assert!(!run.stderr.contains("hunter2"), "{run:?}");
+
+    // No ADMIN_TOKEN needed, even where `serve` would refuse to start without one; and nothing
+    // is bound (every run here shares the running service's LISTEN_ADDR).
+    let open = service
+        .cli(&["--listen-addr", "0.0.0.0:8080", "dlq", "stats"], b"")
+        .await;
+    open.expect_code(0);
 }
 
 #[tokio::test]
@@ -576,5 +583,41 @@ async fn dlq_drain_runs_next_to_the_services_own_logger() {
             + drained,
         300,
         "the service stored what the drain did not"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_be_published_is_released_and_fails_the_run() {
+    let (mut service, receiver, _) = failing_service(&["acct_a"]).await;
+    publish(&service, &purchase("evt_unsent", "acct_a")).await;
+    let record = wait_for_logs(&service, "account_id=acct_a", 1).await[0].clone();
+    service.stop(PATIENCE).await;
+    // The events queue is gone (deleted by hand, say): the broker takes the replay nowhere.
+    let (_conn, channel) = confirm_channel(&amqp_url()).await;
+    channel
+        .queue_delete(service.events_queue().as_str().into(), Default::default())
+        .await
+        .expect("deleting the events queue");
+    receiver.always(Reply::Status(200));
+
+    let run = service.cli(&["replay", "--all", "--yes"], b"").await;
+    run.expect_code(1);
+    assert!(
+        run.stdout.ends_with("replayed 0, skipped 0, failed 1\n"),
+        "{run:?}"
+    );
+    let id = record["id"].as_str().unwrap();
+    assert!(
+        run.stderr
+            .contains(&format!("failed {id}: no queue took the message")),
+        "{run:?}"
+    );
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .unwrap();
+    let stored = store.delivery_log(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.replayed_at, None,
+        "released: it can be replayed later"
     );
 }
