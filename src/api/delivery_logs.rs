@@ -34,7 +34,9 @@ pub async fn list(
         subscription_id: q.subscription_id,
         event: q.event,
         reason: q.reason,
-        ..Filters::times(q.since, q.until, chrono::Utc::now())?
+        // A bad query value is a 400 here, like the query's other mistakes.
+        ..Filters::times(q.since, q.until, chrono::Utc::now())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
     let page = state
         .store

@@ -143,7 +143,14 @@ async fn bulk_replay_dry_runs_filters_pages_and_replays_once() {
     assert_eq!(status, 200);
     assert!(listed["items"].as_array().unwrap().is_empty());
     let (status, bad) = app.get("/v1/delivery-logs?since=later").await;
-    assert_eq!(status, 422, "{bad}");
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["code"], "bad_request");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"later\" is not a time")
+    );
     app.stop().await.unwrap();
 }
 
