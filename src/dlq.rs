@@ -1,11 +1,12 @@
 //! The DLQ logger: consumes `P.dead` and commits each dead letter to the delivery log before
 //! acking it. While the store is down it keeps retrying and holds the message unacked, so the
-//! dead letters stay in `P.dead` until they are safely stored.
+//! dead letters stay in `P.dead` until they are safely stored. `webhook-dispatcher dlq drain`
+//! stores through the same [`store_and_ack`].
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery;
+use lapin::Acker;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
@@ -27,7 +28,9 @@ pub async fn run(
             next = consumer.next() => next,
         };
         match next {
-            Some(Ok(delivery)) => persist(delivery, &store, &metrics, &stop).await,
+            Some(Ok(delivery)) => {
+                store_and_ack(&delivery.data, &delivery.acker, &store, &metrics, &stop).await;
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "dead-letter consumer failed");
                 return;
@@ -37,8 +40,29 @@ pub async fn run(
     }
 }
 
-async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &CancellationToken) {
-    let dead = read(&delivery.data).sanitized();
+/// What became of one message from `P.dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed to the store, then acked.
+    New,
+    /// A record with its id was already there (a redelivered copy); acked.
+    AlreadyStored,
+    /// Committed, but the ack failed: the broker delivers it again, and it is stored once.
+    AckFailed,
+    /// `stop` fired before the store took it: not acked, it stays in the queue.
+    Stopped,
+}
+
+/// Commits the dead letter in `data` to the store (retrying while the store fails, until
+/// `stop`), and only then acks it.
+pub async fn store_and_ack(
+    data: &[u8],
+    acker: &Acker,
+    store: &Store,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Stored {
+    let dead = read(data).sanitized();
     let mut wait = Duration::from_millis(100);
     loop {
         match store.insert_dead_letter(&dead).await {
@@ -49,15 +73,20 @@ async fn persist(delivery: Delivery, store: &Store, metrics: &Metrics, stop: &Ca
                 } else {
                     tracing::debug!(id = %dead.id, "dead letter already persisted");
                 }
-                if !broker::ack(&delivery.acker).await {
+                if !broker::ack(acker).await {
                     tracing::warn!(id = %dead.id, "ack of a persisted dead letter failed; its redelivery is stored once (same id)");
+                    return Stored::AckFailed;
                 }
-                return;
+                return if inserted {
+                    Stored::New
+                } else {
+                    Stored::AlreadyStored
+                };
             }
             Err(e) => {
                 tracing::error!(error = %e, id = %dead.id, retry_in = ?wait, "cannot persist dead letter; keeping it in the queue");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return Stored::Stopped,
                     _ = tokio::time::sleep(wait) => {}
                 }
                 wait = (wait * 2).min(Duration::from_secs(5));

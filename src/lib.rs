@@ -11,19 +11,22 @@
 //! `app` wires it; `broker` owns the AMQP side, `dispatcher` the consume → deliver → retry
 //! loop, `delivery` the HTTP attempt, `retry` the next step, `dlq` persistence of dead letters,
 //! `store` SQLite/PostgreSQL, `api` the admin HTTP API (and its OpenAPI document), `catalog`
-//! the six event types with the JSON Schemas of their bodies.
+//! the six event types with the JSON Schemas of their bodies; `ops` the operator's tasks
+//! (replay, stats, drain, publish) shared by the API and the CLI, whose terminal side is `cli`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod broker;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;
 pub mod dlq;
 pub mod event;
 pub mod metrics;
+pub mod ops;
 pub mod retry;
 pub mod store;
 pub mod subscriptions;

@@ -1,7 +1,11 @@
-//! The door: parse the command line, start telemetry, hand over to [`webhook_dispatcher::App`].
+//! The door: parse the command line, start telemetry, hand over to [`webhook_dispatcher::App`]
+//! (`serve`) or to [`webhook_dispatcher::cli`] (the operator subcommands).
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use webhook_dispatcher::cli::{self, OpsCommand};
 use webhook_dispatcher::{App, Config, telemetry};
 
 /// Every setting is a flag (before or after the subcommand) and an environment variable.
@@ -14,7 +18,11 @@ use webhook_dispatcher::{App, Config, telemetry};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    #[command(flatten)]
+    // Under a heading of their own, so each subcommand's own flags come first in its --help.
+    #[command(
+        flatten,
+        next_help_heading = "Settings (flags or environment, as for serve)"
+    )]
     config: Config,
 }
 
@@ -22,21 +30,26 @@ struct Cli {
 enum Command {
     /// Run the whole service: consumer, delivery, retries, DLQ logger and admin API (the default).
     Serve,
+    #[command(flatten)]
+    Ops(OpsCommand),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config).await,
+        Command::Serve => serve(cli.config, shutdown)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Ops(command) => Ok(cli::run(command, cli.config, shutdown).await),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    telemetry::init(config.log_format, "info");
     let app = App::build(config).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await
 }
 

@@ -9,10 +9,8 @@ use utoipa::IntoParams;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
-use crate::broker::{Route, json_props};
+use crate::ops::select::Filters;
 use crate::store::{DeliveryLog, LogFilter, Page, page_limit};
-use crate::time::now_rfc3339;
-use crate::wire::{DeliveryTask, TASK_HEADER};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +22,10 @@ pub struct ListQuery {
     event: Option<String>,
     /// `exhausted`, `invalid_event`, …
     reason: Option<String>,
+    /// Dead-lettered at or after: RFC 3339, a date, `HH:MM` (today, UTC) or an age (`2h`).
+    since: Option<String>,
+    /// Dead-lettered before (same forms as `since`).
+    until: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
@@ -52,6 +54,9 @@ pub async fn list(
         subscription_id: q.subscription_id,
         event: q.event,
         reason: q.reason,
+        // A bad query value is a 400 here, like the query's other mistakes.
+        ..Filters::times(q.since, q.until, chrono::Utc::now())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
     let page = state
         .store
@@ -86,8 +91,8 @@ pub async fn read(
     Ok(Json(log))
 }
 
-/// Sends the record's delivery again from attempt 1, through the normal path. A record is
-/// replayed once: it is claimed in the store before publishing and released if that fails.
+/// Sends the record's delivery again from attempt 1, through the normal path; once (see
+/// [`Replayer`](crate::ops::replay::Replayer)).
 #[utoipa::path(
     operation_id = "replayDeliveryLog",
     post,
@@ -99,7 +104,7 @@ pub async fn read(
     responses(
         (status = 202, description = "Queued; the record with its `replayed_at`", body = DeliveryLog),
         (status = 404, description = "No such record", body = ErrorBody),
-        (status = 409, description = "`not_replayable` (rejected before matching), `subscription_deleted` or `already_replayed`", body = ErrorBody),
+        (status = 409, description = "`not_replayable` (rejected before matching), `subscription_deleted`, `subscription_disabled` or `already_replayed`", body = ErrorBody),
         (status = 503, description = "The broker is not reachable; the record stays replayable", body = ErrorBody),
     ),
 )]
@@ -112,56 +117,7 @@ pub async fn replay(
         .delivery_log(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let (Some(subscription_id), Some(account_id), Some(event)) =
-        (&log.subscription_id, &log.account_id, &log.event)
-    else {
-        return Err(ApiError::Conflict {
-            code: "not_replayable",
-            message: format!(
-                "{id} was rejected before matching ({}); there is no delivery to replay: fix the message and publish it again",
-                log.reason
-            ),
-        });
-    };
-    if state.index.get(subscription_id).is_none() {
-        return Err(ApiError::Conflict {
-            code: "subscription_deleted",
-            message: format!("subscription {subscription_id} no longer exists"),
-        });
-    }
-    if let Some(at) = &log.replayed_at {
-        return Err(ApiError::Conflict {
-            code: "already_replayed",
-            message: format!("{id} was already replayed at {at}"),
-        });
-    }
-    let at = now_rfc3339();
-    if !state.store.claim_replay(&id, &at).await? {
-        return Err(ApiError::Conflict {
-            code: "already_replayed",
-            message: format!("{id} was already replayed"),
-        });
-    }
-    let task = DeliveryTask {
-        event_id: log.event_id.clone(),
-        account_id: account_id.clone(),
-        subscription_id: subscription_id.clone(),
-        event: event.clone(),
-        body: log.payload.get().to_string(),
-        attempts: Vec::new(),
-        deferrals: 0,
-    };
-    let body = serde_json::to_vec(&task).expect("task serialises");
-    let props = json_props(&log.event_id, &[(TASK_HEADER, "replay")]);
-    if let Err(e) = state
-        .publisher
-        .publish(Route::queue(&state.topology.events), &body, props)
-        .await
-    {
-        state.store.release_replay(&id).await?;
-        return Err(e.into());
-    }
-    tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
+    let at = state.replayer().replay(&log).await?;
     let log = DeliveryLog {
         replayed_at: Some(at),
         ..log

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::broker::BrokerError;
+use crate::ops::OpsError;
+use crate::ops::replay::ReplayError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,5 +100,36 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(error: ReplayError) -> Self {
+        match error {
+            ReplayError::Skipped(skip) => ApiError::Conflict {
+                code: skip.code(),
+                message: skip.to_string(),
+            },
+            ReplayError::Gone => ApiError::NotFound(error.to_string()),
+            ReplayError::Store(e) => ApiError::Store(e),
+            ReplayError::Broker(e) => ApiError::Broker(e),
+            ReplayError::ReleaseFailed { publish, release } => {
+                tracing::error!(%publish, %release, "replay not sent and its claim not released: the record reads replayed");
+                ApiError::Store(release)
+            }
+        }
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(error: OpsError) -> Self {
+        match error {
+            OpsError::BadInput(message) => ApiError::Unprocessable(message),
+            OpsError::Broker(e) => ApiError::Broker(e),
+            OpsError::Store(e) | OpsError::StoreUnreachable { error: e, .. } => ApiError::Store(e),
+            other @ (OpsError::BrokerUnreachable { .. } | OpsError::Failed(_)) => {
+                ApiError::Broker(BrokerError::Pool(other.to_string()))
+            }
+        }
     }
 }

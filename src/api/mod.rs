@@ -6,6 +6,7 @@
 //! the handler to the router and its `#[utoipa::path]` documentation to the OpenAPI document,
 //! so the two cannot drift apart (`tests/it/openapi.rs` checks it from both sides).
 
+mod bulk_replay;
 mod delivery_logs;
 mod error;
 mod event_types;
@@ -28,12 +29,12 @@ use utoipa_axum::routes;
 pub use error::ApiError;
 pub use subscriptions::{parse_create_body, parse_patch_body};
 
-use crate::broker::{BrokerError, Publisher, Route, Topology, json_props};
+use crate::broker::{Publisher, Topology};
 use crate::config::Secret;
 use crate::metrics::Metrics;
+use crate::ops::replay::Replayer;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
-use crate::wire::{DeliveryTask, TASK_HEADER};
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -51,6 +52,17 @@ pub struct ApiState {
     pub secret_rotation_overlap: std::time::Duration,
 }
 
+impl ApiState {
+    /// Replays through this service's store and publisher.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            store: self.store.clone(),
+            publisher: self.publisher.clone(),
+            events_queue: self.topology.events.clone(),
+        }
+    }
+}
+
 /// Every route with its documentation: the one place to add a route. A handler takes part
 /// through `routes!(…)` with its `#[utoipa::path]` (paths under `/v1` are written without the
 /// prefix). `admin_token` guards `/v1`.
@@ -65,6 +77,7 @@ fn api(admin_token: Option<Secret>) -> OpenApiRouter<ApiState> {
         .routes(routes!(subscriptions::rotate_secret))
         .routes(routes!(test_event::send))
         .routes(routes!(delivery_logs::list))
+        .routes(routes!(bulk_replay::replay))
         .routes(routes!(delivery_logs::read))
         .routes(routes!(delivery_logs::replay))
         .routes(routes!(event_types::list))
@@ -90,18 +103,6 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// Puts a delivery task on `P.events` through the default exchange with the task header, and
-/// waits for the broker's confirm: from there it is attempted, signed, retried, dead-lettered
-/// and counted like any delivery. `kind` labels the header (`test`, …).
-async fn enqueue(state: &ApiState, task: &DeliveryTask, kind: &str) -> Result<(), BrokerError> {
-    let body = serde_json::to_vec(task).expect("task serialises");
-    let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
-    state
-        .publisher
-        .publish(Route::queue(&state.topology.events), &body, props)
-        .await
 }
 
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time when a token is set.

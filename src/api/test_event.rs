@@ -117,7 +117,10 @@ pub async fn send(
         attempts: Vec::new(),
         deferrals: 0,
     };
-    super::enqueue(&state, &task, "test").await?;
+    state
+        .publisher
+        .enqueue_task(&state.topology.events, &task, "test")
+        .await?;
     tracing::info!(subscription_id = %sub.id, event_id = %event_id, event = %kind, "test event queued");
     let payload = RawValue::from_string(payload).expect("the sample body is JSON");
     Ok((

@@ -19,6 +19,7 @@ use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer};
 pub use topology::Topology;
 
 use crate::config::Config;
+use crate::wire::{DeliveryTask, TASK_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -137,6 +138,20 @@ impl Publisher {
                 unreachable!("publisher channel is in confirm mode")
             }
         }
+    }
+
+    /// Puts a delivery task on `events_queue` (`P.events`) through the default exchange, with
+    /// the task header saying where it came from (`replay`, `test`), and waits for the confirm:
+    /// from there it is attempted, signed, retried, dead-lettered and counted like any delivery.
+    pub async fn enqueue_task(
+        &self,
+        events_queue: &str,
+        task: &DeliveryTask,
+        kind: &str,
+    ) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(task).expect("task serialises");
+        let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
+        self.publish(Route::queue(events_queue), &body, props).await
     }
 
     /// [`publish`](Self::publish), tried again a few times over ~3 s while the broker is
@@ -282,10 +297,7 @@ impl Broker {
         self.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
 
-        let publish = self.channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let publish = self.confirm_channel().await?;
 
         let events_channel = self.channel().await?;
         events_channel
@@ -319,6 +331,23 @@ impl Broker {
             events_channel,
             dead_channel,
         })
+    }
+
+    /// A fresh channel in publisher-confirm mode.
+    async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    /// Connects once for a one-shot command (the operator CLI): installs a confirm channel in
+    /// the publisher; declares nothing and consumes nothing.
+    pub async fn connect_publisher(&self) -> Result<(), BrokerError> {
+        let publish = self.confirm_channel().await?;
+        self.publisher.set(Some(publish));
+        Ok(())
     }
 
     /// Forgets the session's publish channel (called when the session ends).

@@ -34,12 +34,65 @@ pub struct DeliveryLog {
     pub replayed_at: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LogFilter {
     pub account_id: Option<String>,
     pub subscription_id: Option<String>,
     pub event: Option<String>,
     pub reason: Option<String>,
+    /// `dead_lettered_at >= since`, in the stored format ([`crate::time::rfc3339`]).
+    pub since: Option<String>,
+    /// `dead_lettered_at < until`, in the stored format.
+    pub until: Option<String>,
+}
+
+impl LogFilter {
+    /// The filter's conditions, each with its value; `None` values are left out by the caller.
+    fn conditions(&self) -> [(&'static str, Option<&str>); 6] {
+        [
+            ("account_id = ", self.account_id.as_deref()),
+            ("subscription_id = ", self.subscription_id.as_deref()),
+            ("event = ", self.event.as_deref()),
+            ("reason = ", self.reason.as_deref()),
+            ("dead_lettered_at >= ", self.since.as_deref()),
+            ("dead_lettered_at < ", self.until.as_deref()),
+        ]
+    }
+}
+
+/// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
+/// `ids`) that were not replayed yet.
+#[derive(Debug, Default, Clone)]
+pub struct ReplaySelection {
+    pub filter: LogFilter,
+    pub ids: Vec<String>,
+}
+
+/// Records sharing one value of a column (`None`: the column is null), and how many of them
+/// were not replayed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogGroup {
+    pub name: Option<String>,
+    pub total: i64,
+    pub not_replayed: i64,
+}
+
+/// Columns [`Store::count_delivery_logs_by`] groups by.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupBy {
+    Reason,
+    Event,
+    Account,
+}
+
+impl GroupBy {
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::Reason => "reason",
+            GroupBy::Event => "event",
+            GroupBy::Account => "account_id",
+        }
+    }
 }
 
 const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at";
@@ -86,29 +139,107 @@ impl Store {
         cursor: Option<&str>,
         limit: i64,
     ) -> Result<Page<DeliveryLog>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE 1 = 1");
+        let order = format!("ORDER BY id DESC LIMIT {}", limit + 1);
+        let items = self
+            .select_logs("1 = 1", ("id < ", cursor), filter, &[], &order)
+            .await?;
+        Ok(Page::from_rows(items, limit, |item| &item.id))
+    }
+
+    /// Up to `limit` records of `selection` not replayed yet, oldest first (ids are
+    /// time-ordered), after the record `after` (an id) when given.
+    pub async fn replay_candidates(
+        &self,
+        selection: &ReplaySelection,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        let order = format!("ORDER BY id ASC LIMIT {limit}");
+        self.select_logs(
+            "replayed_at IS NULL",
+            ("id > ", after),
+            &selection.filter,
+            &selection.ids,
+            &order,
+        )
+        .await
+    }
+
+    /// Records grouped by one column, largest groups first, at most `top` groups.
+    pub async fn count_delivery_logs_by(
+        &self,
+        by: GroupBy,
+        top: i64,
+    ) -> Result<Vec<LogGroup>, StoreError> {
+        let column = by.column();
+        // CAST: PostgreSQL sums to NUMERIC, which the Any driver does not decode.
+        let sql = format!(
+            "SELECT {column} AS name, COUNT(*) AS total, \
+             CAST(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS not_replayed \
+             FROM delivery_logs GROUP BY {column} ORDER BY total DESC, name ASC LIMIT {top}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogGroup {
+                    name: row.try_get("name")?,
+                    total: row.try_get("total")?,
+                    not_replayed: row.try_get("not_replayed")?,
+                })
+            })
+            .collect()
+    }
+
+    /// All records, and how many of them were not replayed yet.
+    pub async fn count_delivery_logs(&self) -> Result<LogGroup, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+             CAST(COALESCE(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS not_replayed \
+             FROM delivery_logs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(LogGroup {
+            name: None,
+            total: row.try_get("total")?,
+            not_replayed: row.try_get("not_replayed")?,
+        })
+    }
+
+    /// `SELECT … WHERE {base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when
+    /// `ids` is not empty, then `order`. Every value is bound as a numbered placeholder.
+    async fn select_logs(
+        &self,
+        base: &str,
+        cursor: (&'static str, Option<&str>),
+        filter: &LogFilter,
+        ids: &[String],
+        order: &str,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE {base}");
         let mut binds: Vec<&str> = Vec::new();
-        let conditions = [
-            ("id < ", cursor),
-            ("account_id = ", filter.account_id.as_deref()),
-            ("subscription_id = ", filter.subscription_id.as_deref()),
-            ("event = ", filter.event.as_deref()),
-            ("reason = ", filter.reason.as_deref()),
-        ];
-        for (condition, value) in conditions {
+        for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
             if let Some(value) = value {
                 binds.push(value);
                 sql.push_str(&format!(" AND {condition}${}", binds.len()));
             }
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+        if !ids.is_empty() {
+            let first = binds.len() + 1;
+            binds.extend(ids.iter().map(String::as_str));
+            let placeholders: Vec<String> =
+                (first..=binds.len()).map(|n| format!("${n}")).collect();
+            sql.push_str(&format!(" AND id IN ({})", placeholders.join(", ")));
+        }
+        sql.push_str(&format!(" {order}"));
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for value in binds {
             query = query.bind(value);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_rows(items, limit, |item| &item.id))
+        rows.iter().map(from_row).collect()
     }
 
     /// Marks a record replayed at `at` unless it already was; `false` if it was (or is missing).

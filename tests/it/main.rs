@@ -6,6 +6,8 @@ mod helpers;
 
 mod admin_api;
 mod broker_restart;
+mod bulk_replay;
+mod cli;
 mod delivery;
 mod faults;
 mod hostile_endpoints;

@@ -332,6 +332,12 @@ impl ServiceProcess {
         metric_sum(&self.metrics().await, name, label)
     }
 
+    /// Runs the operator CLI, `webhook-dispatcher ARGS`, with this service's settings (broker,
+    /// prefix, exchange, store); `stdin` is piped, so the CLI is not on a terminal.
+    pub async fn cli(&self, args: &[&str], stdin: &[u8]) -> CliRun {
+        run_cli(&self.env, args, stdin).await
+    }
+
     /// Creates a subscription for every event of `account` and returns its id.
     pub async fn subscribe(&self, account: &str, url: &str) -> String {
         let resp = self
@@ -398,6 +404,53 @@ impl Drop for ServiceProcess {
             self.queues.clone(),
             self.exchange.clone(),
         );
+    }
+}
+
+/// How a run of the CLI ended and what it printed.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Asserts the exit code, showing everything printed when it differs.
+    pub fn expect_code(&self, code: i32) -> &CliRun {
+        assert_eq!(self.code, code, "exit code of the CLI; {self:#?}");
+        self
+    }
+}
+
+/// Runs the service binary with `args` and only the environment `env`, feeding it `stdin`;
+/// fails the test if it has not exited within [`PATIENCE`].
+pub async fn run_cli(env: &[(String, String)], args: &[&str], stdin: &[u8]) -> CliRun {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the CLI");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input
+        .write_all(stdin)
+        .await
+        .expect("writing the CLI's stdin");
+    drop(input);
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("webhook-dispatcher {args:?} did not exit within {PATIENCE:?}"))
+        .expect("the CLI's output");
+    CliRun {
+        code: output.status.code().expect("the CLI exited by itself"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

@@ -1,0 +1,125 @@
+//! `POST /v1/delivery-logs/replay`: replays the records a filter selects, through the same
+//! [`Replayer`](crate::ops::replay::Replayer) as the single-record endpoint and the CLI. 200
+//! for a dry run (nothing changes), 202 when replays were queued.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use utoipa::ToSchema;
+
+use super::openapi::ErrorBody;
+use super::{ApiError, ApiJson, ApiState};
+use crate::ops::replay::{Failed, Skipped};
+use crate::ops::select::Filters;
+
+/// Records replayed per request unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: u32 = 1000;
+/// Most records one request may replay.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// Which records to replay: at least one filter, or `all`. Only records not replayed yet are
+/// selected, oldest first.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplayRequest {
+    account_id: Option<String>,
+    subscription_id: Option<String>,
+    event: Option<String>,
+    reason: Option<String>,
+    /// RFC 3339, a date, `HH:MM` (today, UTC) or an age (`2h`); inclusive.
+    since: Option<String>,
+    /// Same forms as `since`; exclusive.
+    until: Option<String>,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    /// Only changes the answer's status and that nothing is sent: see what would be replayed.
+    #[serde(default)]
+    dry_run: bool,
+    /// Records looked at in this request, 1 to 10000 (default 1000).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous answer: go on after the records it looked at.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplayResponse {
+    dry_run: bool,
+    /// Records looked at in this request: replayed + skipped + failed (at most `limit`).
+    matched: usize,
+    /// Ids replayed (a dry run: that would be), oldest first.
+    replayed: Vec<String>,
+    skipped: Vec<Skipped>,
+    failed: Vec<Failed>,
+    /// More records matched than `limit` let through: send the request again with `cursor` set
+    /// to `next_cursor` for the next ones (records skipped here would otherwise come back).
+    more: bool,
+    /// With `more`: the id of the last record looked at.
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    operation_id = "bulkReplayDeliveryLogs",
+    post,
+    path = "/delivery-logs/replay",
+    tag = "delivery-logs",
+    summary = "Replay the records a filter selects",
+    description = "Replays each selected record once, from attempt 1 through the normal path, oldest first; records that cannot be replayed are listed under `skipped` with the reason.",
+    request_body = BulkReplayRequest,
+    responses(
+        (status = 200, description = "Dry run: what would be replayed and skipped; nothing changed", body = BulkReplayResponse),
+        (status = 202, description = "Replays queued", body = BulkReplayResponse),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "No filter (and not `all`), an unknown field, a bad time or limit", body = ErrorBody),
+    ),
+)]
+pub async fn replay(
+    State(state): State<ApiState>,
+    ApiJson(req): ApiJson<BulkReplayRequest>,
+) -> Result<(StatusCode, Json<BulkReplayResponse>), ApiError> {
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be between 1 and {MAX_LIMIT}, got {limit}"
+        )));
+    }
+    let filters = Filters {
+        account_id: req.account_id,
+        subscription_id: req.subscription_id,
+        event: req.event,
+        reason: req.reason,
+        since: req.since,
+        until: req.until,
+        ids: req.ids,
+        all: req.all,
+    };
+    let selection = filters.selection(chrono::Utc::now())?;
+    let report = state
+        .replayer()
+        .run(
+            &selection,
+            req.cursor,
+            Some(limit as usize),
+            req.dry_run,
+            &mut |_| {},
+        )
+        .await?;
+    let status = if req.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let response = BulkReplayResponse {
+        dry_run: req.dry_run,
+        matched: report.matched(),
+        replayed: report.replayed,
+        skipped: report.skipped,
+        failed: report.failed,
+        more: report.more,
+        next_cursor: report.next_cursor,
+    };
+    Ok((status, Json(response)))
+}

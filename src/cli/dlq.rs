@@ -1,0 +1,102 @@
+//! `webhook-dispatcher dlq stats [--json]` and `dlq drain`.
+
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use super::terminal::{progress, table};
+use crate::config::{Config, redact_url};
+use crate::ops::stats::{self, Stats};
+use crate::ops::{connect_broker, drain, open_store};
+use crate::store::LogGroup;
+
+pub async fn stats(cfg: &Config, json: bool) -> Result<ExitCode, CliError> {
+    let store = open_store(cfg).await?;
+    let broker = connect_broker(cfg).await?;
+    let collected = stats::collect(&broker, &store).await;
+    broker.close().await;
+    store.close().await;
+    let stats = collected?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).expect("stats serialise")
+        );
+    } else {
+        print!("{}", render(&stats, cfg));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(stats: &Stats, cfg: &Config) -> String {
+    let count = |n: Option<u32>| n.map_or_else(|| "missing".to_string(), |n| n.to_string());
+    let queues: Vec<Vec<String>> = stats
+        .queues
+        .iter()
+        .map(|q| vec![q.queue.clone(), count(q.ready), count(q.consumers)])
+        .collect();
+    let log = &stats.delivery_log;
+    let mut out = format!("queues on {}\n", redact_url(&cfg.amqp_url));
+    out.push_str(&table(&["QUEUE", "READY", "CONSUMERS"], &queues));
+    out.push_str(&format!(
+        "\ndelivery log in {}: {} records, {} not replayed\n",
+        redact_url(&cfg.database_url),
+        log.total,
+        log.not_replayed
+    ));
+    for (title, header, groups) in [
+        ("by reason", "REASON", &log.by_reason),
+        ("by event", "EVENT", &log.by_event),
+        ("by account (top 20)", "ACCOUNT", &log.by_account),
+    ] {
+        if groups.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n{title}\n"));
+        out.push_str(&table(
+            &[header, "RECORDS", "NOT REPLAYED"],
+            &groups.iter().map(group_row).collect::<Vec<_>>(),
+        ));
+    }
+    out
+}
+
+fn group_row(group: &LogGroup) -> Vec<String> {
+    vec![
+        group.name.clone().unwrap_or_else(|| "(none)".into()),
+        group.total.to_string(),
+        group.not_replayed.to_string(),
+    ]
+}
+
+pub async fn drain(cfg: &Config, stop: &CancellationToken) -> Result<ExitCode, CliError> {
+    let store = open_store(cfg).await?;
+    let broker = connect_broker(cfg).await?;
+    let waiting = stats::queue_stats(&broker, &broker.topology.dead).await;
+    let bar = progress(
+        waiting.ok().and_then(|q| q.ready).map_or(0, u64::from),
+        "draining",
+    );
+    let drained = drain::drain(&broker, &store, stop, &mut |done, remaining| {
+        bar.set_length(done + remaining);
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    broker.close().await;
+    store.close().await;
+    let report = drained?;
+    let line = format!(
+        "drained {} dead letters ({} already stored)",
+        report.drained, report.already_stored
+    );
+    if report.interrupted {
+        return Err(CliError::Failed(format!(
+            "interrupted: {line}; the rest stay in {}",
+            broker.topology.dead
+        )));
+    }
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}

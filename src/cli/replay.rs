@@ -1,0 +1,229 @@
+//! `webhook-dispatcher replay [filters] [--dry-run] [--yes] [--limit N]`: looks first (a dry
+//! run through the store), asks, then replays exactly the records it showed.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use super::terminal::{confirm, progress, table};
+use crate::broker::Publisher;
+use crate::config::Config;
+use crate::ops::replay::{Replayer, Report, Skipped};
+use crate::ops::select::Filters;
+use crate::ops::{connect_broker, open_store};
+use crate::store::DeliveryLog;
+
+/// The `--help` note on TIME.
+pub const TIME_HELP: &str = "TIME is RFC 3339 (2026-11-27T10:00:00Z, or with an offset), a date (2026-11-27, \
+midnight UTC), a clock time today in UTC (10:00) or an age (2h, 30m), compared with the time each \
+record was dead-lettered. Records are replayed oldest first, each once: a second run skips what the \
+first replayed.";
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Only this account's records.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only this subscription's records.
+    #[arg(long)]
+    subscription: Option<String>,
+    /// Only records of this event.
+    #[arg(long)]
+    event: Option<String>,
+    /// Only records dead-lettered for this reason (exhausted, subscription_disabled, …).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Records dead-lettered at or after TIME.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Records dead-lettered before TIME.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// This record (repeatable).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
+    /// Every record not replayed yet (needed when no filter is given).
+    #[arg(long)]
+    all: bool,
+    /// List what would be replayed and what would be skipped, and why; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replay without asking (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Replay at most N records, oldest first (default: all that match).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+}
+
+pub async fn run(
+    args: ReplayArgs,
+    cfg: &Config,
+    stop: &CancellationToken,
+) -> Result<ExitCode, CliError> {
+    let filters = Filters {
+        account_id: args.account,
+        subscription_id: args.subscription,
+        event: args.event,
+        reason: args.reason,
+        since: args.since,
+        until: args.until,
+        ids: args.ids,
+        all: args.all,
+    };
+    let selection = filters.selection(chrono::Utc::now())?;
+    let interactive = std::io::stdin().is_terminal();
+    if !args.dry_run && !args.yes && !interactive {
+        return Err(CliError::Usage(
+            "not on a terminal, so there is nobody to confirm: pass --yes to replay (look first with --dry-run)".into(),
+        ));
+    }
+    let store = open_store(cfg).await?;
+    // A dry run needs no broker; a replayer without a channel can only look.
+    let looker = Replayer {
+        store: store.clone(),
+        publisher: Publisher::default(),
+        events_queue: String::new(),
+    };
+    let mut listed: Vec<Vec<String>> = Vec::new();
+    let plan = looker
+        .run(
+            &selection,
+            None,
+            args.limit.map(|n| n as usize),
+            true,
+            &mut |log| listed.push(row(log)),
+        )
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if args.dry_run {
+        print!("{}", dry_run_listing(&plan, &listed));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if plan.replayed.is_empty() {
+        println!("nothing to replay{}", skipped_summary(&plan.skipped));
+        print!("{}", skipped_listing(&plan.skipped));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let n = plan.replayed.len();
+    if !args.yes && confirm(&format!("Replay {n} deliveries?"), stop).await != Some(true) {
+        eprintln!("nothing replayed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let broker = connect_broker(cfg).await?;
+    let replayer = Replayer {
+        store: store.clone(),
+        publisher: broker.publisher.clone(),
+        events_queue: broker.topology.events.clone(),
+    };
+    let bar = progress(n as u64, "replaying");
+    let mut done = replayer
+        .replay_ids(&plan.replayed, stop, &mut || bar.inc(1))
+        .await;
+    bar.finish_and_clear();
+    broker.close().await;
+    store.close().await;
+    let mut skipped = plan.skipped;
+    skipped.append(&mut done.skipped);
+    print!("{}", skipped_listing(&skipped));
+    for failed in &done.failed {
+        eprintln!("failed {}: {}", failed.id, failed.error);
+    }
+    println!(
+        "replayed {}, skipped {}{}, failed {}",
+        done.replayed.len(),
+        skipped.len(),
+        skipped_summary(&skipped),
+        done.failed.len()
+    );
+    if done.interrupted {
+        return Err(CliError::Failed(
+            "interrupted: the records not yet replayed were left untouched; run again to replay them".into(),
+        ));
+    }
+    if plan.more {
+        println!("more records match beyond --limit; run again for the next ones");
+    }
+    Ok(if done.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `id, dead-lettered, account, event, subscription, reason` of a record, `-` for none.
+fn row(log: &DeliveryLog) -> Vec<String> {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    vec![
+        log.id.clone(),
+        log.dead_lettered_at.clone(),
+        or_dash(&log.account_id),
+        or_dash(&log.event),
+        or_dash(&log.subscription_id),
+        log.reason.clone(),
+    ]
+}
+
+fn dry_run_listing(plan: &Report, rows: &[Vec<String>]) -> String {
+    let replayed: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| plan.replayed.contains(&r[0]))
+        .cloned()
+        .collect();
+    let mut out = format!(
+        "dry run: would replay {}, skip {}{}\n",
+        plan.replayed.len(),
+        plan.skipped.len(),
+        skipped_summary(&plan.skipped)
+    );
+    if !replayed.is_empty() {
+        out.push_str("\nwould replay\n");
+        out.push_str(&table(
+            &[
+                "ID",
+                "DEAD-LETTERED",
+                "ACCOUNT",
+                "EVENT",
+                "SUBSCRIPTION",
+                "REASON",
+            ],
+            &replayed,
+        ));
+    }
+    out.push_str(&skipped_listing(&plan.skipped));
+    if plan.more {
+        out.push_str("\nmore records match beyond --limit\n");
+    }
+    out
+}
+
+/// ` (2 subscription_deleted, 1 not_replayable)`, or nothing when none was skipped.
+fn skipped_summary(skipped: &[Skipped]) -> String {
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in skipped {
+        *by_reason.entry(s.reason).or_default() += 1;
+    }
+    if by_reason.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = by_reason
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    format!(" ({})", parts.join(", "))
+}
+
+fn skipped_listing(skipped: &[Skipped]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = skipped
+        .iter()
+        .map(|s| vec![s.id.clone(), s.reason.to_string(), s.detail.clone()])
+        .collect();
+    format!("\nskipped\n{}", table(&["ID", "REASON", "WHY"], &rows))
+}

@@ -1,0 +1,80 @@
+//! `dlq drain`: stores every dead letter waiting in `P.dead` and exits once none is ready. It
+//! takes messages one at a time (`basic.get`) and stores each through the DLQ logger's own
+//! [`store_and_ack`](crate::dlq::store_and_ack) — committed before acked — so it can run next
+//! to a live service (two consumers of one queue) and stops with nothing of its own unacked.
+//! The final empty `basic.get` is a round trip through the queue, so the acks before it are
+//! applied before the channel closes.
+
+use lapin::options::BasicGetOptions;
+use tokio_util::sync::CancellationToken;
+
+use super::OpsError;
+use super::stats::is_not_found;
+use crate::broker::Broker;
+use crate::dlq::{Stored, store_and_ack};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Dead letters taken off the queue and safely in the store.
+    pub drained: u64,
+    /// Of those, how many the store already held (redelivered copies).
+    pub already_stored: u64,
+    /// `stop` fired: the drain ended early; the message in hand went back to the queue.
+    pub interrupted: bool,
+}
+
+/// Drains `P.dead` into `store`. `progress(done, remaining)` follows each message.
+pub async fn drain(
+    broker: &Broker,
+    store: &Store,
+    stop: &CancellationToken,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<DrainReport, OpsError> {
+    let queue = broker.topology.dead.as_str();
+    let channel = broker.channel().await?;
+    let metrics = Metrics::new();
+    let mut report = DrainReport::default();
+    loop {
+        if stop.is_cancelled() {
+            report.interrupted = true;
+            break;
+        }
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    OpsError::BadInput(format!(
+                        "queue {queue} does not exist: check QUEUE_PREFIX (the service declares it when it starts)"
+                    ))
+                } else {
+                    OpsError::Broker(e.into())
+                }
+            })?;
+        let Some(message) = got else { break };
+        let delivery = &message.delivery;
+        match store_and_ack(&delivery.data, &delivery.acker, store, &metrics, stop).await {
+            Stored::New => report.drained += 1,
+            Stored::AlreadyStored => {
+                report.drained += 1;
+                report.already_stored += 1;
+            }
+            Stored::Stopped => {
+                report.interrupted = true;
+                break;
+            }
+            Stored::AckFailed => {
+                return Err(OpsError::Failed(format!(
+                    "stored a dead letter but its ack failed after {} drained; the broker delivers it \
+                     again and it is stored once — run the drain again",
+                    report.drained
+                )));
+            }
+        }
+        progress(report.drained, u64::from(message.message_count));
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    Ok(report)
+}

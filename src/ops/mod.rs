@@ -1,0 +1,61 @@
+//! Operations shared by the operator CLI (`webhook-dispatcher publish | dlq stats | dlq drain |
+//! replay`) and the admin API's bulk replay: record selection and time parsing, replay, queue
+//! and delivery-log statistics, draining `P.dead`, publishing a validated event. Nothing here
+//! prints: the terminal side is in [`crate::cli`].
+//!
+//! The CLI talks to the broker and the store directly, so it works while the service is down:
+//! it connects once (no reconnect loop) and declares nothing — a missing queue or exchange is
+//! an error naming it, not something an operator's typo should create.
+
+pub mod drain;
+pub mod publish;
+pub mod replay;
+pub mod select;
+pub mod stats;
+pub mod when;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::{Config, redact_url};
+use crate::store::{Store, StoreError};
+
+/// An operation's failure. [`OpsError::BadInput`] is the caller's to fix (CLI exit 2, API 4xx).
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("cannot reach RabbitMQ at {url}: {error}")]
+    BrokerUnreachable { url: String, error: String },
+    #[error("cannot open the store at {url}: {error}")]
+    StoreUnreachable { url: String, error: StoreError },
+    /// The operation failed part-way; the text says what state it left.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens (and migrates) the store at `DATABASE_URL`.
+pub async fn open_store(cfg: &Config) -> Result<Store, OpsError> {
+    Store::connect(&cfg.database_url)
+        .await
+        .map_err(|error| OpsError::StoreUnreachable {
+            url: redact_url(&cfg.database_url),
+            error,
+        })
+}
+
+/// Connects to the broker at `AMQP_URL` once, with a confirm channel in its publisher.
+pub async fn connect_broker(cfg: &Config) -> Result<Broker, OpsError> {
+    let unreachable = |error: BrokerError| OpsError::BrokerUnreachable {
+        url: redact_url(&cfg.amqp_url),
+        error: match error {
+            BrokerError::Pool(inner) => inner,
+            other => other.to_string(),
+        },
+    };
+    let broker = Broker::new(cfg).map_err(unreachable)?;
+    broker.connect_publisher().await.map_err(unreachable)?;
+    Ok(broker)
+}

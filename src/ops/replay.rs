@@ -1,0 +1,282 @@
+//! Replay: a delivery-log record's delivery sent again from attempt 1 through the normal path.
+//! One implementation for `POST /v1/delivery-logs/{id}/replay`, the bulk endpoint and
+//! `webhook-dispatcher replay`. A record is replayed once: it is claimed in the store before the
+//! task is published (with a confirm) and released when the publish fails, so two replays racing
+//! for one record send it once.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerError, Publisher};
+use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
+use crate::time::now_rfc3339;
+use crate::wire::DeliveryTask;
+
+/// Records read from the store at a time while a selection is worked through.
+const PAGE: usize = 500;
+
+/// Why a record is not replayed. [`code`](Skip::code) is the stable label (API error code,
+/// `reason` of a skipped record); the `Display` text says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error(
+        "rejected before matching ({0}); there is no delivery to replay: fix the message and publish it again"
+    )]
+    NotReplayable(String),
+    #[error("subscription {0} no longer exists")]
+    SubscriptionDeleted(String),
+    #[error("subscription {0} is disabled; enable it, then replay")]
+    SubscriptionDisabled(String),
+    #[error("already replayed{}", .0.as_ref().map(|at| format!(" at {at}")).unwrap_or_default())]
+    AlreadyReplayed(Option<String>),
+}
+
+impl Skip {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Skip::NotReplayable(_) => "not_replayable",
+            Skip::SubscriptionDeleted(_) => "subscription_deleted",
+            Skip::SubscriptionDisabled(_) => "subscription_disabled",
+            Skip::AlreadyReplayed(_) => "already_replayed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Skipped(#[from] Skip),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the record is no longer in the store")]
+    Gone,
+    #[error(
+        "publishing failed ({publish}) and releasing the claim failed too ({release}): the record \
+         is marked replayed but was not sent; clear its replayed_at to replay it"
+    )]
+    ReleaseFailed {
+        publish: BrokerError,
+        release: StoreError,
+    },
+}
+
+/// A record that was skipped, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Skipped {
+    pub id: String,
+    /// `not_replayable`, `subscription_deleted`, `subscription_disabled` or `already_replayed`.
+    #[schema(value_type = String)]
+    pub reason: &'static str,
+    /// The whole explanation (not in the API's answer, which keeps to `{id, reason}`).
+    #[serde(skip)]
+    pub detail: String,
+}
+
+/// A record whose replay failed (it stays unreplayed: it can be replayed again later).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Failed {
+    pub id: String,
+    pub error: String,
+}
+
+/// What a replay run did, or (dry run) would do: `replayed` lists the ids replayed (or that
+/// would be), oldest first.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub replayed: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    pub failed: Vec<Failed>,
+    /// More records matched than the limit let through.
+    pub more: bool,
+    /// With `more`: the last record looked at; pass it as `after` to go on from there.
+    pub next_cursor: Option<String>,
+    /// Stopped early (ctrl-c) before the records left; those were not touched.
+    pub interrupted: bool,
+}
+
+impl Report {
+    /// Records looked at: replayed, skipped and failed.
+    pub fn matched(&self) -> usize {
+        self.replayed.len() + self.skipped.len() + self.failed.len()
+    }
+
+    fn record(&mut self, id: &str, result: Result<(), ReplayError>) {
+        match result {
+            Ok(()) => self.replayed.push(id.to_string()),
+            Err(ReplayError::Skipped(skip)) => self.skipped.push(Skipped {
+                id: id.to_string(),
+                reason: skip.code(),
+                detail: skip.to_string(),
+            }),
+            Err(e) => self.failed.push(Failed {
+                id: id.to_string(),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Subscription facts looked up once per run: `None` when the subscription is gone.
+type Subscriptions = HashMap<String, Option<(String, bool)>>;
+
+/// Replays records from `store` onto `events_queue` through `publisher` (a confirm channel).
+#[derive(Clone)]
+pub struct Replayer {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub events_queue: String,
+}
+
+impl Replayer {
+    /// Replays one record (see the module doc); returns its new `replayed_at`.
+    pub async fn replay(&self, log: &DeliveryLog) -> Result<String, ReplayError> {
+        self.replay_cached(log, &mut Subscriptions::new()).await
+    }
+
+    /// Works through the records `selection` matches, oldest first, after the record `after`
+    /// (an id) when given, at most `limit` of them (`None`: all, a page at a time). A dry run
+    /// only checks each record. `seen` is called with each record once it is handled (progress
+    /// bars, listings).
+    pub async fn run(
+        &self,
+        selection: &ReplaySelection,
+        mut after: Option<String>,
+        limit: Option<usize>,
+        dry_run: bool,
+        seen: &mut (dyn FnMut(&DeliveryLog) + Send),
+    ) -> Result<Report, StoreError> {
+        let mut report = Report::default();
+        let mut subscriptions = Subscriptions::new();
+        loop {
+            let page = self
+                .store
+                .replay_candidates(selection, after.as_deref(), PAGE as i64)
+                .await?;
+            let full = page.len() == PAGE;
+            for log in page {
+                if Some(report.matched()) == limit {
+                    report.more = true;
+                    report.next_cursor = after;
+                    return Ok(report);
+                }
+                let result = if dry_run {
+                    self.check(&log, &mut subscriptions).await
+                } else {
+                    self.replay_cached(&log, &mut subscriptions).await.map(drop)
+                };
+                report.record(&log.id, result);
+                seen(&log);
+                after = Some(log.id);
+            }
+            if !full {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Replays the records `ids` (a dry run's answer, confirmed by an operator), in order,
+    /// until `stop` fires (never between a claim and its publish).
+    pub async fn replay_ids(
+        &self,
+        ids: &[String],
+        stop: &CancellationToken,
+        tick: &mut (dyn FnMut() + Send),
+    ) -> Report {
+        let mut report = Report::default();
+        let mut subscriptions = Subscriptions::new();
+        for id in ids {
+            if stop.is_cancelled() {
+                report.interrupted = true;
+                break;
+            }
+            let result = match self.store.delivery_log(id).await {
+                Ok(Some(log)) => self.replay_cached(&log, &mut subscriptions).await.map(drop),
+                Ok(None) => Err(ReplayError::Gone),
+                Err(e) => Err(e.into()),
+            };
+            report.record(id, result);
+            tick();
+        }
+        report
+    }
+
+    async fn replay_cached(
+        &self,
+        log: &DeliveryLog,
+        subscriptions: &mut Subscriptions,
+    ) -> Result<String, ReplayError> {
+        self.check(log, subscriptions).await?;
+        let id = &log.id;
+        let at = now_rfc3339();
+        if !self.store.claim_replay(id, &at).await? {
+            return Err(Skip::AlreadyReplayed(None).into());
+        }
+        let task = task_of(log).expect("checked: the record has a subscription");
+        if let Err(publish) = self
+            .publisher
+            .enqueue_task(&self.events_queue, &task, "replay")
+            .await
+        {
+            return Err(match self.store.release_replay(id).await {
+                Ok(()) => publish.into(),
+                Err(release) => ReplayError::ReleaseFailed { publish, release },
+            });
+        }
+        tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
+        Ok(at)
+    }
+
+    /// Whether `log` can be replayed now: it has a delivery, not replayed yet, and its
+    /// subscription exists for its account and is enabled.
+    async fn check(
+        &self,
+        log: &DeliveryLog,
+        subscriptions: &mut Subscriptions,
+    ) -> Result<(), ReplayError> {
+        let Some(task) = task_of(log) else {
+            return Err(Skip::NotReplayable(log.reason.clone()).into());
+        };
+        let sub_id = task.subscription_id;
+        if !subscriptions.contains_key(&sub_id) {
+            let found = self.store.subscription(&sub_id).await?;
+            let facts = found.map(|s| (s.account_id, s.enabled));
+            subscriptions.insert(sub_id.clone(), facts);
+        }
+        // A subscription of another account is as good as gone (the dispatcher sees it so too).
+        match &subscriptions[&sub_id] {
+            Some((account, enabled)) if *account == task.account_id => {
+                if !enabled {
+                    return Err(Skip::SubscriptionDisabled(sub_id).into());
+                }
+            }
+            _ => return Err(Skip::SubscriptionDeleted(sub_id).into()),
+        }
+        if let Some(at) = &log.replayed_at {
+            return Err(Skip::AlreadyReplayed(Some(at.clone())).into());
+        }
+        Ok(())
+    }
+}
+
+/// The delivery task that sends `log` again from attempt 1; `None` for a message rejected
+/// before matching (no subscription, nothing to deliver).
+fn task_of(log: &DeliveryLog) -> Option<DeliveryTask> {
+    let (Some(subscription_id), Some(account_id), Some(event)) =
+        (&log.subscription_id, &log.account_id, &log.event)
+    else {
+        return None;
+    };
+    Some(DeliveryTask {
+        event_id: log.event_id.clone(),
+        account_id: account_id.clone(),
+        subscription_id: subscription_id.clone(),
+        event: event.clone(),
+        body: log.payload.get().to_string(),
+        attempts: Vec::new(),
+        deferrals: 0,
+    })
+}

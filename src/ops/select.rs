@@ -1,0 +1,151 @@
+//! Which delivery-log records a replay takes: the filters an operator gives (CLI flags or the
+//! bulk API's body), checked and turned into a store selection.
+
+use chrono::{DateTime, Utc};
+
+use super::OpsError;
+use super::when::parse_instant;
+use crate::store::{LogFilter, ReplaySelection};
+
+/// The replay filters as typed: times still raw.
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    pub account_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub event: Option<String>,
+    pub reason: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub ids: Vec<String>,
+    /// Everything not replayed yet; needed when no other filter is given.
+    pub all: bool,
+}
+
+impl Filters {
+    /// Checks the filters and reads the times relative to `now`: at least one filter or `all`,
+    /// no empty value, `since` before `until`.
+    pub fn selection(&self, now: DateTime<Utc>) -> Result<ReplaySelection, OpsError> {
+        let bad = |message: String| OpsError::BadInput(message);
+        let named = [
+            ("account_id", &self.account_id),
+            ("subscription_id", &self.subscription_id),
+            ("event", &self.event),
+            ("reason", &self.reason),
+            ("since", &self.since),
+            ("until", &self.until),
+        ];
+        if let Some((name, _)) = named
+            .iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty()))
+        {
+            return Err(bad(format!("{name} must not be empty")));
+        }
+        if self.ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(bad("ids must not contain an empty id".into()));
+        }
+        let filtered = named.iter().any(|(_, v)| v.is_some()) || !self.ids.is_empty();
+        if !filtered && !self.all {
+            return Err(bad(
+                "give at least one filter (account, subscription, event, reason, since, until, ids) \
+                 or ask for all records explicitly (all)"
+                    .into(),
+            ));
+        }
+        let times = Filters::times(self.since.clone(), self.until.clone(), now)?;
+        Ok(ReplaySelection {
+            filter: LogFilter {
+                account_id: self.account_id.clone(),
+                subscription_id: self.subscription_id.clone(),
+                event: self.event.clone(),
+                reason: self.reason.clone(),
+                ..times
+            },
+            ids: self.ids.clone(),
+        })
+    }
+
+    /// A [`LogFilter`] with only `since` and `until` set, read relative to `now` and checked
+    /// (`since` before `until`).
+    pub fn times(
+        since: Option<String>,
+        until: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LogFilter, OpsError> {
+        let read = |raw: Option<String>| {
+            raw.map(|raw| parse_instant(&raw, now))
+                .transpose()
+                .map_err(|e| OpsError::BadInput(e.to_string()))
+        };
+        let (since, until) = (read(since)?, read(until)?);
+        if let (Some(since), Some(until)) = (&since, &until)
+            && since >= until
+        {
+            return Err(OpsError::BadInput(format!(
+                "since ({since}) must be before until ({until})"
+            )));
+        }
+        Ok(LogFilter {
+            since,
+            until,
+            ..LogFilter::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-27T16:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_selection_needs_a_filter_or_all() {
+        let err = Filters::default().selection(now()).unwrap_err();
+        assert!(err.to_string().contains("at least one filter"), "{err}");
+        let all = Filters {
+            all: true,
+            ..Filters::default()
+        };
+        assert!(all.selection(now()).is_ok());
+        let ids = Filters {
+            ids: vec!["dl_1".into()],
+            ..Filters::default()
+        };
+        assert_eq!(ids.selection(now()).unwrap().ids, ["dl_1"]);
+    }
+
+    #[test]
+    fn times_are_normalised_and_checked() {
+        let f = Filters {
+            account_id: Some("acct_acme".into()),
+            since: Some("10:00".into()),
+            until: Some("2026-11-27T12:00:00+01:00".into()),
+            ..Filters::default()
+        };
+        let s = f.selection(now()).unwrap();
+        assert_eq!(s.filter.since.as_deref(), Some("2026-11-27T10:00:00.000Z"));
+        assert_eq!(s.filter.until.as_deref(), Some("2026-11-27T11:00:00.000Z"));
+
+        let backwards = Filters {
+            since: Some("2h".into()),
+            until: Some("3h".into()),
+            ..Filters::default()
+        };
+        let err = backwards.selection(now()).unwrap_err().to_string();
+        assert!(err.contains("must be before until"), "{err}");
+        let garbage = Filters {
+            since: Some("soon".into()),
+            ..Filters::default()
+        };
+        let err = garbage.selection(now()).unwrap_err().to_string();
+        assert!(err.contains("\"soon\" is not a time"), "{err}");
+        let empty = Filters {
+            account_id: Some(" ".into()),
+            ..Filters::default()
+        };
+        let err = empty.selection(now()).unwrap_err().to_string();
+        assert_eq!(err, "account_id must not be empty");
+    }
+}

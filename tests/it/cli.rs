@@ -1,0 +1,623 @@
+//! The operator CLI (`publish`, `dlq stats`, `dlq drain`, `replay`) as an operator runs it: the
+//! real binary, with a service's settings, against the real broker and the service's store.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use webhook_dispatcher::store::{LogFilter, Store};
+use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
+
+use crate::helpers::*;
+use crate::service_process::*;
+
+/// A service retrying once after 100 ms, with one subscription per account (ids returned in
+/// order) to a receiver that answers 503 until told otherwise.
+async fn failing_service(accounts: &[&str]) -> (ServiceProcess, Receiver, Vec<String>) {
+    let service = ServiceProcess::start(&[("RETRY_DELAYS", "100ms")]).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(503));
+    let mut subs = Vec::new();
+    for account in accounts {
+        subs.push(service.subscribe(account, &receiver.url).await);
+    }
+    (service, receiver, subs)
+}
+
+/// A valid `purchase` envelope for `account` with event id `id`.
+fn purchase(id: &str, account: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"{account}","data":{{"visitor_id":"v_1","amount":299.00}}}}"#
+    )
+}
+
+/// The service's delivery log, read through its API.
+async fn logs(service: &ServiceProcess, query: &str) -> Vec<Value> {
+    let body: Value = service
+        .http
+        .get(service.url(&format!("/v1/delivery-logs?limit=500&{query}")))
+        .send()
+        .await
+        .expect("GET /v1/delivery-logs")
+        .json()
+        .await
+        .expect("delivery-log JSON");
+    body["items"].as_array().expect("items").clone()
+}
+
+async fn wait_for_logs(service: &ServiceProcess, query: &str, n: usize) -> Vec<Value> {
+    wait_until(
+        &format!("{n} delivery-log records for {query:?}"),
+        PATIENCE,
+        || async { logs(service, query).await.len() >= n },
+    )
+    .await;
+    logs(service, query).await
+}
+
+/// Publishes `body` like a producer would, through the CLI's stdin; returns the printed id.
+async fn publish(service: &ServiceProcess, body: &str) -> String {
+    let run = service.cli(&["publish", "-"], body.as_bytes()).await;
+    run.expect_code(0);
+    run.stdout.trim().to_string()
+}
+
+/// Publishes `bodies` as they are (persistent, confirmed) to `exchange` with `routing_key`.
+async fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
+    let (_conn, channel) = confirm_channel(&amqp_url()).await;
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker took the message");
+    }
+}
+
+fn ids_of(records: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn publish_takes_a_file_stdin_or_flags_and_refuses_what_the_service_would_reject() {
+    let service = ServiceProcess::start(&[]).await;
+    let receiver = Receiver::start().await;
+    service.subscribe("acct_acme", &receiver.url).await;
+
+    let file = format!(
+        "{}/tests/fixtures/events/purchase.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let from_file = service.cli(&["publish", &file], b"").await;
+    from_file.expect_code(0);
+    let from_stdin = service
+        .cli(&["publish", "-"], fixture("identify").as_bytes())
+        .await;
+    from_stdin.expect_code(0);
+    let from_flags = service
+        .cli(
+            &[
+                "publish",
+                "--event",
+                "goal_achieved",
+                "--account",
+                "acct_acme",
+                "--data",
+                r#"{"visitor_id":"v_9","goal":"signup"}"#,
+                "--id",
+                "evt_cli_flags",
+            ],
+            b"",
+        )
+        .await;
+    from_flags.expect_code(0);
+    assert_eq!(from_flags.stdout, "evt_cli_flags\n");
+
+    let got = receiver.wait_for(3, PATIENCE).await;
+    let mut printed: Vec<&str> = [&from_file, &from_stdin, &from_flags]
+        .iter()
+        .map(|run| run.stdout.trim())
+        .collect();
+    let mut arrived: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    printed.sort();
+    arrived.sort();
+    assert_eq!(printed, arrived, "each printed id arrives as webhook-id");
+    let by_flags = got
+        .iter()
+        .find(|r| r.header("webhook-id") == "evt_cli_flags")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&by_flags.body).unwrap();
+    assert_eq!(body["event"], "goal_achieved");
+    assert_eq!(body["data"], json!({"visitor_id":"v_9","goal":"signup"}));
+
+    // Invalid: the service's own reason, exit 2, nothing published.
+    let unknown = service
+        .cli(
+            &["publish", "-"],
+            br#"{"event":"refund","timestamp":"2026-02-12T14:30:00Z","account_id":"acct_acme","data":{"visitor_id":"v"}}"#,
+        )
+        .await;
+    unknown.expect_code(2);
+    assert!(
+        unknown.stderr.contains(
+            r#"invalid event (unknown_event): unknown event "refund"; expected one of purchase"#
+        ),
+        "{unknown:?}"
+    );
+    let no_visitor = service
+        .cli(
+            &[
+                "publish",
+                "--event",
+                "purchase",
+                "--account",
+                "acct_acme",
+                "--data",
+                "{}",
+            ],
+            b"",
+        )
+        .await;
+    no_visitor.expect_code(2);
+    assert!(
+        no_visitor
+            .stderr
+            .contains("missing required field data.visitor_id"),
+        "{no_visitor:?}"
+    );
+    let usage = service.cli(&["publish", "--event", "purchase"], b"").await;
+    usage.expect_code(2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 3);
+    assert_eq!(
+        service
+            .metric_sum("webhook_events_rejected_total", "")
+            .await,
+        0.0,
+        "nothing invalid reached the service"
+    );
+    assert_eq!(
+        service
+            .metric_sum("webhook_events_consumed_total", "")
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn the_cli_needs_no_token_and_names_an_unreachable_broker_without_its_password() {
+    let service = ServiceProcess::start(&[]).await;
+    let port = free_port();
+    let url = format!("--amqp-url=amqp://guest:hunter2@127.0.0.1:{port}/%2f");
+    let run = service
+        .cli(&[&url, "publish", "-"], fixture("purchase").as_bytes())
+        .await;
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:{port}/%2f: "
+        )),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("hunter2"), "{run:?}");
+
+    // No ADMIN_TOKEN needed, even where `serve` would refuse to start without one; and nothing
+    // is bound (every run here shares the running service's LISTEN_ADDR).
+    let open = service
+        .cli(&["--listen-addr", "0.0.0.0:8080", "dlq", "stats"], b"")
+        .await;
+    open.expect_code(0);
+}
+
+#[tokio::test]
+async fn dlq_stats_counts_queues_and_the_delivery_log() {
+    let (service, receiver, _) = failing_service(&["acct_a", "acct_b"]).await;
+    for (i, account) in ["acct_a", "acct_a", "acct_a", "acct_b"].iter().enumerate() {
+        publish(&service, &purchase(&format!("evt_stats_{i}"), account)).await;
+    }
+    let invalid = br#"{"event":"refund","account_id":"acct_b"}"#;
+    publish_raw(&service.exchange, "refund", &[invalid.to_vec()]).await;
+    wait_for_logs(&service, "", 5).await;
+
+    let run = service.cli(&["dlq", "stats", "--json"], b"").await;
+    run.expect_code(0);
+    let stats: Value = serde_json::from_str(&run.stdout).expect("stats JSON");
+    let queues = stats["queues"].as_array().unwrap();
+    let names: Vec<&str> = queues
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{}.events", service.prefix),
+            format!("{}.retry.100ms", service.prefix),
+            format!("{}.dead", service.prefix)
+        ]
+    );
+    assert_eq!(queues[0]["ready"], 0);
+    assert_eq!(queues[0]["consumers"], 1, "the service consumes events");
+    assert_eq!(queues[2]["consumers"], 1, "and dead letters");
+    let log = &stats["delivery_log"];
+    assert_eq!(log["total"], 5);
+    assert_eq!(log["not_replayed"], 5);
+    assert_eq!(
+        log["by_reason"],
+        json!([
+            {"name":"exhausted","total":4,"not_replayed":4},
+            {"name":"unknown_event","total":1,"not_replayed":1}
+        ])
+    );
+    assert_eq!(
+        log["by_event"],
+        json!([
+            {"name":"purchase","total":4,"not_replayed":4},
+            {"name":"refund","total":1,"not_replayed":1}
+        ])
+    );
+    assert_eq!(
+        log["by_account"],
+        json!([
+            {"name":"acct_a","total":3,"not_replayed":3},
+            {"name":"acct_b","total":2,"not_replayed":2}
+        ])
+    );
+
+    // One replayed (to a fixed endpoint): the not-replayed counts follow.
+    receiver.always(Reply::Status(200));
+    let first = &logs(&service, "account_id=acct_b&reason=exhausted").await[0];
+    service
+        .cli(
+            &["replay", "--yes", "--id", first["id"].as_str().unwrap()],
+            b"",
+        )
+        .await
+        .expect_code(0);
+    let text = service.cli(&["dlq", "stats"], b"").await;
+    text.expect_code(0);
+    let rows: Vec<Vec<&str>> = text
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for row in [
+        vec![format!("{}.events", service.prefix), "0".into(), "1".into()],
+        vec!["exhausted".into(), "4".into(), "3".into()],
+        vec!["unknown_event".into(), "1".into(), "1".into()],
+        vec!["acct_b".into(), "2".into(), "1".into()],
+    ] {
+        assert!(
+            rows.contains(&row.iter().map(String::as_str).collect()),
+            "{row:?} in\n{}",
+            text.stdout
+        );
+    }
+    assert!(
+        text.stdout.contains(": 5 records, 4 not replayed"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// A dead letter in the wire format the dispatcher publishes to `P.dead`.
+fn dead_letter(n: usize) -> DeadLetter {
+    DeadLetter {
+        id: new_dead_letter_id(),
+        event_id: format!("evt_drain_{n}"),
+        account_id: Some("acct_drain".into()),
+        subscription_id: Some("sub_gone".into()),
+        url: Some("https://example.com/hooks".into()),
+        event: Some("purchase".into()),
+        payload: raw_payload(
+            br#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#,
+        ),
+        reason: "exhausted".into(),
+        detail: None,
+        attempts: Vec::new(),
+        dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
+    }
+}
+
+#[tokio::test]
+async fn dlq_drain_stores_every_dead_letter_once_while_the_service_is_down() {
+    let mut service = ServiceProcess::start(&[]).await;
+    service.stop(PATIENCE).await;
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = (0..30).map(dead_letter).collect();
+    // Five were stored already (a crash between commit and ack): they must not be doubled.
+    for dl in &letters[..5] {
+        assert!(store.insert_dead_letter(dl).await.unwrap());
+    }
+    let dead = service.dead_queue();
+    let bodies: Vec<Vec<u8>> = letters
+        .iter()
+        .map(|dl| serde_json::to_vec(dl).unwrap())
+        .chain([b"not a dead letter".to_vec()])
+        .collect();
+    publish_raw("", &dead, &bodies).await;
+    let stats: Value =
+        serde_json::from_str(&service.cli(&["dlq", "stats", "--json"], b"").await.stdout).unwrap();
+    assert_eq!(stats["queues"][4]["ready"], 31, "{stats}");
+
+    let run = service.cli(&["dlq", "drain"], b"").await;
+    run.expect_code(0);
+    assert_eq!(run.stdout, "drained 31 dead letters (5 already stored)\n");
+    assert!(
+        !run.stderr.contains('\r'),
+        "no progress bar off a terminal: {run:?}"
+    );
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(producer.ready(&dead).await, 0);
+
+    let all = store
+        .list_delivery_logs(&LogFilter::default(), None, 500)
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 31);
+    let mut ids: Vec<&str> = all.items.iter().map(|r| r.id.as_str()).collect();
+    let mut sent: Vec<&str> = letters.iter().map(|dl| dl.id.as_str()).collect();
+    ids.retain(|id| sent.contains(id));
+    ids.sort();
+    sent.sort();
+    assert_eq!(ids, sent, "every dead letter stored once");
+    assert_eq!(
+        all.items
+            .iter()
+            .filter(|r| r.reason == "unreadable")
+            .count(),
+        1
+    );
+
+    let again = service.cli(&["dlq", "drain"], b"").await;
+    again.expect_code(0);
+    assert_eq!(again.stdout, "drained 0 dead letters (0 already stored)\n");
+}
+
+#[tokio::test]
+async fn replay_selects_by_account_and_time_and_sends_each_record_once() {
+    let (service, receiver, _) = failing_service(&["acct_a", "acct_b"]).await;
+    for i in 0..2 {
+        publish(&service, &purchase(&format!("evt_early_{i}"), "acct_a")).await;
+    }
+    wait_for_logs(&service, "account_id=acct_a", 2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = webhook_dispatcher::time::now_rfc3339();
+    for i in 0..3 {
+        publish(&service, &purchase(&format!("evt_late_{i}"), "acct_a")).await;
+    }
+    publish(&service, &purchase("evt_other", "acct_b")).await;
+    let late = {
+        let all = wait_for_logs(&service, "account_id=acct_a", 5).await;
+        wait_for_logs(&service, "account_id=acct_b", 1).await;
+        let late: Vec<Value> = all
+            .into_iter()
+            .filter(|r| r["event_id"].as_str().unwrap().starts_with("evt_late_"))
+            .collect();
+        assert_eq!(late.len(), 3);
+        assert!(
+            late.iter()
+                .all(|r| r["dead_lettered_at"].as_str().unwrap() >= since.as_str())
+        );
+        late
+    };
+    let attempts_before = receiver.count();
+    let filter = ["--account", "acct_a", "--since", since.as_str()];
+
+    // A dry run lists the three and changes nothing.
+    let dry = service
+        .cli(&[&["replay", "--dry-run"][..], &filter].concat(), b"")
+        .await;
+    dry.expect_code(0);
+    assert!(
+        dry.stdout.starts_with("dry run: would replay 3, skip 0\n"),
+        "{dry:?}"
+    );
+    for record in &late {
+        assert!(
+            dry.stdout.contains(record["id"].as_str().unwrap()),
+            "{dry:?}"
+        );
+    }
+    // Not on a terminal and no --yes: refused before anything happens.
+    let refused = service
+        .cli(&[&["replay"][..], &filter].concat(), b"y\n")
+        .await;
+    refused.expect_code(2);
+    assert!(refused.stderr.contains("pass --yes"), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), attempts_before);
+    assert!(
+        logs(&service, "")
+            .await
+            .iter()
+            .all(|r| r["replayed_at"].is_null())
+    );
+
+    // The endpoint is fixed; replay exactly those three.
+    receiver.always(Reply::Status(200));
+    let run = service
+        .cli(&[&["replay", "--yes"][..], &filter].concat(), b"")
+        .await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.ends_with("replayed 3, skipped 0, failed 0\n"),
+        "{run:?}"
+    );
+    let got = receiver.wait_for(attempts_before + 3, PATIENCE).await;
+    let mut replayed: Vec<&str> = got[attempts_before..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    replayed.sort();
+    assert_eq!(replayed, ["evt_late_0", "evt_late_1", "evt_late_2"]);
+    let now = logs(&service, "").await;
+    let marked: Vec<Value> = now
+        .iter()
+        .filter(|r| r["replayed_at"].is_string())
+        .cloned()
+        .collect();
+    assert_eq!(ids_of(&marked), ids_of(&late));
+
+    // A second run finds nothing left.
+    let second = service
+        .cli(&[&["replay", "--yes"][..], &filter].concat(), b"")
+        .await;
+    second.expect_code(0);
+    assert_eq!(second.stdout, "nothing to replay\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), attempts_before + 3);
+}
+
+#[tokio::test]
+async fn replay_skips_what_cannot_be_sent_and_says_why() {
+    let (service, _receiver, subs) = failing_service(&["acct_gone", "acct_off"]).await;
+    let (deleted, disabled) = (&subs[0], &subs[1]);
+    publish(&service, &purchase("evt_to_gone", "acct_gone")).await;
+    publish(&service, &purchase("evt_to_off", "acct_off")).await;
+    publish_raw(&service.exchange, "purchase", &[b"{not json".to_vec()]).await;
+    wait_for_logs(&service, "", 3).await;
+    let resp = service
+        .http
+        .delete(service.url(&format!("/v1/subscriptions/{deleted}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = service
+        .http
+        .patch(service.url(&format!("/v1/subscriptions/{disabled}")))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let dry = service.cli(&["replay", "--all", "--dry-run"], b"").await;
+    dry.expect_code(0);
+    assert!(
+        dry.stdout.starts_with(
+            "dry run: would replay 0, skip 3 (1 not_replayable, 1 subscription_deleted, 1 subscription_disabled)\n"
+        ),
+        "{dry:?}"
+    );
+    for why in [
+        format!("subscription {deleted} no longer exists"),
+        format!("subscription {disabled} is disabled; enable it, then replay"),
+        "rejected before matching (invalid_json)".to_string(),
+    ] {
+        assert!(dry.stdout.contains(&why), "{why} in {dry:?}");
+    }
+    let run = service.cli(&["replay", "--all", "--yes"], b"").await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.starts_with(
+            "nothing to replay (1 not_replayable, 1 subscription_deleted, 1 subscription_disabled)\n"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        logs(&service, "")
+            .await
+            .iter()
+            .all(|r| r["replayed_at"].is_null())
+    );
+    // Bad input is exit 2 with the reason.
+    let no_filter = service.cli(&["replay", "--yes"], b"").await;
+    no_filter.expect_code(2);
+    assert!(
+        no_filter.stderr.contains("at least one filter"),
+        "{no_filter:?}"
+    );
+    let bad_time = service
+        .cli(&["replay", "--since", "soonish", "--dry-run"], b"")
+        .await;
+    bad_time.expect_code(2);
+    assert!(
+        bad_time.stderr.contains("\"soonish\" is not a time"),
+        "{bad_time:?}"
+    );
+}
+
+#[tokio::test]
+async fn dlq_drain_runs_next_to_the_services_own_logger() {
+    let service = ServiceProcess::start(&[]).await;
+    let letters: Vec<DeadLetter> = (0..300).map(dead_letter).collect();
+    let bodies: Vec<Vec<u8>> = letters
+        .iter()
+        .map(|dl| serde_json::to_vec(dl).unwrap())
+        .collect();
+    publish_raw("", &service.dead_queue(), &bodies).await;
+
+    // Two consumers of P.dead: the service's logger and the drain.
+    let run = service.cli(&["dlq", "drain"], b"").await;
+    run.expect_code(0);
+    let drained: u64 = run
+        .stdout
+        .strip_prefix("drained ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count line: {run:?}"));
+    assert!(drained <= 300, "{run:?}");
+    let records = wait_for_logs(&service, "account_id=acct_drain", 300).await;
+    assert_eq!(records.len(), 300, "every dead letter stored once");
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(producer.ready(&service.dead_queue()).await, 0);
+    assert_eq!(
+        service
+            .metric_sum("webhook_dead_letters_persisted_total", "")
+            .await as u64
+            + drained,
+        300,
+        "the service stored what the drain did not"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_be_published_is_released_and_fails_the_run() {
+    let (mut service, receiver, _) = failing_service(&["acct_a"]).await;
+    publish(&service, &purchase("evt_unsent", "acct_a")).await;
+    let record = wait_for_logs(&service, "account_id=acct_a", 1).await[0].clone();
+    service.stop(PATIENCE).await;
+    // The events queue is gone (deleted by hand, say): the broker takes the replay nowhere.
+    let (_conn, channel) = confirm_channel(&amqp_url()).await;
+    channel
+        .queue_delete(service.events_queue().as_str().into(), Default::default())
+        .await
+        .expect("deleting the events queue");
+    receiver.always(Reply::Status(200));
+
+    let run = service.cli(&["replay", "--all", "--yes"], b"").await;
+    run.expect_code(1);
+    assert!(
+        run.stdout.ends_with("replayed 0, skipped 0, failed 1\n"),
+        "{run:?}"
+    );
+    let id = record["id"].as_str().unwrap();
+    assert!(
+        run.stderr
+            .contains(&format!("failed {id}: no queue took the message")),
+        "{run:?}"
+    );
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .unwrap();
+    let stored = store.delivery_log(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.replayed_at, None,
+        "released: it can be replayed later"
+    );
+}
