@@ -7,6 +7,7 @@ mod helpers;
 mod admin_api;
 mod broker_restart;
 mod delivery;
+mod deploy;
 mod faults;
 mod hostile_endpoints;
 mod invalid_input;
