@@ -8,11 +8,13 @@
 //! Needs `rabbitmqctl` for the shared node, and `promtool` and `prometheus` (Debian's
 //! `prometheus` package, which `.ci/run` installs).
 //! One file per part: `definitions` (RabbitMQ topology), `promql` (alerts, dashboard queries,
-//! runbook links) and `monitoring` (a real Prometheus on the real service and broker).
+//! runbook links), `monitoring` (a real Prometheus on the real service and broker) and `files`
+//! (compose mounts, the dashboard's data source, grace periods).
 
 use std::path::{Path, PathBuf};
 
 mod definitions;
+mod files;
 mod monitoring;
 mod promql;
 
