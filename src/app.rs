@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
 
-/// How often queue depths are sampled into `webhook_queue_messages`.
+/// How often queues are sampled into `webhook_queue_messages` and `webhook_queue_consumers`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct App {
@@ -249,8 +249,9 @@ impl App {
     }
 }
 
-/// Samples every queue's ready-message count on a channel of its own, reopened after a failure
-/// (a passive declare of a deleted queue closes the channel).
+/// Samples every queue's ready messages and consumers on a channel of its own, reopened after a
+/// failure (a passive declare of a deleted queue closes the channel). The consumer count is the
+/// broker's, so it includes other instances: 0 on the events queue means nobody delivers.
 async fn sample_queues(broker: Broker, metrics: Metrics) {
     let passive = QueueDeclareOptions {
         passive: true,
@@ -270,10 +271,9 @@ async fn sample_queues(broker: Broker, metrics: Metrics) {
                         .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                         .await
                     {
-                        Ok(q) => metrics
-                            .queue_messages
-                            .with_label_values(&[queue])
-                            .set(i64::from(q.message_count())),
+                        Ok(q) => {
+                            metrics.queue_sampled(queue, q.message_count(), q.consumer_count())
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, queue, "queue sampling failed");
                             break 'sampling;

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
     pub queue_messages: IntGaugeVec,
+    pub queue_consumers: IntGaugeVec,
 }
 
 impl Metrics {
@@ -116,6 +117,16 @@ impl Metrics {
                 &["queue"],
             ),
         );
+        let queue_consumers = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "webhook_queue_consumers",
+                    "Consumers on each queue as the broker reports them (every instance's), sampled.",
+                ),
+                &["queue"],
+            ),
+        );
 
         Metrics {
             registry,
@@ -130,6 +141,7 @@ impl Metrics {
             in_flight,
             broker_connected,
             queue_messages,
+            queue_consumers,
         }
     }
 
@@ -197,6 +209,16 @@ impl Metrics {
     pub fn dead_lettered(&self, event: &str, reason: &str) {
         self.dead_letters.with_label_values(&[event, reason]).inc();
         tracing::warn!(event, reason, "dead-lettered");
+    }
+
+    /// One sample of a queue: messages ready and consumers, as a passive declare reports them.
+    pub fn queue_sampled(&self, queue: &str, ready: u32, consumers: u32) {
+        self.queue_messages
+            .with_label_values(&[queue])
+            .set(i64::from(ready));
+        self.queue_consumers
+            .with_label_values(&[queue])
+            .set(i64::from(consumers));
     }
 
     pub fn broker_up(&self, up: bool) {

@@ -9,6 +9,7 @@ mod broker_restart;
 mod bulk_replay;
 mod cli;
 mod delivery;
+mod deploy;
 mod faults;
 mod hostile_endpoints;
 mod invalid_input;

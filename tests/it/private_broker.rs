@@ -2,12 +2,12 @@
 //! mid-test without touching the shared broker.
 //!
 //! Each node has its own name (`wdtest-<pid>-<n>@localhost`), AMQP and distribution ports, data
-//! and log folders, config, advanced config, plugins file (empty), env file and pid file, so
-//! several run side by side and next to the shared node. It runs as the `rabbitmq` user when the
-//! tests run as root (the server refuses nothing as root, but the shared cookie in
-//! `/var/lib/rabbitmq` then works for `rabbitmqctl` too), in a process group of its own, so
-//! stopping it can never reach another process. A small watchdog kills the node and removes its
-//! folder if the test process dies without running `Drop` (SIGKILL, ctrl-c).
+//! and log folders, config, advanced config, plugins file (empty unless `start_with` names
+//! plugins), env file and pid file, so several run side by side and next to the shared node. It
+//! runs as the `rabbitmq` user when the tests run as root (the server refuses nothing as root, but
+//! the shared cookie in `/var/lib/rabbitmq` then works for `rabbitmqctl` too), in a process group
+//! of its own, so stopping it can never reach another process. A small watchdog kills the node and
+//! removes its folder if the test process dies without running `Drop` (SIGKILL, ctrl-c).
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -45,6 +45,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Boots a fresh node and returns once it accepts AMQP connections.
     pub async fn start() -> PrivateBroker {
+        PrivateBroker::start_with(&[], "").await
+    }
+
+    /// [`PrivateBroker::start`] with `plugins` enabled and `conf` appended to its
+    /// `rabbitmq.conf` (e.g. a plugin's listener port).
+    pub async fn start_with(plugins: &[&str], conf: &str) -> PrivateBroker {
         assert!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: these tests need a local RabbitMQ install (apt-get install rabbitmq-server)"
@@ -70,7 +76,7 @@ impl PrivateBroker {
             watchdog: None,
             boot_time: Duration::ZERO,
         };
-        broker.write_files();
+        broker.write_files(plugins, conf);
         broker.watchdog = Some(broker.spawn_watchdog());
         broker.boot().await;
         broker
@@ -204,7 +210,7 @@ impl PrivateBroker {
     }
 
     /// Config files of the node's own, everything owned by the user the node runs as.
-    fn write_files(&self) {
+    fn write_files(&self, plugins: &[&str], conf: &str) {
         for sub in ["", "mnesia", "log"] {
             fs::create_dir(self.dir.join(sub)).expect("private broker folder");
         }
@@ -212,12 +218,12 @@ impl PrivateBroker {
             (
                 "rabbitmq.conf",
                 format!(
-                    "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\nlog.file.level = info\n",
+                    "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\nlog.file.level = info\n{conf}",
                     self.port
                 ),
             ),
             ("advanced.config", "[].\n".into()),
-            ("enabled_plugins", "[].\n".into()),
+            ("enabled_plugins", format!("[{}].\n", plugins.join(","))),
             // Replaces /etc/rabbitmq/rabbitmq-env.conf (NODENAME=rabbit@localhost, ...).
             ("rabbitmq-env.conf", "# private test node\n".into()),
         ];

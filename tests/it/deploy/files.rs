@@ -1,0 +1,163 @@
+//! The deployment files agree with each other and with the service's settings: what compose
+//! mounts exists and lands where Prometheus and Grafana look for it, the dashboard takes its data
+//! source from its variable, and every grace period outlasts a delivery plus the shutdown grace.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{read, repo_file};
+use crate::helpers::test_config;
+
+/// The value of the first `key: value` line (trimmed, unquoted) of a YAML file written as block
+/// mappings.
+fn yaml_value(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no `{key}:` line"))
+}
+
+/// Compose's bind mounts: `(./source, target)`.
+fn compose_mounts() -> Vec<(String, String)> {
+    read("docker-compose.yml")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- ./"))
+        .map(|mount| {
+            let mut parts = mount.split(':');
+            let source = parts.next().unwrap().to_string();
+            let target = parts.next().expect("source:target").to_string();
+            (source, target)
+        })
+        .collect()
+}
+
+#[test]
+fn compose_mounts_exist_where_prometheus_and_grafana_read_them() {
+    let mounts = compose_mounts();
+    assert!(mounts.len() >= 5, "{mounts:?}");
+    for (source, _) in &mounts {
+        assert!(
+            repo_file(source).exists(),
+            "docker-compose.yml mounts ./{source}, which does not exist (Docker would create an empty folder)"
+        );
+    }
+    let target = |source: &str| {
+        mounts
+            .iter()
+            .find(|(s, _)| s == source)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("docker-compose.yml mounts ./{source}"))
+    };
+    // Prometheus reads /etc/prometheus/prometheus.yml by default, and its rule files beside it.
+    assert_eq!(target("deploy/prometheus"), "/etc/prometheus");
+    let prometheus = read("deploy/prometheus/prometheus.yml");
+    assert!(
+        prometheus.contains("\n  - alerts.yml\n"),
+        "rule_files: alerts.yml"
+    );
+    // Grafana: provisioning in its default folder, the dashboard where the provider looks.
+    assert_eq!(
+        target("deploy/grafana/provisioning"),
+        "/etc/grafana/provisioning"
+    );
+    let provider = read("deploy/grafana/provisioning/dashboards/webhook-dispatcher.yml");
+    let dashboard_target = target("deploy/grafana/webhook-dispatcher.json");
+    assert_eq!(
+        Some(yaml_value(&provider, "path").as_str()),
+        dashboard_target
+            .strip_suffix("/webhook-dispatcher.json")
+            .map(|dir| dir.trim_end_matches('/')),
+        "the dashboard provider's path is where compose mounts the dashboard"
+    );
+    assert_eq!(
+        target("deploy/rabbitmq/enabled_plugins"),
+        "/etc/rabbitmq/enabled_plugins"
+    );
+    assert!(read("deploy/rabbitmq/enabled_plugins").contains("rabbitmq_prometheus"));
+}
+
+#[test]
+fn the_dashboard_takes_its_data_source_from_its_variable() {
+    let dash: Value =
+        serde_json::from_str(&read("deploy/grafana/webhook-dispatcher.json")).unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let datasource = vars
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data source variable");
+    assert_eq!(datasource["query"], "prometheus");
+    let provisioned = read("deploy/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(
+        datasource["current"]["value"].as_str(),
+        Some(yaml_value(&provisioned, "uid").as_str()),
+        "the variable defaults to the provisioned data source"
+    );
+    let wanted = format!("${{{}}}", datasource["name"].as_str().unwrap());
+    let mut ids = BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(panel["id"].as_i64().unwrap()),
+            "unique panel ids"
+        );
+        assert_eq!(
+            panel["datasource"]["uid"],
+            wanted.as_str(),
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(
+                target["datasource"]["uid"],
+                wanted.as_str(),
+                "{}",
+                panel["title"]
+            );
+        }
+    }
+}
+
+fn duration(raw: &str) -> Duration {
+    humantime::parse_duration(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+}
+
+#[test]
+fn grace_periods_outlast_a_delivery_and_the_shutdown_grace() {
+    // The settings Kubernetes passes, else the service's defaults.
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = test_config("p", "x", dir.path(), &[]);
+    let configmap = read("deploy/kubernetes/configmap.yaml");
+    let setting = |key: &str, default: Duration| {
+        if configmap
+            .lines()
+            .any(|l| l.trim().starts_with(&format!("{key}:")))
+        {
+            duration(&yaml_value(&configmap, key))
+        } else {
+            default
+        }
+    };
+    let needed = setting("DELIVERY_TIMEOUT", defaults.delivery_timeout)
+        + setting("SHUTDOWN_GRACE", defaults.shutdown_grace);
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    let pod_grace = Duration::from_secs(
+        yaml_value(&deployment, "terminationGracePeriodSeconds")
+            .parse()
+            .unwrap(),
+    );
+    assert!(
+        pod_grace > needed,
+        "terminationGracePeriodSeconds {pod_grace:?} ≤ {needed:?}"
+    );
+    // Compose runs the defaults.
+    let compose_grace = duration(&yaml_value(
+        &read("docker-compose.yml"),
+        "stop_grace_period",
+    ));
+    let default_needed = defaults.delivery_timeout + defaults.shutdown_grace;
+    assert!(
+        compose_grace > default_needed,
+        "stop_grace_period {compose_grace:?} ≤ {default_needed:?}"
+    );
+}
