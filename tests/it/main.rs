@@ -22,3 +22,4 @@ mod security;
 mod service_process;
 mod test_events;
 mod topology_and_shutdown;
+mod walkthrough;
