@@ -31,6 +31,27 @@ pub struct DeliveryTask {
     pub deferrals: u32,
 }
 
+impl DeliveryTask {
+    /// A task whose next attempt is the first (replays, test events).
+    pub fn first_attempt(
+        event_id: &str,
+        account_id: &str,
+        subscription_id: &str,
+        event: &str,
+        body: String,
+    ) -> DeliveryTask {
+        DeliveryTask {
+            event_id: event_id.to_string(),
+            account_id: account_id.to_string(),
+            subscription_id: subscription_id.to_string(),
+            event: event.to_string(),
+            body,
+            attempts: Vec::new(),
+            deferrals: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

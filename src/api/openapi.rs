@@ -114,7 +114,12 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
                 .or_insert_with(|| error("Missing or wrong bearer token"));
             responses
                 .entry("500".into())
-                .or_insert_with(|| error("The store failed"));
+                .or_insert_with(|| error("Internal error (the store failed)"));
+            if op.request_body.is_some() {
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| error("Body over 64 KiB"));
+            }
         }
     }
     doc

@@ -1,6 +1,6 @@
 //! `/v1/subscriptions`: create (with rotate-secret, the only answers that show the secret),
-//! list, read, change, delete, and send a test event. Every change refreshes the in-memory index
-//! before answering.
+//! list, read, change, delete (test events are in `test_event.rs`). Every change refreshes the
+//! in-memory index before answering.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};

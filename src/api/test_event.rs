@@ -67,6 +67,11 @@ pub async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
     let body: TestBody = optional_body(&body?)?;
+    let sub = state
+        .store
+        .subscription(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     let requested = match body.event {
         None => None,
         Some(name) => Some(EventKind::parse(&name).ok_or_else(|| {
@@ -76,11 +81,6 @@ pub async fn send(
             ))
         })?),
     };
-    let sub = state
-        .store
-        .subscription(&id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
     if !sub.enabled {
         return Err(ApiError::Conflict {
             code: "subscription_disabled",
@@ -108,15 +108,13 @@ pub async fn send(
 
     let event_id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
     let payload = catalog::sample_body(kind, &now_rfc3339());
-    let task = DeliveryTask {
-        event_id: event_id.clone(),
-        account_id: sub.account_id.clone(),
-        subscription_id: sub.id.clone(),
-        event: kind.as_str().to_string(),
-        body: payload.clone(),
-        attempts: Vec::new(),
-        deferrals: 0,
-    };
+    let task = DeliveryTask::first_attempt(
+        &event_id,
+        &sub.account_id,
+        &sub.id,
+        kind.as_str(),
+        payload.clone(),
+    );
     state
         .publisher
         .enqueue_task(&state.topology.events, &task, "test")

@@ -23,8 +23,9 @@ pub struct EventType {
     pub schema: &'static RawValue,
     /// An outbound body of this type, valid against `schema`.
     pub example: &'static RawValue,
-    /// The example's `data`, as written: what a test delivery sends.
-    pub example_data: &'static RawValue,
+    /// The example's `data`, compact like a producer's (numbers as written): what a test
+    /// delivery sends.
+    pub example_data: Box<RawValue>,
 }
 
 const SCHEMAS: [(EventKind, &str, &str); 6] = [
@@ -97,8 +98,30 @@ fn load(kind: EventKind, description: &'static str, text: &'static str) -> Event
         description,
         schema,
         example,
-        example_data: body.data,
+        example_data: RawValue::from_string(compact(body.data.get()))
+            .unwrap_or_else(|e| panic!("catalog example data for {kind}: {e}")),
     }
+}
+
+/// `json` without the whitespace between tokens; strings (and number spellings) unchanged.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Every event type, in the contract's order.

@@ -90,7 +90,7 @@ fn a_sample_body_is_a_valid_event_with_the_examples_data_unchanged() {
 }
 
 #[test]
-fn schemas_refuse_bodies_the_service_never_delivers() {
+fn schemas_refuse_what_the_service_refuses_and_break_with_the_documented_shape() {
     let purchase = validator(EventKind::Purchase);
     let ts = "2026-02-12T14:30:00Z";
     let good = json!({"event":"purchase","timestamp":ts,"data":{"visitor_id":"v"}});
@@ -130,7 +130,9 @@ fn schemas_refuse_bodies_the_service_never_delivers() {
         let parsed = event::parse(inbound.to_string().as_bytes(), None);
         assert!(parsed.is_err(), "event::parse accepted {what}");
     }
-    // Bodies no receiver of a purchase gets, or that break the documented field types.
+    // Bodies no receiver of a purchase gets (another event, an account_id), or whose optional
+    // fields break the documented types: the service delivers those unchanged (it checks only
+    // visitor_id), so the schema is the product's contract, not the service's check.
     let refused_by_schema = [
         (
             "another event",
@@ -149,7 +151,28 @@ fn schemas_refuse_bodies_the_service_never_delivers() {
         assert!(!purchase.is_valid(&body), "schema accepted {what}");
     }
     let high_intent = validator(EventKind::HighIntentVisitor);
-    let negative_pages = json!({"event":"high_intent_visitor","timestamp":ts,
-        "data":{"visitor_id":"v","engagement":{"pages_viewed":-1}}});
-    assert!(!high_intent.is_valid(&negative_pages));
+    let pages_as_text = json!({"event":"high_intent_visitor","timestamp":ts,
+        "data":{"visitor_id":"v","engagement":{"pages_viewed":"3"}}});
+    assert!(!high_intent.is_valid(&pages_as_text));
+}
+
+#[test]
+fn test_deliveries_carry_compact_data_with_numbers_as_written() {
+    for t in all() {
+        let data = t.example_data.get();
+        assert!(
+            !data.contains('\n') && !data.contains(": "),
+            "{}: {data}",
+            t.kind
+        );
+        let example: Value = serde_json::from_str(t.example.get()).unwrap();
+        let compacted: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(compacted, example["data"], "{}", t.kind);
+    }
+    assert_eq!(
+        compact("{ \"a b\" : [ 299.00 , \"x \\\" y\" ] }"),
+        "{\"a b\":[299.00,\"x \\\" y\"]}"
+    );
+    let purchase = sample_body(EventKind::Purchase, "2026-02-12T14:30:00Z");
+    assert!(purchase.contains("\"amount\":299.00"), "{purchase}");
 }

@@ -270,13 +270,11 @@ fn task_of(log: &DeliveryLog) -> Option<DeliveryTask> {
     else {
         return None;
     };
-    Some(DeliveryTask {
-        event_id: log.event_id.clone(),
-        account_id: account_id.clone(),
-        subscription_id: subscription_id.clone(),
-        event: event.clone(),
-        body: log.payload.get().to_string(),
-        attempts: Vec::new(),
-        deferrals: 0,
-    })
+    Some(DeliveryTask::first_attempt(
+        &log.event_id,
+        account_id,
+        subscription_id,
+        event,
+        log.payload.get().to_string(),
+    ))
 }

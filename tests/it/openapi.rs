@@ -65,11 +65,9 @@ async fn served_paths() -> BTreeSet<String> {
     paths
 }
 
-/// Whether the app routes `method path` to a handler: anything but the router's own "no such
-/// route" 404 and its 405.
-async fn is_served(app: &TestApp, method: &Method, path: &str) -> bool {
-    let concrete = path
-        .split('/')
+/// `path` with each `{param}` filled in.
+fn concrete(path: &str) -> String {
+    path.split('/')
         .map(|seg| {
             if seg.starts_with('{') {
                 "test-probe"
@@ -78,10 +76,15 @@ async fn is_served(app: &TestApp, method: &Method, path: &str) -> bool {
             }
         })
         .collect::<Vec<_>>()
-        .join("/");
+        .join("/")
+}
+
+/// Whether the app routes `method path` to a handler: anything but the router's own "no such
+/// route" 404 and its 405.
+async fn is_served(app: &TestApp, method: &Method, path: &str) -> bool {
     let mut req = app
         .http
-        .request(method.clone(), app.url(&concrete))
+        .request(method.clone(), app.url(&concrete(path)))
         .bearer_auth(TOKEN);
     if *method != Method::GET && *method != Method::DELETE {
         req = req.json(&json!({}));
@@ -118,6 +121,28 @@ async fn every_documented_operation_is_served_and_every_served_route_is_document
             is_served(&app, &method, path).await,
             "{method} {path} is documented but not served"
         );
+    }
+
+    // The document says bearer on every `/v1` operation: the server must mean it too (a route
+    // registered outside the token layer would be served to anyone).
+    for (path, method) in &documented {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = app.http.request(method.clone(), app.url(&concrete(path)));
+        if method != Method::GET && method != Method::DELETE {
+            req = req.json(&json!({}));
+        }
+        let resp = req.send().await.expect("probe");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if path.starts_with("/v1/") {
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (401, &json!("unauthorized")),
+                "{method} {path} without a token: {body}"
+            );
+        } else {
+            assert_ne!(status, 401, "{method} {path} is open: {body}");
+        }
     }
 
     let served = served_paths().await;
