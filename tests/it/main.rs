@@ -14,6 +14,7 @@ mod faults;
 mod hostile_endpoints;
 mod invalid_input;
 mod openapi;
+mod postgres_store;
 mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
