@@ -1,7 +1,7 @@
 //! API errors: one enum, mapped to a status and `{"error":{"code","message"}}` in one place.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -63,21 +63,6 @@ impl IntoResponse for ApiError {
                 .insert("www-authenticate", "Bearer".parse().expect("static header"));
         }
         response
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
-            JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
-                "send the body as JSON with content-type: application/json".into(),
-            ),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::TooLarge(super::MAX_BODY_BYTES)
-            }
-            other => ApiError::BadRequest(other.body_text()),
-        }
     }
 }
 

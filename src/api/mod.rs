@@ -18,7 +18,6 @@ mod test_event;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -134,20 +133,78 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `axum::Json` with our error format for bad bodies.
+/// A JSON object body, read with our error format: 400 for a missing JSON content type or bad
+/// JSON syntax, 422 for well-formed JSON of the wrong shape (naming the field at fault).
+/// Unlike serde's default, a struct is never read from a JSON array.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
+                "send the body as JSON with content-type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await?;
+        Ok(ApiJson(read_json_object(&bytes)?))
     }
+}
+
+/// `application/json`, or a `+json` type.
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads a JSON object into `T` (see [`ApiJson`]).
+pub(crate) fn read_json_object<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    let classify = |e: &serde_json::Error, text: String| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(text),
+        _ => ApiError::BadRequest(text),
+    };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::Unprocessable("the body must be a JSON object".into()),
+                Err(e) => classify(&e, e.to_string()),
+            },
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| classify(e.inner(), e.to_string()))?;
+    de.end().map_err(|e| classify(&e, e.to_string()))?;
+    Ok(value)
+}
+
+/// An optional JSON object body: empty (or only white space) or `null` reads as `T::default()`.
+pub(crate) fn optional_json_object<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
+        return Ok(T::default());
+    }
+    read_json_object(bytes)
 }
 
 #[cfg(test)]

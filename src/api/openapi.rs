@@ -163,3 +163,28 @@ pub async fn document() -> impl IntoResponse {
         DOCUMENT.as_str(),
     )
 }
+
+/// The schema of one event name: one of the six.
+pub(super) fn event_name() -> utoipa::openapi::schema::Object {
+    name_enum(&[])
+}
+
+/// The schema of an `events` list: at least one of the six event names, or `*`.
+pub(super) fn event_names() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(name_enum(&["*"]))
+        .min_items(Some(1))
+        .build()
+}
+
+fn name_enum(more: &[&'static str]) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let names = crate::event::EventKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .chain(more.iter().copied());
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .build()
+}

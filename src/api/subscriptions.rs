@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 
 use super::openapi::ErrorBody;
-use super::{ApiError, ApiJson, ApiState};
+use super::{ApiError, ApiJson, ApiState, optional_json_object, read_json_object};
 use crate::config::MAX_SECRET_OVERLAP;
 use crate::delivery::guard;
 use crate::store::{NewSubscription, Page, SubscriptionPatch, page_limit};
@@ -28,10 +28,14 @@ pub struct CreateBody {
     #[schema(example = "acct_acme")]
     account_id: String,
     /// http(s) endpoint; without credentials or a `#fragment`, at most 2,048 characters.
-    #[schema(example = "https://example.com/hooks")]
+    #[schema(
+        example = "https://example.com/hooks",
+        min_length = 1,
+        max_length = 2048
+    )]
     url: String,
     /// Event names, or `["*"]` for every event.
-    #[schema(example = json!(["purchase", "identify"]))]
+    #[schema(schema_with = super::openapi::event_names, example = json!(["purchase", "identify"]))]
     events: Vec<String>,
     #[serde(default = "yes")]
     #[schema(default = true)]
@@ -50,8 +54,10 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 2048)]
     url: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = super::openapi::event_names)]
     events: Option<Vec<String>>,
     #[serde(default)]
     enabled: Option<bool>,
@@ -147,35 +153,12 @@ impl PatchBody {
 /// A create body as the API reads it (JSON, then validation) without the HTTP around it: the
 /// fuzz target's entry point. Malformed JSON is `BadRequest`, a wrong shape `Unprocessable`.
 pub fn parse_create_body(bytes: &[u8]) -> Result<NewSubscription, ApiError> {
-    body_from_slice::<CreateBody>(bytes)?.validate()
+    read_json_object::<CreateBody>(bytes)?.validate()
 }
 
 /// A PATCH body as the API reads it; see [`parse_create_body`].
 pub fn parse_patch_body(bytes: &[u8]) -> Result<SubscriptionPatch, ApiError> {
-    body_from_slice::<PatchBody>(bytes)?.validate()
-}
-
-/// An optional JSON body: empty (or only white space) reads as `T::default()`.
-pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    bytes: &[u8],
-) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    body_from_slice(bytes)
-}
-
-fn body_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Read like axum's `Json` (which names the field at fault), without the HTTP around it.
-    let classify = |e: &serde_json::Error, text: String| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(text),
-        _ => ApiError::BadRequest(text),
-    };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| classify(e.inner(), e.to_string()))?;
-    de.end().map_err(|e| classify(&e, e.to_string()))?;
-    Ok(value)
+    read_json_object::<PatchBody>(bytes)?.validate()
 }
 
 #[utoipa::path(
@@ -348,7 +331,7 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SubscriptionWithSecret>, ApiError> {
-    let body: RotateBody = optional_body(&body?)?;
+    let body: RotateBody = optional_json_object(&body?)?;
     let overlap = match body.overlap_seconds {
         None => state.secret_rotation_overlap,
         Some(secs) if secs <= MAX_SECRET_OVERLAP.as_secs() => Duration::from_secs(secs),

@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 
 use super::event_types::event_names;
 use super::openapi::ErrorBody;
-use super::subscriptions::{not_found, optional_body};
+use super::optional_json_object;
+use super::subscriptions::not_found;
 use super::{ApiError, ApiState};
 use crate::catalog;
 use crate::event::EventKind;
@@ -26,7 +27,7 @@ use crate::wire::DeliveryTask;
 pub struct TestBody {
     /// One of the subscription's events; its first one when absent.
     #[serde(default)]
-    #[schema(example = "purchase")]
+    #[schema(schema_with = super::openapi::event_name, example = "purchase")]
     event: Option<String>,
 }
 
@@ -66,7 +67,7 @@ pub async fn send(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
-    let body: TestBody = optional_body(&body?)?;
+    let body: TestBody = optional_json_object(&body?)?;
     let sub = state
         .store
         .subscription(&id)

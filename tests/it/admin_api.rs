@@ -194,6 +194,104 @@ async fn bad_requests_get_clear_json_errors() {
     app.stop().await.unwrap();
 }
 
+/// A body is a JSON object: serde would read a struct from an array of its fields in order,
+/// so `["acct", "https://…", ["*"]]` must not create a subscription. An optional body may be
+/// empty or `null` (the OpenAPI document says so).
+#[tokio::test]
+async fn bodies_must_be_json_objects() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let sub = app.subscribe("acct_a", &receiver.url, &["purchase"]).await;
+    let id = sub["id"].as_str().unwrap();
+    let send = |method: Method, path: String, content_type: &'static str, body: &'static str| {
+        let req = app
+            .http
+            .request(method, app.url(&path))
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let arrays = [
+        (
+            Method::POST,
+            "/v1/subscriptions".to_string(),
+            r#"["acct_a", "https://x.example/", ["*"]]"#,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/subscriptions/{id}"),
+            "[null, null, false]",
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{id}/rotate-secret"),
+            "[]",
+        ),
+        (Method::POST, format!("/v1/subscriptions/{id}/test"), "[]"),
+        (
+            Method::POST,
+            "/v1/delivery-logs/replay".to_string(),
+            r#"[null, null, null, null, null, null, [], true]"#,
+        ),
+        (Method::POST, "/v1/subscriptions".to_string(), "42"),
+    ];
+    for (method, path, body) in arrays {
+        let (status, err) = send(method.clone(), path.clone(), "application/json", body).await;
+        assert_eq!(
+            (status, &err["error"]["message"]),
+            (422, &json!("the body must be a JSON object")),
+            "{method} {path} {body}"
+        );
+    }
+    let (_, subs) = app.get("/v1/subscriptions?account_id=acct_a").await;
+    assert_eq!(
+        subs["items"].as_array().unwrap().len(),
+        1,
+        "nothing created: {subs}"
+    );
+    let (_, read) = app.get(&format!("/v1/subscriptions/{id}")).await;
+    assert_eq!(read["enabled"], true, "nothing changed: {read}");
+
+    let (status, rotated) = send(
+        Method::POST,
+        format!("/v1/subscriptions/{id}/rotate-secret"),
+        "application/json",
+        "null",
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let (status, sent) = send(
+        Method::POST,
+        format!("/v1/subscriptions/{id}/test"),
+        "application/json",
+        " null ",
+    )
+    .await;
+    assert_eq!(
+        (status, &sent["event"]),
+        (202, &json!("purchase")),
+        "{sent}"
+    );
+
+    let (status, err) = send(
+        Method::POST,
+        "/v1/subscriptions".to_string(),
+        "text/plain",
+        r#"{"account_id": "a", "url": "https://x.example/", "events": ["*"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{err}"
+    );
+    app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn lists_page_with_a_cursor() {
     let app = spawn_app().await;
