@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// Shortest admin token accepted on a non-loopback LISTEN_ADDR (shorter ones are only warned
+/// about on loopback).
+pub const MIN_PUBLIC_TOKEN: usize = 16;
+
 /// Longest overlap a secret rotation may keep the old secret signing.
 pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -113,13 +117,27 @@ impl Config {
     pub fn weak_token(&self) -> bool {
         self.admin_token
             .as_ref()
-            .is_some_and(|t| t.expose().len() < 16)
+            .is_some_and(|t| t.expose().len() < MIN_PUBLIC_TOKEN)
     }
 
     /// Checks rules that involve more than one setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.admin_token.is_none() && !self.listen_addr.ip().is_loopback() {
-            return Err(ConfigError::TokenRequired(self.listen_addr));
+        let loopback = self.listen_addr.ip().is_loopback();
+        match &self.admin_token {
+            None if !loopback => return Err(ConfigError::TokenRequired(self.listen_addr)),
+            // An empty token would be compared with a missing header read as "": open to all.
+            Some(token) if token.expose().trim().is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "ADMIN_TOKEN is set but empty: set a token of 16 or more characters, or unset it (allowed only on a loopback LISTEN_ADDR)".into(),
+                ));
+            }
+            Some(_) if self.weak_token() && !loopback => {
+                return Err(ConfigError::Invalid(format!(
+                    "ADMIN_TOKEN must be at least {MIN_PUBLIC_TOKEN} characters when LISTEN_ADDR ({}) is not a loopback address",
+                    self.listen_addr
+                )));
+            }
+            _ => {}
         }
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
             return Err(ConfigError::Invalid(
@@ -343,6 +361,25 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+        // An empty token is no token: refused everywhere (it matched a missing header).
+        for addr in ["0.0.0.0:8080", "127.0.0.1:8080"] {
+            let err = parse(&["--listen-addr", addr, "--admin-token", ""])
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains("set but empty"), "{addr}: {err}");
+        }
+        // A short one (the Secret template's REPLACE_ME) is refused off loopback, warned on it.
+        let err = parse(&[
+            "--listen-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "REPLACE_ME",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 16 characters"), "{err}");
+        let short_local = parse(&["--listen-addr", "127.0.0.1:8080", "--admin-token", "short"]);
+        assert!(short_local.validate().is_ok() && short_local.weak_token());
         assert!(parse(&["--listen-addr", "[::1]:8080"]).validate().is_ok());
     }
 
