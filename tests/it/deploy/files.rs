@@ -161,3 +161,18 @@ fn grace_periods_outlast_a_delivery_and_the_shutdown_grace() {
         "stop_grace_period {compose_grace:?} ≤ {default_needed:?}"
     );
 }
+
+#[test]
+fn the_secret_template_token_is_one_the_service_warns_about() {
+    // Anything of 16+ characters passes the service's length rule, so a copy of the template
+    // applied as it is would run with a token published here without a word.
+    let template = read("deploy/kubernetes/secret.example.yaml");
+    let token = yaml_value(&template, "ADMIN_TOKEN");
+    assert!(token.contains("REPLACE_ME"), "{token}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config("p", "x", dir.path(), &["--admin-token", &token]);
+    assert!(
+        cfg.weak_token(),
+        "ADMIN_TOKEN {token:?} in secret.example.yaml passes the service's length rule"
+    );
+}
