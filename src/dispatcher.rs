@@ -19,7 +19,7 @@ use crate::broker::{
 };
 use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
-use crate::event;
+use crate::event::{self, EventKind};
 use crate::metrics::Metrics;
 use crate::retry::{Next, next_step};
 use crate::store::{Store, StoreError};
@@ -372,8 +372,14 @@ impl Dispatcher {
         self.publisher
             .publish_retrying(Route::queue(&self.topology.dead), &body, props)
             .await?;
-        self.metrics
-            .dead_lettered(dead.event.as_deref().unwrap_or("unknown"), &dead.reason);
+        // The label is one of the six event names or `unknown`, never what a producer wrote
+        // (an unknown name of up to 256 KiB would be a new series each time).
+        let event = dead
+            .event
+            .as_deref()
+            .and_then(EventKind::parse)
+            .map_or("unknown", EventKind::as_str);
+        self.metrics.dead_lettered(event, &dead.reason);
         Ok(())
     }
 }

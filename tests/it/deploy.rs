@@ -8,13 +8,15 @@
 //! Needs `rabbitmqctl` for the shared node, and `promtool` and `prometheus` (Debian's
 //! `prometheus` package, which `.ci/run` installs).
 //! One file per part: `definitions` (RabbitMQ topology), `promql` (alerts, dashboard queries,
-//! runbook links), `monitoring` (a real Prometheus on the real service and broker) and `files`
-//! (compose mounts, the dashboard's data source, grace periods).
+//! runbook links), `monitoring` (a real Prometheus on the real service and broker), `labels`
+//! (bounded label values, histogram buckets the alerts read) and `files` (compose mounts, the
+//! dashboard's data source, grace periods, the Kubernetes files).
 
 use std::path::{Path, PathBuf};
 
 mod definitions;
 mod files;
+mod labels;
 mod monitoring;
 mod promql;
 

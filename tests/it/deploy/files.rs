@@ -161,3 +161,80 @@ fn grace_periods_outlast_a_delivery_and_the_shutdown_grace() {
         "stop_grace_period {compose_grace:?} ≤ {default_needed:?}"
     );
 }
+
+#[test]
+fn the_secret_template_token_is_one_the_service_warns_about() {
+    // Anything of 16+ characters passes the service's length rule, so a copy of the template
+    // applied as it is would run with a token published here without a word.
+    let template = read("deploy/kubernetes/secret.example.yaml");
+    let token = yaml_value(&template, "ADMIN_TOKEN");
+    assert!(token.contains("REPLACE_ME"), "{token}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config("p", "x", dir.path(), &["--admin-token", &token]);
+    assert!(
+        cfg.weak_token(),
+        "ADMIN_TOKEN {token:?} in secret.example.yaml passes the service's length rule"
+    );
+}
+
+/// `deploy/kubernetes/prometheusrule.yaml`: its own lines up to `spec:`, then `alerts.yml` from
+/// `groups:` on, indented by two spaces. `UPDATE_PROMETHEUSRULE=1` writes it so.
+#[test]
+fn the_prometheusrule_is_alerts_yml() {
+    const PATH: &str = "deploy/kubernetes/prometheusrule.yaml";
+    let rule = read(PATH);
+    let (head, _) = rule
+        .split_once("\nspec:\n")
+        .expect("prometheusrule.yaml has a `spec:` line");
+    let alerts = read("deploy/prometheus/alerts.yml");
+    let (_, groups) = alerts
+        .split_once("\ngroups:\n")
+        .expect("alerts.yml has a `groups:` line");
+    let mut expected = format!("{head}\nspec:\n  groups:\n");
+    for line in groups.lines() {
+        if !line.is_empty() {
+            expected += "  ";
+        }
+        expected += line;
+        expected += "\n";
+    }
+    if std::env::var_os("UPDATE_PROMETHEUSRULE").is_some() {
+        std::fs::write(repo_file(PATH), &expected).unwrap();
+        return;
+    }
+    assert!(
+        rule == expected,
+        "{PATH} is not alerts.yml's rules: run \
+         UPDATE_PROMETHEUSRULE=1 cargo test --test it deploy::files::the_prometheusrule_is_alerts_yml"
+    );
+}
+
+#[test]
+fn kubernetes_scrapes_rabbitmq_as_compose_does() {
+    let prometheus = read("deploy/prometheus/prometheus.yml");
+    let (_, compose_job) = prometheus
+        .split_once("job_name: rabbitmq\n")
+        .expect("prometheus.yml has a rabbitmq job");
+    let monitor = read("deploy/kubernetes/rabbitmq-servicemonitor.yaml");
+    assert_eq!(
+        yaml_value(compose_job, "metrics_path"),
+        yaml_value(&monitor, "path")
+    );
+    assert_eq!(
+        yaml_value(compose_job, "family"),
+        yaml_value(&monitor, "family")
+    );
+    // The alerts' job label.
+    assert!(
+        monitor.contains("- targetLabel: job\n          replacement: rabbitmq\n"),
+        "the ServiceMonitor sets job=\"rabbitmq\""
+    );
+    assert!(read("deploy/prometheus/alerts.yml").contains(r#"job="rabbitmq""#));
+    let kustomization = read("deploy/kubernetes/kustomization.yaml");
+    for file in ["rabbitmq-servicemonitor.yaml", "prometheusrule.yaml"] {
+        assert!(
+            kustomization.contains(&format!("\n  - {file}\n")),
+            "kustomization.yaml lists {file}"
+        );
+    }
+}
