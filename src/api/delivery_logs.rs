@@ -29,6 +29,7 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -60,7 +61,11 @@ pub async fn list(
     };
     let page = state
         .store
-        .list_delivery_logs(&filter, q.cursor.as_deref(), page_limit(q.limit))
+        .list_delivery_logs(
+            &filter,
+            q.cursor.as_deref(),
+            page_limit(q.limit).map_err(ApiError::BadRequest)?,
+        )
         .await?;
     // Serialised straight from the records: going through `serde_json::Value` would reorder
     // payload keys and turn 299.00 into 299.0.

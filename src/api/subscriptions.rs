@@ -80,6 +80,7 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -209,7 +210,7 @@ pub async fn list(
         .list_subscriptions(
             query.account_id.as_deref(),
             query.cursor.as_deref(),
-            page_limit(query.limit),
+            page_limit(query.limit).map_err(ApiError::BadRequest)?,
         )
         .await?;
     Ok(Json(page))

@@ -100,7 +100,17 @@ impl<T> Page<T> {
     }
 }
 
-/// Clamps a requested page size to 1..=500 (default 100).
-pub fn page_limit(requested: Option<u32>) -> i64 {
-    i64::from(requested.unwrap_or(100).clamp(1, 500))
+/// A requested page size: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent; anything else is the
+/// caller's mistake, said in the error.
+pub fn page_limit(requested: Option<u32>) -> Result<i64, String> {
+    match requested {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE as u32).contains(&n) => Ok(i64::from(n)),
+        Some(n) => Err(format!("limit must be between 1 and {MAX_PAGE}, got {n}")),
+    }
 }
+
+/// Page size of a list without `limit`.
+pub const DEFAULT_PAGE: i64 = 100;
+/// Largest page a list answers.
+pub const MAX_PAGE: i64 = 500;

@@ -187,6 +187,12 @@ async fn bad_requests_get_clear_json_errors() {
 
     let (status, err) = app.get("/v1/delivery-logs?limit=lots").await;
     assert_eq!(status, 400, "{err}");
+    for path in ["/v1/delivery-logs?limit=0", "/v1/subscriptions?limit=501"] {
+        let (status, err) = app.get(path).await;
+        assert_eq!(status, 400, "{path}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("between 1 and 500"), "{path}: {message}");
+    }
 
     let (status, err) = app.request(Method::PUT, "/v1/subscriptions", None).await;
     assert_eq!(status, 405, "{err}");
