@@ -438,10 +438,12 @@ pub async fn run_cli(env: &[(String, String)], args: &[&str], stdin: &[u8]) -> C
         .spawn()
         .expect("spawning the CLI");
     let mut input = child.stdin.take().expect("piped stdin");
-    input
-        .write_all(stdin)
-        .await
-        .expect("writing the CLI's stdin");
+    // A CLI that exits before reading its input (bad flags, say) closes the pipe: not an error.
+    if let Err(e) = input.write_all(stdin).await
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        panic!("writing the CLI's stdin: {e}");
+    }
     drop(input);
     let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
