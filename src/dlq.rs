@@ -117,11 +117,12 @@ pub async fn store_and_ack(
                 };
             }
             Err(e) => {
-                if patience
-                    .give_up_after
-                    .is_some_and(|limit| started.elapsed() + wait > limit)
-                {
-                    return Stored::GaveUp(e.to_string());
+                if let Some(limit) = patience.give_up_after {
+                    let left = limit.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Stored::GaveUp(e.to_string());
+                    }
+                    wait = wait.min(left);
                 }
                 log(
                     &|| tracing::error!(error = %e, id = %dead.id, retry_in = ?wait, "cannot persist dead letter; keeping it in the queue"),

@@ -766,3 +766,81 @@ async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_ctrl_c_ends_a_stuck_command_at_once_with_130() {
+    // `publish -` blocks reading a stdin that never ends: the first ctrl-c cannot stop it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+        .args(["publish", "-"])
+        .env_clear()
+        .env("AMQP_URL", amqp_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the CLI");
+    let _stdin = child.stdin.take();
+    let pid = libc::pid_t::try_from(child.id().expect("running")).expect("pid fits");
+    let sigint = || {
+        // SAFETY: plain kill(2) on our own, not yet reaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    };
+    // Let it install its signal handler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigint();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still stuck after one ctrl-c"
+    );
+    sigint();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("the second ctrl-c ends it")
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[tokio::test]
+async fn dlq_drain_gives_up_on_a_store_that_keeps_failing_and_acks_nothing() {
+    let mut service = ServiceProcess::start(&[]).await;
+    service.stop(PATIENCE).await;
+    let dead = service.dead_queue();
+    publish_raw("", &dead, &[serde_json::to_vec(&dead_letter(0)).unwrap()]).await;
+    // The store opens (its schema is migrated) but every insert fails.
+    let url = sqlite_url(service.db_path());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE delivery_logs RENAME TO delivery_logs_away")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let run = service
+        .cli_within(Duration::from_secs(60), &["dlq", "drain"], b"")
+        .await;
+    run.expect_code(1);
+    assert!(started.elapsed() >= Duration::from_secs(30), "{run:?}");
+    assert!(
+        run.stderr.contains("the store kept failing for 30s")
+            && run.stderr.contains(&format!("stays in {dead}")),
+        "{run:?}"
+    );
+    // Not acked: back in the queue once the broker has handled the CLI's closed channel.
+    let producer = Producer::connect(&service.exchange).await;
+    wait_until(
+        &format!("the dead letter back in {dead}"),
+        PATIENCE,
+        || async { producer.ready(&dead).await == 1 },
+    )
+    .await;
+    sqlx::query("ALTER TABLE delivery_logs_away RENAME TO delivery_logs")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let again = service.cli(&["dlq", "drain"], b"").await;
+    again.expect_code(0);
+    assert_eq!(again.stdout, "drained 1 dead letters (0 already stored)\n");
+}
