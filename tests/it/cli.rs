@@ -686,13 +686,19 @@ async fn replay_limit_counts_replays_not_records_it_cannot_send() {
     assert_eq!(got[before + 1].header("webhook-id"), "evt_limit_1");
 }
 
-#[tokio::test]
-async fn the_cli_creates_no_delivery_log_where_there_is_none() {
+/// A service started once (topology and store in place), then stopped so that its own logger
+/// takes nothing, with one dead letter waiting in `P.dead` (its name returned).
+async fn stopped_service_with_a_dead_letter() -> (ServiceProcess, String) {
     let mut service = ServiceProcess::start(&[]).await;
-    // Stopped, so its own logger does not take the dead letter.
     service.stop(PATIENCE).await;
     let dead = service.dead_queue();
     publish_raw("", &dead, &[serde_json::to_vec(&dead_letter(0)).unwrap()]).await;
+    (service, dead)
+}
+
+#[tokio::test]
+async fn the_cli_creates_no_delivery_log_where_there_is_none() {
+    let (service, dead) = stopped_service_with_a_dead_letter().await;
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("webhook-dispatcher.db");
     let url = format!("--database-url={}", sqlite_url(&missing));
@@ -804,10 +810,7 @@ async fn a_second_ctrl_c_ends_a_stuck_command_at_once_with_130() {
 
 #[tokio::test]
 async fn dlq_drain_gives_up_on_a_store_that_keeps_failing_and_acks_nothing() {
-    let mut service = ServiceProcess::start(&[]).await;
-    service.stop(PATIENCE).await;
-    let dead = service.dead_queue();
-    publish_raw("", &dead, &[serde_json::to_vec(&dead_letter(0)).unwrap()]).await;
+    let (service, dead) = stopped_service_with_a_dead_letter().await;
     // The store opens (its schema is migrated) but every insert fails.
     let url = sqlite_url(service.db_path());
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
