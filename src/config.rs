@@ -193,14 +193,24 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Replaces the password of a URL with `***` so it can be logged.
+/// Replaces the password of a URL with `***` so it can be logged. A URL that does not parse
+/// (a password with an unencoded `/`, `#`, `?`…), or that parses without a password although
+/// it has an `@` (`amqp://u:12/cd@h` reads as host `u`, port 12), has everything between
+/// `://` and its last `@` masked: better a lost user name than a leaked password.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("***"));
             url.to_string()
         }
-        _ => raw.to_string(),
+        Ok(url) if url.scheme() == "sqlite" => raw.to_string(),
+        _ => match raw.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                let (_, host) = rest.rsplit_once('@').expect("contains @");
+                format!("{scheme}://***@{host}")
+            }
+            _ => raw.to_string(),
+        },
     }
 }
 
@@ -331,6 +341,17 @@ mod tests {
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact_url("amqp://u:a@b@h"), "amqp://u:***@h");
+        // Passwords the URL parser cannot read, or reads as something else, are masked whole.
+        for (raw, redacted) in [
+            ("amqp://u:ab/cd@h:5672/%2f", "amqp://***@h:5672/%2f"),
+            ("amqp://u:12/cd@h", "amqp://***@h"),
+            ("postgres://u:a#b@db/app", "postgres://***@db/app"),
+        ] {
+            assert_eq!(redact_url(raw), redacted, "{raw}");
+            assert!(!redact_url(raw).contains("cd") && !redact_url(raw).contains("a#b"));
+        }
     }
 
     fn parse(args: &[&str]) -> Config {

@@ -38,8 +38,10 @@ enum Command {
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let second_exits = !matches!(command, Command::Serve);
+    tokio::spawn(cancel_on_signal(shutdown.clone(), second_exits));
+    match command {
         Command::Serve => serve(cli.config, shutdown)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -53,20 +55,28 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
     app.run(shutdown).await
 }
 
-/// Cancels `token` on SIGTERM or ctrl-c.
-async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Cancels `token` on SIGTERM or ctrl-c. With `second_exits` (the operator commands), a second
+/// signal ends the process at once with 130: a command stuck despite the first must not need
+/// a `kill -9`. `serve` ignores it and keeps its graceful shutdown.
+async fn cancel_on_signal(token: CancellationToken, second_exits: bool) {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    let mut signal = async || {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    signal().await;
     tracing::info!("shutdown signal received");
     token.cancel();
+    if second_exits {
+        signal().await;
+        eprintln!("interrupted again: exiting now");
+        std::process::exit(130);
+    }
 }

@@ -169,6 +169,17 @@ pub fn new_dead_letter_id() -> String {
     format!("dl_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The id of a dead letter made from a message that carries none (an unreadable message in
+/// `P.dead`): derived from its bytes, so a copy delivered again after a lost ack is stored once.
+/// Same shape as [`new_dead_letter_id`] (`dl_` and 32 hex digits), but not time-ordered: no
+/// time in the message is reliable, and one taken at storing would differ between the copies.
+/// Such a record sits at an arbitrary place in the newest-first list (still listed once, since
+/// the cursor is the id; `since`/`until` use its `dead_lettered_at`), and it is never
+/// replayable, so replay order does not matter for it.
+pub fn raw_dead_letter_id(raw: &[u8]) -> String {
+    format!("dl_{}", hex::encode(&Sha256::digest(raw)[..16]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +220,14 @@ mod tests {
         assert_eq!(dead.event_id, "a\u{fffd}b");
         assert_eq!(dead.account_id.as_deref(), Some("acct\u{fffd}"));
         assert!(!dead.payload.get().contains('\0'));
+    }
+
+    #[test]
+    fn raw_dead_letter_ids_follow_the_bytes() {
+        let a = raw_dead_letter_id(b"not a dead letter");
+        assert_eq!(a, raw_dead_letter_id(b"not a dead letter"));
+        assert_ne!(a, raw_dead_letter_id(b"not a dead letter!"));
+        assert_eq!(a.len(), new_dead_letter_id().len());
     }
 
     #[test]

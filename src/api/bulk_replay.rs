@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiJson, ApiState};
-use crate::ops::replay::{Failed, Skipped};
-use crate::ops::select::Filters;
+use crate::ops::replay::{Failed, Limit, Skipped, detached};
+use crate::ops::select::{Filters, ReplayCursor};
 
 /// Records replayed per request unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: u32 = 1000;
@@ -41,7 +41,8 @@ pub struct BulkReplayRequest {
     dry_run: bool,
     /// Records looked at in this request, 1 to 10000 (default 1000).
     limit: Option<u32>,
-    /// `next_cursor` of the previous answer: go on after the records it looked at.
+    /// `next_cursor` of the previous answer: go on after the records it looked at, among the
+    /// records the first request could see (opaque; pass it as it came).
     cursor: Option<String>,
 }
 
@@ -57,7 +58,8 @@ pub struct BulkReplayResponse {
     /// More records matched than `limit` let through: send the request again with `cursor` set
     /// to `next_cursor` for the next ones (records skipped here would otherwise come back).
     more: bool,
-    /// With `more`: the id of the last record looked at.
+    /// With `more`: where the next request goes on (opaque). It keeps the first request's time
+    /// bound, so later pages do not replay the dead letters of this run's own replays.
     next_cursor: Option<String>,
 }
 
@@ -73,7 +75,7 @@ pub struct BulkReplayResponse {
         (status = 200, description = "Dry run: what would be replayed and skipped; nothing changed", body = BulkReplayResponse),
         (status = 202, description = "Replays queued", body = BulkReplayResponse),
         (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "No filter (and not `all`), an unknown field, a bad time or limit", body = ErrorBody),
+        (status = 422, description = "No filter (and not `all`), an unknown field, a bad time, limit or cursor, a `since` in the future", body = ErrorBody),
     ),
 )]
 pub async fn replay(
@@ -96,17 +98,37 @@ pub async fn replay(
         ids: req.ids,
         all: req.all,
     };
-    let selection = filters.selection(chrono::Utc::now())?;
-    let report = state
-        .replayer()
-        .run(
-            &selection,
-            req.cursor,
-            Some(limit as usize),
-            req.dry_run,
-            &mut |_| {},
-        )
-        .await?;
+    let mut selection = filters.selection(chrono::Utc::now())?;
+    let cursor = req
+        .cursor
+        .as_deref()
+        .map(ReplayCursor::decode)
+        .transpose()?;
+    let after = cursor.map(|cursor| {
+        // The first request's bound: later pages see no record it could not.
+        let until = selection
+            .filter
+            .until
+            .get_or_insert_with(|| cursor.until.clone());
+        *until = until.clone().min(cursor.until);
+        cursor.after
+    });
+    let until = selection.filter.until.clone().unwrap_or_default();
+    // Detached: a client or proxy hanging up must not cancel the run between a record's claim
+    // and its publish (it would stay marked replayed, never sent). The run finishes its page.
+    let replayer = state.replayer();
+    let dry_run = req.dry_run;
+    let report = detached(async move {
+        let limit = Limit::Looked(limit as usize);
+        replayer
+            .run(&selection, after, limit, dry_run, &mut |_| {})
+            .await
+    })
+    .await?;
+    let next_cursor = report
+        .next_cursor
+        .clone()
+        .map(|after| ReplayCursor { after, until }.encode());
     let status = if req.dry_run {
         StatusCode::OK
     } else {
@@ -119,7 +141,7 @@ pub async fn replay(
         skipped: report.skipped,
         failed: report.failed,
         more: report.more,
-        next_cursor: report.next_cursor,
+        next_cursor,
     };
     Ok((status, Json(response)))
 }

@@ -9,6 +9,7 @@ use utoipa::IntoParams;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
+use crate::ops::replay::detached;
 use crate::ops::select::Filters;
 use crate::store::{DeliveryLog, LogFilter, Page, page_limit};
 
@@ -122,9 +123,15 @@ pub async fn replay(
         .delivery_log(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let at = state.replayer().replay(&log).await?;
+    // Detached: a client hanging up must not cancel it between the claim and the publish.
+    let replayer = state.replayer();
+    let (log, at) = detached(async move {
+        let at = replayer.replay(&log).await;
+        (log, at)
+    })
+    .await;
     let log = DeliveryLog {
-        replayed_at: Some(at),
+        replayed_at: Some(at?),
         ..log
     };
     Ok((StatusCode::ACCEPTED, Json(log)))

@@ -43,6 +43,8 @@ pub enum BrokerError {
     Nacked(String),
     #[error("no queue took the message for {0} (unroutable)")]
     Unroutable(String),
+    #[error("the broker did not confirm the message within {0:?} (a resource alarm?)")]
+    ConfirmTimeout(Duration),
 }
 
 impl BrokerError {
@@ -141,8 +143,9 @@ impl Publisher {
     }
 
     /// Puts a delivery task on `events_queue` (`P.events`) through the default exchange, with
-    /// the task header saying where it came from (`replay`, `test`), and waits for the confirm:
-    /// from there it is attempted, signed, retried, dead-lettered and counted like any delivery.
+    /// the task header saying where it came from (`replay`, `test`), and waits for the confirm
+    /// (at most [`TASK_CONFIRM_TIMEOUT`]): from there it is attempted, signed, retried,
+    /// dead-lettered and counted like any delivery.
     pub async fn enqueue_task(
         &self,
         events_queue: &str,
@@ -151,7 +154,10 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(task).expect("task serialises");
         let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
-        self.publish(Route::queue(events_queue), &body, props).await
+        let publish = self.publish(Route::queue(events_queue), &body, props);
+        tokio::time::timeout(TASK_CONFIRM_TIMEOUT, publish)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT))?
     }
 
     /// [`publish`](Self::publish), tried again a few times over ~3 s while the broker is
@@ -176,6 +182,12 @@ impl Publisher {
         }
     }
 }
+
+/// Longest wait for the confirm of a task an operator enqueued (replay, test event). A broker
+/// under a memory or disk alarm blocks publishers without a word; the caller (who holds a
+/// replay claim, or an HTTP request) must get an answer. The message may still go out once the
+/// alarm clears: the receiver sees the same `webhook-id` again at worst.
+pub const TASK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
 /// written; but lapin (4.12) can leave one that was under way when the connection dropped

@@ -78,11 +78,13 @@ pub async fn drain(cfg: &Config, stop: &CancellationToken) -> Result<ExitCode, C
         waiting.ok().and_then(|q| q.ready).map_or(0, u64::from),
         "draining",
     );
-    let drained = drain::drain(&broker, &store, stop, &mut |done, remaining| {
+    // Log lines (a failing store) are written with the bar hidden, so they do not tear it.
+    let log = |line: &dyn Fn()| bar.suspend(line);
+    let mut step = |done, remaining| {
         bar.set_length(done + remaining);
         bar.set_position(done);
-    })
-    .await;
+    };
+    let drained = drain::drain(&broker, &store, stop, &mut step, &log).await;
     bar.finish_and_clear();
     broker.close().await;
     store.close().await;

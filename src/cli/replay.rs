@@ -1,7 +1,7 @@
 //! `webhook-dispatcher replay [filters] [--dry-run] [--yes] [--limit N]`: looks first (a dry
 //! run through the store), asks, then replays exactly the records it showed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -12,7 +12,7 @@ use super::CliError;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
 use crate::config::Config;
-use crate::ops::replay::{Replayer, Report, Skipped};
+use crate::ops::replay::{Limit, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, open_store};
 use crate::store::DeliveryLog;
@@ -55,7 +55,8 @@ pub struct ReplayArgs {
     /// Replay without asking (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
     yes: bool,
-    /// Replay at most N records, oldest first (default: all that match).
+    /// Replay at most N records, oldest first (default: all that match); records skipped do
+    /// not count.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
 }
@@ -94,7 +95,8 @@ pub async fn run(
         .run(
             &selection,
             None,
-            args.limit.map(|n| n as usize),
+            args.limit
+                .map_or(Limit::None, |n| Limit::Replayed(n as usize)),
             true,
             &mut |log| listed.push(row(log)),
         )
@@ -169,9 +171,10 @@ fn row(log: &DeliveryLog) -> Vec<String> {
 }
 
 fn dry_run_listing(plan: &Report, rows: &[Vec<String>]) -> String {
+    let replayable: HashSet<&String> = plan.replayed.iter().collect();
     let replayed: Vec<Vec<String>> = rows
         .iter()
-        .filter(|r| plan.replayed.contains(&r[0]))
+        .filter(|r| replayable.contains(&r[0]))
         .cloned()
         .collect();
     let mut out = format!(

@@ -5,13 +5,15 @@
 //! The final empty `basic.get` is a round trip through the queue, so the acks before it are
 //! applied before the channel closes.
 
+use std::time::Duration;
+
 use lapin::options::BasicGetOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::OpsError;
 use super::stats::is_not_found;
 use crate::broker::Broker;
-use crate::dlq::{Stored, store_and_ack};
+use crate::dlq::{Patience, Stored, store_and_ack};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -25,13 +27,23 @@ pub struct DrainReport {
     pub interrupted: bool,
 }
 
-/// Drains `P.dead` into `store`. `progress(done, remaining)` follows each message.
+/// How long the drain waits for a failing store before it gives up (exit 1): an operator
+/// running it by hand wants an answer, not a command that waits silently forever.
+pub const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Drains `P.dead` into `store`. `progress(done, remaining)` follows each message; `log` runs
+/// each log line (see [`Patience::log`]).
 pub async fn drain(
     broker: &Broker,
     store: &Store,
     stop: &CancellationToken,
     progress: &mut (dyn FnMut(u64, u64) + Send),
+    log: &(dyn Fn(&dyn Fn()) + Sync),
 ) -> Result<DrainReport, OpsError> {
+    let patience = Patience {
+        give_up_after: Some(STORE_PATIENCE),
+        log,
+    };
     let queue = broker.topology.dead.as_str();
     let channel = broker.channel().await?;
     let metrics = Metrics::new();
@@ -55,7 +67,16 @@ pub async fn drain(
             })?;
         let Some(message) = got else { break };
         let delivery = &message.delivery;
-        match store_and_ack(&delivery.data, &delivery.acker, store, &metrics, stop).await {
+        let stored = store_and_ack(
+            &delivery.data,
+            &delivery.acker,
+            store,
+            &metrics,
+            stop,
+            patience,
+        )
+        .await;
+        match stored {
             Stored::New => report.drained += 1,
             Stored::AlreadyStored => {
                 report.drained += 1;
@@ -64,6 +85,16 @@ pub async fn drain(
             Stored::Stopped => {
                 report.interrupted = true;
                 break;
+            }
+            Stored::GaveUp(error) => {
+                let _ = channel.close(200, "store failing".into()).await;
+                return Err(OpsError::Failed(format!(
+                    "the store kept failing for {}s ({error}); gave up after {} drained. The dead \
+                     letter in hand was not acked and stays in {queue}: fix the store and run the \
+                     drain again",
+                    STORE_PATIENCE.as_secs(),
+                    report.drained
+                )));
             }
             Stored::AckFailed => {
                 return Err(OpsError::Failed(format!(

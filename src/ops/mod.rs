@@ -36,13 +36,18 @@ pub enum OpsError {
     Store(#[from] StoreError),
 }
 
-/// Opens (and migrates) the store at `DATABASE_URL`.
+/// Opens the store at `DATABASE_URL` as the service left it: nothing is created or migrated, so
+/// a wrong URL (or the default relative SQLite path, run from another directory) is bad input
+/// naming the URL, not a fresh empty delivery log.
 pub async fn open_store(cfg: &Config) -> Result<Store, OpsError> {
-    Store::connect(&cfg.database_url)
+    let url = redact_url(&cfg.database_url);
+    Store::open_existing(&cfg.database_url)
         .await
-        .map_err(|error| OpsError::StoreUnreachable {
-            url: redact_url(&cfg.database_url),
-            error,
+        .map_err(|error| match error {
+            StoreError::NotMigrated(why) => OpsError::BadInput(format!(
+                "no delivery log at {url} ({why}): start the service once with this DATABASE_URL, or check the path"
+            )),
+            error => OpsError::StoreUnreachable { url, error },
         })
 }
 

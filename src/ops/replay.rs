@@ -120,6 +120,30 @@ impl Report {
     }
 }
 
+/// How far [`Replayer::run`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Every matching record, a page at a time.
+    None,
+    /// At most this many records looked at, skipped ones included (an API page: the cursor
+    /// goes on after them).
+    Looked(usize),
+    /// At most this many records replayed (or, in a dry run, replayable); skipped ones do not
+    /// count, so records that can never be replayed cannot use up the limit (the CLI, which
+    /// has no cursor).
+    Replayed(usize),
+}
+
+impl Limit {
+    fn reached(self, report: &Report) -> bool {
+        match self {
+            Limit::None => false,
+            Limit::Looked(n) => report.matched() >= n,
+            Limit::Replayed(n) => report.replayed.len() >= n,
+        }
+    }
+}
+
 /// Subscription facts looked up once per run: `None` when the subscription is gone.
 type Subscriptions = HashMap<String, Option<(String, bool)>>;
 
@@ -138,14 +162,14 @@ impl Replayer {
     }
 
     /// Works through the records `selection` matches, oldest first, after the record `after`
-    /// (an id) when given, at most `limit` of them (`None`: all, a page at a time). A dry run
+    /// (an id) when given, as far as `limit` lets it. A dry run
     /// only checks each record. `seen` is called with each record once it is handled (progress
     /// bars, listings).
     pub async fn run(
         &self,
         selection: &ReplaySelection,
         mut after: Option<String>,
-        limit: Option<usize>,
+        limit: Limit,
         dry_run: bool,
         seen: &mut (dyn FnMut(&DeliveryLog) + Send),
     ) -> Result<Report, StoreError> {
@@ -158,7 +182,7 @@ impl Replayer {
                 .await?;
             let full = page.len() == PAGE;
             for log in page {
-                if Some(report.matched()) == limit {
+                if limit.reached(&report) {
                     report.more = true;
                     report.next_cursor = after;
                     return Ok(report);
@@ -221,7 +245,7 @@ impl Replayer {
             .enqueue_task(&self.events_queue, &task, "replay")
             .await
         {
-            return Err(match self.store.release_replay(id).await {
+            return Err(match self.store.release_replay(id, &at).await {
                 Ok(()) => publish.into(),
                 Err(release) => ReplayError::ReleaseFailed { publish, release },
             });
@@ -259,6 +283,17 @@ impl Replayer {
             return Err(Skip::AlreadyReplayed(Some(at.clone())).into());
         }
         Ok(())
+    }
+}
+
+/// Runs `work` on a task of its own and waits for it. Dropping the wait (an HTTP client that
+/// went away cancels its handler) does not cancel the task, so a claimed record is always
+/// published or released, never left marked replayed without being sent.
+pub async fn detached<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(work).await {
+        Ok(out) => out,
+        // A panic stays a panic; a task is only cancelled when the runtime shuts down.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

@@ -1,6 +1,12 @@
 //! Which delivery-log records a replay takes: the filters an operator gives (CLI flags or the
-//! bulk API's body), checked and turned into a store selection.
+//! bulk API's body), checked and turned into a store selection, and the bulk API's cursor.
+//!
+//! A selection always has an upper bound: without `until`, the run's start. A replay to an
+//! endpoint still down is dead-lettered again seconds later as a new record; without the bound
+//! the same run (its later pages) would pick that up and send the event twice.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 
 use super::OpsError;
@@ -23,7 +29,7 @@ pub struct Filters {
 
 impl Filters {
     /// Checks the filters and reads the times relative to `now`: at least one filter or `all`,
-    /// no empty value, `since` before `until`.
+    /// no empty value, `since` not in the future and before `until`; `until` defaults to `now`.
     pub fn selection(&self, now: DateTime<Utc>) -> Result<ReplaySelection, OpsError> {
         let bad = |message: String| OpsError::BadInput(message);
         let named = [
@@ -51,7 +57,17 @@ impl Filters {
                     .into(),
             ));
         }
-        let times = Filters::times(self.since.clone(), self.until.clone(), now)?;
+        let mut times = Filters::times(self.since.clone(), self.until.clone(), now)?;
+        let now_text = crate::time::rfc3339(now);
+        if let Some(since) = &times.since
+            && *since > now_text
+        {
+            return Err(bad(format!(
+                "since ({since}) is in the future (now is {now_text}), so nothing could match; \
+                 a clock time (10:00) is today's, in UTC"
+            )));
+        }
+        times.until.get_or_insert(now_text);
         Ok(ReplaySelection {
             filter: LogFilter {
                 account_id: self.account_id.clone(),
@@ -88,6 +104,40 @@ impl Filters {
             since,
             until,
             ..LogFilter::default()
+        })
+    }
+}
+
+/// Where a bulk replay goes on: after the record `after`, and only among records dead-lettered
+/// before `until` (the first request's bound, so later pages do not take the dead letters of
+/// its own replays). Opaque to clients: URL-safe base64 of `after` and `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCursor {
+    pub after: String,
+    pub until: String,
+}
+
+impl ReplayCursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}\n{}", self.after, self.until))
+    }
+
+    pub fn decode(raw: &str) -> Result<ReplayCursor, OpsError> {
+        let bad = || {
+            OpsError::BadInput(format!(
+                "cursor {raw:?} is not a next_cursor of this endpoint: pass next_cursor as it came"
+            ))
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (after, until) = text.split_once('\n').ok_or_else(bad)?;
+        let until = DateTime::parse_from_rfc3339(until).map_err(|_| bad())?;
+        if after.trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(ReplayCursor {
+            after: after.to_string(),
+            until: crate::time::rfc3339(until.with_timezone(&Utc)),
         })
     }
 }
@@ -147,5 +197,39 @@ mod tests {
         };
         let err = empty.selection(now()).unwrap_err().to_string();
         assert_eq!(err, "account_id must not be empty");
+    }
+
+    #[test]
+    fn until_defaults_to_now_and_since_must_not_be_in_the_future() {
+        let f = Filters {
+            since: Some("2h".into()),
+            ..Filters::default()
+        };
+        let s = f.selection(now()).unwrap();
+        assert_eq!(s.filter.until.as_deref(), Some("2026-11-27T16:00:00.000Z"));
+        // 17:00 today is an hour ahead of now (16:00).
+        let ahead = Filters {
+            since: Some("17:00".into()),
+            ..Filters::default()
+        };
+        let err = ahead.selection(now()).unwrap_err();
+        assert!(matches!(err, OpsError::BadInput(_)), "{err:?}");
+        assert!(err.to_string().contains("is in the future"), "{err}");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = ReplayCursor {
+            after: "dl_0192".into(),
+            until: "2026-11-27T16:00:00.000Z".into(),
+        };
+        assert_eq!(ReplayCursor::decode(&cursor.encode()).unwrap(), cursor);
+        for raw in ["dl_0192", "", "!!!", &URL_SAFE_NO_PAD.encode("dl_1\nlater")] {
+            let err = ReplayCursor::decode(raw).unwrap_err();
+            assert!(
+                err.to_string().contains("not a next_cursor"),
+                "{raw}: {err}"
+            );
+        }
     }
 }

@@ -172,11 +172,13 @@ impl Store {
         top: i64,
     ) -> Result<Vec<LogGroup>, StoreError> {
         let column = by.column();
-        // CAST: PostgreSQL sums to NUMERIC, which the Any driver does not decode.
+        // Ties: named groups by name, then the null one (SQLite and PostgreSQL sort NULL at
+        // opposite ends, so it is placed explicitly). CAST: PostgreSQL sums to NUMERIC, which the Any driver does not decode.
         let sql = format!(
             "SELECT {column} AS name, COUNT(*) AS total, \
              CAST(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS not_replayed \
-             FROM delivery_logs GROUP BY {column} ORDER BY total DESC, name ASC LIMIT {top}"
+             FROM delivery_logs GROUP BY {column} \
+             ORDER BY total DESC, {column} IS NULL, {column} ASC LIMIT {top}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .fetch_all(&self.pool)
@@ -255,12 +257,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Undoes [`claim_replay`](Self::claim_replay) when the replay could not be published.
-    pub async fn release_replay(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE delivery_logs SET replayed_at = NULL WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Undoes [`claim_replay`](Self::claim_replay) when the replay could not be published;
+    /// `at` is the claim's own time, so a later claim by someone else is left alone.
+    pub async fn release_replay(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE delivery_logs SET replayed_at = NULL WHERE id = $1 AND replayed_at = $2",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

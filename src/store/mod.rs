@@ -22,6 +22,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row {id}: {detail}")]
     Corrupt { id: String, detail: String },
+    /// [`Store::open_existing`]: nothing at the URL, or a schema this version has not migrated.
+    #[error("{0}")]
+    NotMigrated(String),
 }
 
 #[derive(Clone, Debug)]
@@ -40,10 +43,54 @@ pub struct Page<T> {
 impl Store {
     /// Opens (creating a SQLite file if missing) and migrates the store at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let store = Store::open(url, "rwc").await?;
+        sqlx::migrate!("./migrations").run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// Opens the store at `url` as the service left it, for the operator CLI: a SQLite file
+    /// must exist (`mode=rw`) and nothing is created or migrated, so a wrong `DATABASE_URL`
+    /// is an error ([`StoreError::NotMigrated`]) rather than a new, empty delivery log.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        let store = Store::open(url, "rw").await.map_err(|e| match e {
+            // SQLITE_CANTOPEN: with mode=rw, the file is not there.
+            StoreError::Db(sqlx::Error::Database(db)) if db.code().as_deref() == Some("14") => {
+                StoreError::NotMigrated("the database file does not exist".into())
+            }
+            other => other,
+        })?;
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(&store.pool)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(sqlx::Error::Database(_)) => {
+                    store.close().await;
+                    return Err(StoreError::NotMigrated("it has no schema".into()));
+                }
+                Err(e) => return Err(e.into()),
+            };
+        let pending = sqlx::migrate!("./migrations")
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        if pending > 0 {
+            store.close().await;
+            return Err(StoreError::NotMigrated(format!(
+                "its schema lacks {pending} migration(s) of this version"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Connects to `url`; a SQLite file is opened with `sqlite_mode` unless the URL sets one.
+    async fn open(url: &str, sqlite_mode: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") {
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode={sqlite_mode}")
         } else {
             url.to_string()
         };
@@ -69,7 +116,6 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
     }
 

@@ -356,10 +356,6 @@ async fn dlq_drain_stores_every_dead_letter_once_while_the_service_is_down() {
     let run = service.cli(&["dlq", "drain"], b"").await;
     run.expect_code(0);
     assert_eq!(run.stdout, "drained 31 dead letters (5 already stored)\n");
-    assert!(
-        !run.stderr.contains('\r'),
-        "no progress bar off a terminal: {run:?}"
-    );
     let producer = Producer::connect(&service.exchange).await;
     assert_eq!(producer.ready(&dead).await, 0);
 
@@ -385,6 +381,18 @@ async fn dlq_drain_stores_every_dead_letter_once_while_the_service_is_down() {
     let again = service.cli(&["dlq", "drain"], b"").await;
     again.expect_code(0);
     assert_eq!(again.stdout, "drained 0 dead letters (0 already stored)\n");
+
+    // The same unreadable bytes once more (a copy delivered again after a lost ack): its id
+    // comes from the bytes, so it is the record already stored.
+    publish_raw("", &dead, &[b"not a dead letter".to_vec()]).await;
+    let copy = service.cli(&["dlq", "drain"], b"").await;
+    copy.expect_code(0);
+    assert_eq!(copy.stdout, "drained 1 dead letters (1 already stored)\n");
+    let all = store
+        .list_delivery_logs(&LogFilter::default(), None, 500)
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 31, "stored once");
 }
 
 #[tokio::test]
@@ -542,6 +550,11 @@ async fn replay_skips_what_cannot_be_sent_and_says_why() {
         no_filter.stderr.contains("at least one filter"),
         "{no_filter:?}"
     );
+    let future = service
+        .cli(&["replay", "--since", "2099-01-01", "--dry-run"], b"")
+        .await;
+    future.expect_code(2);
+    assert!(future.stderr.contains("is in the future"), "{future:?}");
     let bad_time = service
         .cli(&["replay", "--since", "soonish", "--dry-run"], b"")
         .await;
@@ -571,7 +584,9 @@ async fn dlq_drain_runs_next_to_the_services_own_logger() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a count line: {run:?}"));
-    assert!(drained <= 300, "{run:?}");
+    // How the 300 split between the two consumers depends on timing (the service's logger
+    // often takes them all as they are published), so no share is asserted; what is
+    // deterministic is that between them each dead letter is stored exactly once.
     let records = wait_for_logs(&service, "account_id=acct_drain", 300).await;
     assert_eq!(records.len(), 300, "every dead letter stored once");
     let producer = Producer::connect(&service.exchange).await;
@@ -584,6 +599,13 @@ async fn dlq_drain_runs_next_to_the_services_own_logger() {
         300,
         "the service stored what the drain did not"
     );
+    let mut event_ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    event_ids.sort();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), 300, "each dead letter once");
 }
 
 #[tokio::test]
@@ -620,4 +642,208 @@ async fn a_replay_that_cannot_be_published_is_released_and_fails_the_run() {
         stored.replayed_at, None,
         "released: it can be replayed later"
     );
+}
+
+#[tokio::test]
+async fn replay_limit_counts_replays_not_records_it_cannot_send() {
+    let (service, receiver, _) = failing_service(&["acct_a"]).await;
+    // The two oldest records can never be replayed; a limit spent on them would replay
+    // nothing, run after run.
+    publish_raw(&service.exchange, "purchase", &[b"{not json".to_vec()]).await;
+    publish_raw(&service.exchange, "purchase", &[b"{nor this".to_vec()]).await;
+    wait_for_logs(&service, "", 2).await;
+    for i in 0..2 {
+        publish(&service, &purchase(&format!("evt_limit_{i}"), "acct_a")).await;
+        wait_for_logs(&service, "account_id=acct_a", i + 1).await;
+    }
+    receiver.always(Reply::Status(200));
+    let before = receiver.count();
+    let run = service
+        .cli(&["replay", "--all", "--limit", "1", "--yes"], b"")
+        .await;
+    run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("replayed 1, skipped 2 (2 not_replayable), failed 0\n"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("more records match beyond --limit"),
+        "{run:?}"
+    );
+    let got = receiver.wait_for(before + 1, PATIENCE).await;
+    assert_eq!(
+        got[before].header("webhook-id"),
+        "evt_limit_0",
+        "oldest first"
+    );
+    let next = service
+        .cli(&["replay", "--all", "--limit", "1", "--yes"], b"")
+        .await;
+    next.expect_code(0);
+    assert!(next.stdout.contains("replayed 1, skipped 2"), "{next:?}");
+    let got = receiver.wait_for(before + 2, PATIENCE).await;
+    assert_eq!(got[before + 1].header("webhook-id"), "evt_limit_1");
+}
+
+/// A service started once (topology and store in place), then stopped so that its own logger
+/// takes nothing, with one dead letter waiting in `P.dead` (its name returned).
+async fn stopped_service_with_a_dead_letter() -> (ServiceProcess, String) {
+    let mut service = ServiceProcess::start(&[]).await;
+    service.stop(PATIENCE).await;
+    let dead = service.dead_queue();
+    publish_raw("", &dead, &[serde_json::to_vec(&dead_letter(0)).unwrap()]).await;
+    (service, dead)
+}
+
+#[tokio::test]
+async fn the_cli_creates_no_delivery_log_where_there_is_none() {
+    let (service, dead) = stopped_service_with_a_dead_letter().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("webhook-dispatcher.db");
+    let url = format!("--database-url={}", sqlite_url(&missing));
+    for args in [
+        &[url.as_str(), "dlq", "drain"][..],
+        &[url.as_str(), "dlq", "stats"],
+        &[url.as_str(), "replay", "--all", "--dry-run"],
+    ] {
+        let run = service.cli(args, b"").await;
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains(&format!(
+                "no delivery log at {} (the database file does not exist): start the service once \
+                 with this DATABASE_URL, or check the path",
+                sqlite_url(&missing)
+            )),
+            "{args:?}: {run:?}"
+        );
+    }
+    assert!(!missing.exists(), "no file was created");
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(
+        producer.ready(&dead).await,
+        1,
+        "the dead letter stays in {dead}"
+    );
+    // `publish` needs no store at all.
+    let published = service
+        .cli(
+            &[url.as_str(), "publish", "-"],
+            purchase("evt_no_store", "acct_x").as_bytes(),
+        )
+        .await;
+    published.expect_code(0);
+    assert!(!missing.exists());
+}
+
+#[tokio::test]
+async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
+    let service = ServiceProcess::start(&[]).await;
+    let exchange = unique("missing-x");
+    let run = service
+        .cli(
+            &[&format!("--events-exchange={exchange}"), "publish", "-"],
+            fixture("purchase").as_bytes(),
+        )
+        .await;
+    run.expect_code(2);
+    assert!(run.stderr.contains(&exchange), "{run:?}");
+
+    let port = free_port();
+    for (url, shown) in [
+        (
+            format!("postgres://postgres:hunter2@127.0.0.1:{port}/app"),
+            format!("postgres://postgres:***@127.0.0.1:{port}/app"),
+        ),
+        // A password the URL parser cannot read is masked whole.
+        (
+            format!("postgres://postgres:hun/ter2@127.0.0.1:{port}/app"),
+            format!("postgres://***@127.0.0.1:{port}/app"),
+        ),
+    ] {
+        let run = service
+            .cli(&[&format!("--database-url={url}"), "dlq", "stats"], b"")
+            .await;
+        run.expect_code(1);
+        assert!(run.stderr.contains(&shown), "{run:?}");
+        assert!(
+            !run.stderr.contains("hunter2") && !run.stderr.contains("ter2"),
+            "{run:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_ends_a_stuck_command_at_once_with_130() {
+    // `publish -` blocks reading a stdin that never ends: the first ctrl-c cannot stop it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+        .args(["publish", "-"])
+        .env_clear()
+        .env("AMQP_URL", amqp_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the CLI");
+    let _stdin = child.stdin.take();
+    let pid = libc::pid_t::try_from(child.id().expect("running")).expect("pid fits");
+    let sigint = || {
+        // SAFETY: plain kill(2) on our own, not yet reaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    };
+    // Let it install its signal handler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigint();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still stuck after one ctrl-c"
+    );
+    sigint();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("the second ctrl-c ends it")
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[tokio::test]
+async fn dlq_drain_gives_up_on_a_store_that_keeps_failing_and_acks_nothing() {
+    let (service, dead) = stopped_service_with_a_dead_letter().await;
+    // The store opens (its schema is migrated) but every insert fails.
+    let url = sqlite_url(service.db_path());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE delivery_logs RENAME TO delivery_logs_away")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let run = service
+        .cli_within(Duration::from_secs(60), &["dlq", "drain"], b"")
+        .await;
+    run.expect_code(1);
+    assert!(started.elapsed() >= Duration::from_secs(30), "{run:?}");
+    assert!(
+        run.stderr.contains("the store kept failing for 30s")
+            && run.stderr.contains(&format!("stays in {dead}")),
+        "{run:?}"
+    );
+    // Not acked: back in the queue once the broker has handled the CLI's closed channel.
+    let producer = Producer::connect(&service.exchange).await;
+    wait_until(
+        &format!("the dead letter back in {dead}"),
+        PATIENCE,
+        || async { producer.ready(&dead).await == 1 },
+    )
+    .await;
+    sqlx::query("ALTER TABLE delivery_logs_away RENAME TO delivery_logs")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let again = service.cli(&["dlq", "drain"], b"").await;
+    again.expect_code(0);
+    assert_eq!(again.stdout, "drained 1 dead letters (0 already stored)\n");
 }

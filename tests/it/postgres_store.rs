@@ -241,3 +241,108 @@ async fn the_service_and_the_operator_cli_work_on_postgresql() {
     service.stop(PATIENCE).await;
     drop(db);
 }
+
+/// A dead letter for the store-level checks: `event` None is a message rejected before matching.
+fn stored_letter(event: Option<&str>) -> webhook_dispatcher::wire::DeadLetter {
+    webhook_dispatcher::wire::DeadLetter {
+        id: webhook_dispatcher::wire::new_dead_letter_id(),
+        event_id: unique("evt"),
+        account_id: Some("acct_store".into()),
+        subscription_id: event.map(|_| "sub_store".into()),
+        url: None,
+        event: event.map(String::from),
+        payload: webhook_dispatcher::wire::raw_payload(b"{}"),
+        reason: "exhausted".into(),
+        detail: None,
+        attempts: Vec::new(),
+        dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
+    }
+}
+
+/// Claims, releases and grouped counts, the same on both databases.
+async fn claims_and_ties_on(url: &str) {
+    use webhook_dispatcher::store::{GroupBy, Store};
+    let store = Store::connect(url).await.expect("store");
+    let letter = stored_letter(Some("purchase"));
+    assert!(store.insert_dead_letter(&letter).await.unwrap());
+    let id = letter.id.as_str();
+    let first = "2026-11-27T10:00:00.000Z";
+    assert!(store.claim_replay(id, first).await.unwrap(), "{url}");
+    assert!(
+        !store
+            .claim_replay(id, "2026-11-27T10:00:01.000Z")
+            .await
+            .unwrap(),
+        "a record is claimed once ({url})"
+    );
+    // A release with another claim's time leaves this claim alone; its own releases it.
+    store
+        .release_replay(id, "2026-11-27T09:00:00.000Z")
+        .await
+        .unwrap();
+    let kept = store.delivery_log(id).await.unwrap().unwrap();
+    assert_eq!(kept.replayed_at.as_deref(), Some(first), "{url}");
+    store.release_replay(id, first).await.unwrap();
+    assert_eq!(
+        store.delivery_log(id).await.unwrap().unwrap().replayed_at,
+        None
+    );
+
+    // Three groups of one: named ones by name, the null one last, on both databases.
+    for event in [Some("identify"), None] {
+        store
+            .insert_dead_letter(&stored_letter(event))
+            .await
+            .unwrap();
+    }
+    let groups = store
+        .count_delivery_logs_by(GroupBy::Event, 20)
+        .await
+        .unwrap();
+    let names: Vec<Option<&str>> = groups.iter().map(|g| g.name.as_deref()).collect();
+    assert_eq!(names, [Some("identify"), Some("purchase"), None], "{url}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn claims_releases_and_tie_order_agree_on_sqlite_and_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    claims_and_ties_on(&sqlite_url(&dir.path().join("store.db"))).await;
+    let db = TempDatabase::create().await;
+    claims_and_ties_on(&db.url).await;
+    drop(db);
+}
+
+#[tokio::test]
+async fn the_cli_refuses_an_empty_postgresql_database_and_leaves_it_empty() {
+    let db = TempDatabase::create().await;
+    let env = [
+        ("AMQP_URL".to_string(), amqp_url()),
+        ("DATABASE_URL".to_string(), db.url.clone()),
+    ];
+    for args in [
+        &["dlq", "stats"][..],
+        &["dlq", "drain"],
+        &["replay", "--all", "--dry-run"],
+    ] {
+        let run = run_cli(&env, args, b"").await;
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains("no delivery log at postgres://")
+                && run
+                    .stderr
+                    .contains("start the service once with this DATABASE_URL"),
+            "{args:?}: {run:?}"
+        );
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "nothing created or migrated");
+    conn.close().await.unwrap();
+    drop(db);
+}

@@ -338,6 +338,11 @@ impl ServiceProcess {
         run_cli(&self.env, args, stdin).await
     }
 
+    /// [`cli`](Self::cli) for a command expected to take longer than [`PATIENCE`].
+    pub async fn cli_within(&self, limit: Duration, args: &[&str], stdin: &[u8]) -> CliRun {
+        run_cli_within(limit, &self.env, args, stdin).await
+    }
+
     /// Creates a subscription for every event of `account` and returns its id.
     pub async fn subscribe(&self, account: &str, url: &str) -> String {
         let resp = self
@@ -426,6 +431,16 @@ impl CliRun {
 /// Runs the service binary with `args` and only the environment `env`, feeding it `stdin`;
 /// fails the test if it has not exited within [`PATIENCE`].
 pub async fn run_cli(env: &[(String, String)], args: &[&str], stdin: &[u8]) -> CliRun {
+    run_cli_within(PATIENCE, env, args, stdin).await
+}
+
+/// [`run_cli`], failing the test if the CLI has not exited within `limit`.
+pub async fn run_cli_within(
+    limit: Duration,
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: &[u8],
+) -> CliRun {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
         .args(args)
@@ -438,14 +453,16 @@ pub async fn run_cli(env: &[(String, String)], args: &[&str], stdin: &[u8]) -> C
         .spawn()
         .expect("spawning the CLI");
     let mut input = child.stdin.take().expect("piped stdin");
-    input
-        .write_all(stdin)
-        .await
-        .expect("writing the CLI's stdin");
+    // A CLI that exits before reading its input (bad flags, say) closes the pipe: not an error.
+    if let Err(e) = input.write_all(stdin).await
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        panic!("writing the CLI's stdin: {e}");
+    }
     drop(input);
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+    let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("webhook-dispatcher {args:?} did not exit within {PATIENCE:?}"))
+        .unwrap_or_else(|_| panic!("webhook-dispatcher {args:?} did not exit within {limit:?}"))
         .expect("the CLI's output");
     CliRun {
         code: output.status.code().expect("the CLI exited by itself"),
