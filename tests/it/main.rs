@@ -8,6 +8,7 @@ mod admin_api;
 mod broker_restart;
 mod bulk_replay;
 mod cli;
+mod cli_terminal;
 mod delivery;
 mod deploy;
 mod faults;

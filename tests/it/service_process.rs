@@ -343,6 +343,34 @@ impl ServiceProcess {
         run_cli_within(limit, &self.env, args, stdin).await
     }
 
+    /// [`cli`](Self::cli) on a terminal: run under `script(1)`, which gives it a pseudo-terminal
+    /// for stdin, stdout and stderr and copies `typed` to it as if typed. What it printed (both
+    /// streams, with `\r\n` line ends and any terminal drawing) comes back in `stdout`.
+    pub async fn cli_on_terminal(&self, args: &[&str], typed: &[u8]) -> CliRun {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let command = std::iter::once(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+            .chain(args.iter().copied())
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut env = self.env.clone();
+        // A size, so progress bars have a width to draw in.
+        env.extend(
+            [("COLUMNS", "100"), ("LINES", "30"), ("TERM", "xterm")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
+        let script = [
+            "script",
+            "--quiet",
+            "--return",
+            "--command",
+            &command,
+            "/dev/null",
+        ];
+        run_program_within(PATIENCE, &env, &script, typed).await
+    }
+
     /// Creates a subscription for every event of `account` and returns its id.
     pub async fn subscribe(&self, account: &str, url: &str) -> String {
         let resp = self
@@ -441,8 +469,21 @@ pub async fn run_cli_within(
     args: &[&str],
     stdin: &[u8],
 ) -> CliRun {
+    let program = [env!("CARGO_BIN_EXE_webhook-dispatcher")];
+    let command: Vec<&str> = program.iter().chain(args).copied().collect();
+    run_program_within(limit, env, &command, stdin).await
+}
+
+/// Runs `command` (program and arguments) with only the environment `env`, feeding it `stdin`.
+async fn run_program_within(
+    limit: Duration,
+    env: &[(String, String)],
+    command: &[&str],
+    stdin: &[u8],
+) -> CliRun {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))
+    let (program, args) = command.split_first().expect("a program");
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -462,7 +503,7 @@ pub async fn run_cli_within(
     drop(input);
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("webhook-dispatcher {args:?} did not exit within {limit:?}"))
+        .unwrap_or_else(|_| panic!("{command:?} did not exit within {limit:?}"))
         .expect("the CLI's output");
     CliRun {
         code: output.status.code().expect("the CLI exited by itself"),
