@@ -20,34 +20,36 @@ async fn records(service: &ServiceProcess, account: &str) -> Vec<Value> {
     body["items"].as_array().expect("items").clone()
 }
 
+/// Publishes an `identify` for `acct_tty` per number in `visitors` (its endpoint failing) and
+/// waits until the delivery log holds that many more records.
+async fn dead_letter_identifies(service: &ServiceProcess, visitors: std::ops::Range<usize>) {
+    let expected = visitors.end;
+    for n in visitors {
+        let data = format!(r#"{{"visitor_id":"v_{n}"}}"#);
+        let args = [
+            "publish",
+            "--event",
+            "identify",
+            "--account",
+            "acct_tty",
+            "--data",
+            &data,
+        ];
+        service.cli(&args, b"").await.expect_code(0);
+    }
+    wait_until(&format!("{expected} dead letters"), PATIENCE, || async {
+        records(service, "acct_tty").await.len() == expected
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn replay_on_a_terminal_asks_first_and_does_what_the_answer_says() {
     let service = ServiceProcess::start(&[("RETRY_DELAYS", "100ms")]).await;
     let receiver = Receiver::start().await;
     receiver.always(Reply::Status(503));
     service.subscribe("acct_tty", &receiver.url).await;
-    for n in 0..3 {
-        let data = format!(r#"{{"visitor_id":"v_{n}"}}"#);
-        service
-            .cli(
-                &[
-                    "publish",
-                    "--event",
-                    "identify",
-                    "--account",
-                    "acct_tty",
-                    "--data",
-                    &data,
-                ],
-                b"",
-            )
-            .await
-            .expect_code(0);
-    }
-    wait_until("3 dead letters", PATIENCE, || async {
-        records(&service, "acct_tty").await.len() == 3
-    })
-    .await;
+    dead_letter_identifies(&service, 0..3).await;
     receiver.always(Reply::Status(200));
     let delivered = receiver.count();
 
@@ -98,25 +100,7 @@ async fn replay_on_a_terminal_asks_first_and_does_what_the_answer_says() {
     piped.expect_code(2);
     assert!(!piped.stdout.contains("[y/N]") && !piped.stderr.contains("[y/N]"));
     receiver.always(Reply::Status(503));
-    service
-        .cli(
-            &[
-                "publish",
-                "--event",
-                "identify",
-                "--account",
-                "acct_tty",
-                "--data",
-                r#"{"visitor_id":"v_4"}"#,
-            ],
-            b"",
-        )
-        .await
-        .expect_code(0);
-    wait_until("a 4th dead letter", PATIENCE, || async {
-        records(&service, "acct_tty").await.len() == 4
-    })
-    .await;
+    dead_letter_identifies(&service, 3..4).await;
     receiver.always(Reply::Status(200));
     let piped = service
         .cli(&["replay", "--account", "acct_tty", "--yes"], b"")
