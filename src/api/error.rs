@@ -98,9 +98,9 @@ impl From<ReplayError> for ApiError {
             ReplayError::Gone => ApiError::NotFound(error.to_string()),
             ReplayError::Store(e) => ApiError::Store(e),
             ReplayError::Broker(e) => ApiError::Broker(e),
-            ReplayError::ReleaseFailed { publish, release } => {
-                tracing::error!(%publish, %release, "replay not sent and its claim not released: the record reads replayed");
-                ApiError::Store(release)
+            ReplayError::NotMarked(e) => {
+                tracing::error!(error = %e, "replay sent but not marked replayed");
+                ApiError::Store(e)
             }
         }
     }

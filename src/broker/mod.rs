@@ -189,6 +189,9 @@ impl Publisher {
 /// alarm clears: the receiver sees the same `webhook-id` again at worst.
 pub const TASK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for each step of closing the broker connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
 /// written; but lapin (4.12) can leave one that was under way when the connection dropped
 /// pending forever. The broker requeues that message anyway, so waiting longer would only pin
@@ -371,13 +374,15 @@ impl Broker {
     pub async fn close(&self) {
         // Close the publish channel and wait for the broker's answer before closing the
         // connection; a channel left to close itself on drop races the connection close.
+        // Each step is bounded: a broker that stopped reading (a resource alarm blocks the
+        // connection) never answers a close, and shutdown must not wait for it.
         if let Some(channel) = self.publisher.take() {
-            let _ = channel.close(200, "shutting down".into()).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into()))
+                .await;
         }
-        if let Ok(conn) = tokio::time::timeout(Duration::from_secs(2), self.pool.get()).await
-            && let Ok(conn) = conn
-        {
-            let _ = conn.close(200, "shutting down".into()).await;
+        if let Ok(Ok(conn)) = tokio::time::timeout(CLOSE_TIMEOUT, self.pool.get()).await {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutting down".into())).await;
         }
         self.pool.close();
     }

@@ -1,8 +1,9 @@
 //! Replay: a delivery-log record's delivery sent again from attempt 1 through the normal path.
 //! One implementation for `POST /v1/delivery-logs/{id}/replay`, the bulk endpoint and
-//! `webhook-dispatcher replay`. A record is replayed once: it is claimed in the store before the
-//! task is published (with a confirm) and released when the publish fails, so two replays racing
-//! for one record send it once.
+//! `webhook-dispatcher replay`. A record is replayed once: it is claimed in a store transaction
+//! (a racing claim waits for the row, then finds it taken), the task is published with a
+//! confirm, and only then is the claim committed. A failed publish or a process that dies in
+//! between rolls the claim back, so a record never reads as replayed without having been sent.
 
 use std::collections::HashMap;
 
@@ -55,13 +56,10 @@ pub enum ReplayError {
     #[error("the record is no longer in the store")]
     Gone,
     #[error(
-        "publishing failed ({publish}) and releasing the claim failed too ({release}): the record \
-         is marked replayed but was not sent; clear its replayed_at to replay it"
+        "sent, but it could not be marked replayed ({0}): it reads as not replayed, and replaying \
+         it again sends it a second time (same webhook-id)"
     )]
-    ReleaseFailed {
-        publish: BrokerError,
-        release: StoreError,
-    },
+    NotMarked(StoreError),
 }
 
 /// A record that was skipped, and why.
@@ -236,20 +234,18 @@ impl Replayer {
         self.check(log, subscriptions).await?;
         let id = &log.id;
         let at = now_rfc3339();
-        if !self.store.claim_replay(id, &at).await? {
+        let Some(claim) = self.store.claim_replay(id, &at).await? else {
             return Err(Skip::AlreadyReplayed(None).into());
-        }
+        };
+        // The claim becomes final only after the broker confirmed the task. A failed publish,
+        // or the process dying in between, rolls it back: a record never reads as replayed
+        // without having been sent (at worst, dying after the confirm sends it twice, under
+        // the same webhook-id).
         let task = task_of(log).expect("checked: the record has a subscription");
-        if let Err(publish) = self
-            .publisher
+        self.publisher
             .enqueue_task(&self.events_queue, &task, "replay")
-            .await
-        {
-            return Err(match self.store.release_replay(id, &at).await {
-                Ok(()) => publish.into(),
-                Err(release) => ReplayError::ReleaseFailed { publish, release },
-            });
-        }
+            .await?;
+        claim.commit().await.map_err(ReplayError::NotMarked)?;
         tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
         Ok(at)
     }
@@ -287,8 +283,8 @@ impl Replayer {
 }
 
 /// Runs `work` on a task of its own and waits for it. Dropping the wait (an HTTP client that
-/// went away cancels its handler) does not cancel the task, so a claimed record is always
-/// published or released, never left marked replayed without being sent.
+/// went away cancels its handler) does not cancel the task, so a replay under way finishes
+/// (confirmed, then marked) instead of rolling back the claim of a record already sent.
 pub async fn detached<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
     match tokio::spawn(work).await {
         Ok(out) => out,

@@ -244,29 +244,41 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// Marks a record replayed at `at` unless it already was; `false` if it was (or is missing).
-    /// Claiming before publishing keeps two concurrent replays from both going out.
-    pub async fn claim_replay(&self, id: &str, at: &str) -> Result<bool, StoreError> {
+    /// Marks a record replayed at `at` unless it already was, inside a transaction that is
+    /// committed only by [`ReplayClaim::commit`]; `None` if it was replayed (or is missing).
+    /// Until then no one else can claim the record (a second claim waits for the row), and if
+    /// the claim is dropped, or the process dies, the record reads as not replayed again.
+    pub async fn claim_replay(
+        &self,
+        id: &str,
+        at: &str,
+    ) -> Result<Option<ReplayClaim>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
         )
         .bind(at)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            Ok(Some(ReplayClaim { tx }))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
     }
+}
 
-    /// Undoes [`claim_replay`](Self::claim_replay) when the replay could not be published;
-    /// `at` is the claim's own time, so a later claim by someone else is left alone.
-    pub async fn release_replay(&self, id: &str, at: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE delivery_logs SET replayed_at = NULL WHERE id = $1 AND replayed_at = $2",
-        )
-        .bind(id)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
+/// A replay claimed and not yet final: see [`Store::claim_replay`].
+pub struct ReplayClaim {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl ReplayClaim {
+    /// Makes the claim final: the record reads as replayed.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
         Ok(())
     }
 }

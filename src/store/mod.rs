@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
-pub use delivery_logs::{DeliveryLog, GroupBy, LogFilter, LogGroup, ReplaySelection};
+pub use delivery_logs::{DeliveryLog, GroupBy, LogFilter, LogGroup, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
 
 #[derive(Debug, thiserror::Error)]

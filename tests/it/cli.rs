@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use webhook_dispatcher::store::{LogFilter, Store};
-use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
+use webhook_dispatcher::wire::DeadLetter;
 
 use crate::helpers::*;
 use crate::service_process::*;
@@ -313,21 +313,7 @@ async fn dlq_stats_counts_queues_and_the_delivery_log() {
 
 /// A dead letter in the wire format the dispatcher publishes to `P.dead`.
 fn dead_letter(n: usize) -> DeadLetter {
-    DeadLetter {
-        id: new_dead_letter_id(),
-        event_id: format!("evt_drain_{n}"),
-        account_id: Some("acct_drain".into()),
-        subscription_id: Some("sub_gone".into()),
-        url: Some("https://example.com/hooks".into()),
-        event: Some("purchase".into()),
-        payload: raw_payload(
-            br#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#,
-        ),
-        reason: "exhausted".into(),
-        detail: None,
-        attempts: Vec::new(),
-        dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
-    }
+    exhausted_purchase(&format!("evt_drain_{n}"), "acct_drain", "sub_gone")
 }
 
 #[tokio::test]

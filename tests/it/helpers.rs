@@ -651,3 +651,27 @@ impl Proxy {
         self.open.store(true, Ordering::SeqCst);
     }
 }
+
+/// A dead letter as the dispatcher writes one for an exhausted `purchase` delivery of
+/// `event_id` to `subscription_id` of `account`, dead-lettered now.
+pub fn exhausted_purchase(
+    event_id: &str,
+    account: &str,
+    subscription_id: &str,
+) -> webhook_dispatcher::wire::DeadLetter {
+    webhook_dispatcher::wire::DeadLetter {
+        id: webhook_dispatcher::wire::new_dead_letter_id(),
+        event_id: event_id.to_string(),
+        account_id: Some(account.into()),
+        subscription_id: Some(subscription_id.into()),
+        url: Some("https://example.com/hooks".into()),
+        event: Some("purchase".into()),
+        payload: webhook_dispatcher::wire::raw_payload(
+            br#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#,
+        ),
+        reason: "exhausted".into(),
+        detail: None,
+        attempts: Vec::new(),
+        dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
+    }
+}

@@ -19,6 +19,7 @@ mod postgres_store;
 mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
+mod replay_crash;
 mod retries;
 mod security;
 mod service_process;

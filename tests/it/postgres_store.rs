@@ -259,7 +259,7 @@ fn stored_letter(event: Option<&str>) -> webhook_dispatcher::wire::DeadLetter {
     }
 }
 
-/// Claims, releases and grouped counts, the same on both databases.
+/// Claims (dropped, committed, taken) and grouped counts, the same on both databases.
 async fn claims_and_ties_on(url: &str) {
     use webhook_dispatcher::store::{GroupBy, Store};
     let store = Store::connect(url).await.expect("store");
@@ -267,26 +267,29 @@ async fn claims_and_ties_on(url: &str) {
     assert!(store.insert_dead_letter(&letter).await.unwrap());
     let id = letter.id.as_str();
     let first = "2026-11-27T10:00:00.000Z";
-    assert!(store.claim_replay(id, first).await.unwrap(), "{url}");
+    // A claim dropped before its commit (a failed publish, a process that died) leaves the
+    // record unreplayed; a committed one is final, and a second claim finds it taken.
+    let dropped = store.claim_replay(id, first).await.unwrap();
+    assert!(dropped.is_some(), "{url}");
+    drop(dropped);
+    let unclaimed = store.delivery_log(id).await.unwrap().unwrap();
+    assert_eq!(unclaimed.replayed_at, None, "{url}");
+    let claim = store
+        .claim_replay(id, first)
+        .await
+        .unwrap()
+        .expect("claimable again");
+    claim.commit().await.unwrap();
     assert!(
-        !store
+        store
             .claim_replay(id, "2026-11-27T10:00:01.000Z")
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a record is claimed once ({url})"
     );
-    // A release with another claim's time leaves this claim alone; its own releases it.
-    store
-        .release_replay(id, "2026-11-27T09:00:00.000Z")
-        .await
-        .unwrap();
     let kept = store.delivery_log(id).await.unwrap().unwrap();
     assert_eq!(kept.replayed_at.as_deref(), Some(first), "{url}");
-    store.release_replay(id, first).await.unwrap();
-    assert_eq!(
-        store.delivery_log(id).await.unwrap().unwrap().replayed_at,
-        None
-    );
 
     // Three groups of one: named ones by name, the null one last, on both databases.
     for event in [Some("identify"), None] {

@@ -343,6 +343,21 @@ impl ServiceProcess {
         run_cli_within(limit, &self.env, args, stdin).await
     }
 
+    /// The operator CLI as a command to spawn (stdin, stdout and stderr null), with this
+    /// service's settings; for tests that signal it while it runs.
+    pub fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"));
+        command
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     /// [`cli`](Self::cli) on a terminal: run under `script(1)`, which gives it a pseudo-terminal
     /// for stdin, stdout and stderr and copies `typed` to it as if typed. What it printed (both
     /// streams, with `\r\n` line ends and any terminal drawing) comes back in `stdout`.

@@ -1,0 +1,108 @@
+//! A replay that dies while the broker has not confirmed its publish (SIGKILL, an evicted pod)
+//! never leaves a record marked replayed without having been sent: the claim commits only after
+//! the confirm. RabbitMQ's memory alarm (on a private node) holds every publish unconfirmed, so
+//! the kill lands in that window every time.
+
+use std::time::Duration;
+
+use webhook_dispatcher::store::{LogFilter, Store};
+
+use crate::helpers::*;
+use crate::private_broker::PrivateBroker;
+use crate::service_process::*;
+
+/// How many records read as replayed.
+async fn replayed(store: &Store) -> usize {
+    let page = store
+        .list_delivery_logs(&LogFilter::default(), None, 500)
+        .await
+        .expect("delivery log");
+    page.items
+        .iter()
+        .filter(|r| r.replayed_at.is_some())
+        .count()
+}
+
+async fn set_memory_watermark(broker: &PrivateBroker, value: &str) {
+    let out = broker.ctl(&["set_vm_memory_high_watermark", value]).await;
+    assert!(
+        out.status.success(),
+        "rabbitmqctl set_vm_memory_high_watermark {value}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplayed() {
+    let broker = PrivateBroker::start().await;
+    // The service once, to declare the topology and create the store; then stopped, so only
+    // the CLI publishes.
+    let mut service = ServiceProcess::start_on(&broker.amqp_url(), &[]).await;
+    let receiver = Receiver::start().await;
+    let subscription = service.subscribe("acct_alarm", &receiver.url).await;
+    service.stop(PATIENCE).await;
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .expect("the service's store");
+    for n in 0..3 {
+        store
+            .insert_dead_letter(&exhausted_purchase(
+                &format!("evt_alarm_{n}"),
+                "acct_alarm",
+                &subscription,
+            ))
+            .await
+            .expect("insert");
+    }
+
+    // With the memory alarm up, RabbitMQ holds every publish: the first replay waits for its
+    // confirm, and dies there.
+    set_memory_watermark(&broker, "0").await;
+    let mut replay = service
+        .cli_command(&["replay", "--account", "acct_alarm", "--yes"])
+        .spawn()
+        .expect("spawning replay");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        replay.try_wait().expect("replay status").is_none(),
+        "the replay waits for the broker"
+    );
+    replay.start_kill().expect("SIGKILL");
+    replay.wait().await.expect("replay exits");
+    assert_eq!(
+        replayed(&store).await,
+        0,
+        "a replay killed before the confirm marks nothing replayed"
+    );
+
+    // Not killed, it gives up on the confirm after 10 s: that record fails and stays replayable.
+    let first = store
+        .list_delivery_logs(&LogFilter::default(), None, 1)
+        .await
+        .expect("delivery log")
+        .items
+        .remove(0)
+        .id;
+    let run = service
+        .cli_within(
+            Duration::from_secs(40),
+            &["replay", "--id", &first, "--yes"],
+            b"",
+        )
+        .await;
+    run.expect_code(1);
+    assert!(run.stdout.contains("replayed 0"), "{run:?}");
+    assert_eq!(replayed(&store).await, 0);
+
+    // Alarm cleared: the next run replays all three.
+    set_memory_watermark(&broker, "0.4").await;
+    let run = service
+        .cli(&["replay", "--account", "acct_alarm", "--yes"], b"")
+        .await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("replayed 3, skipped 0, failed 0"),
+        "{run:?}"
+    );
+    assert_eq!(replayed(&store).await, 3);
+}
