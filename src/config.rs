@@ -26,8 +26,9 @@ pub struct Config {
     )]
     pub amqp_url: String,
 
-    /// Store for subscriptions and the delivery log: `sqlite://FILE` (created if missing) or
-    /// `postgres://…` for a store shared by several instances.
+    /// Store for subscriptions and the delivery log: `sqlite://FILE` (`serve` creates it if
+    /// missing; the operator commands only open an existing one) or `postgres://…` for a store
+    /// shared by several instances.
     #[arg(
         long,
         global = true,

@@ -39,6 +39,9 @@ fn render(stats: &Stats, cfg: &Config) -> String {
     let log = &stats.delivery_log;
     let mut out = format!("queues on {}\n", redact_url(&cfg.amqp_url));
     out.push_str(&table(&["QUEUE", "READY", "CONSUMERS"], &queues));
+    out.push_str(
+        "  (READY: messages waiting; those a consumer holds unacked are not counted, see\n   `rabbitmqctl list_queues name messages_ready messages_unacknowledged`)\n",
+    );
     out.push_str(&format!(
         "\ndelivery log in {}: {} records, {} not replayed\n",
         redact_url(&cfg.database_url),

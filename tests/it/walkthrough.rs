@@ -213,7 +213,10 @@ async fn the_readme_outage_and_replay_walkthrough_works_as_written() {
         "the walkthrough publishes events and prints their ids"
     );
     assert!(
-        replay_output.contains(&format!("replayed {}", published.len())),
+        replay_output.contains(&format!(
+            "replayed {}, skipped 0, failed 0",
+            published.len()
+        )),
         "the replay step replayed every published event: {replay_output}"
     );
     // The receiver printed one line per delivery, starting with its webhook-id.

@@ -163,17 +163,22 @@ fn grace_periods_outlast_a_delivery_and_the_shutdown_grace() {
 }
 
 #[test]
-fn the_secret_template_token_is_one_the_service_warns_about() {
+fn the_secret_template_token_is_one_the_service_refuses() {
     // Anything of 16+ characters passes the service's length rule, so a copy of the template
-    // applied as it is would run with a token published here without a word.
+    // applied as it is would run with a token published here. On the Deployment's 0.0.0.0 the
+    // placeholder must stop the service instead.
     let template = read("deploy/kubernetes/secret.example.yaml");
     let token = yaml_value(&template, "ADMIN_TOKEN");
     assert!(token.contains("REPLACE_ME"), "{token}");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = test_config("p", "x", dir.path(), &["--admin-token", &token]);
+    let args = ["--admin-token", &token, "--listen-addr", "0.0.0.0:8080"];
+    let cfg = test_config("p", "x", dir.path(), &args);
+    let refused = cfg
+        .validate()
+        .expect_err("the placeholder token is refused");
     assert!(
-        cfg.weak_token(),
-        "ADMIN_TOKEN {token:?} in secret.example.yaml passes the service's length rule"
+        refused.to_string().contains("ADMIN_TOKEN must be at least"),
+        "{refused}"
     );
 }
 
