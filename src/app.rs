@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
-use crate::broker::{Broker, Session};
+use crate::broker::{Broker, CLOSE_TIMEOUT, Session, TASK_CONFIRM_TIMEOUT};
 use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::delivery::limit::EndpointLimiter;
@@ -119,7 +119,7 @@ impl App {
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
         };
         let api_stop = CancellationToken::new();
-        let api = {
+        let mut api = {
             let stop = api_stop.clone();
             let router = api::router(api_state);
             let listener = self.listener.take().expect("run is called once");
@@ -158,18 +158,26 @@ impl App {
                 "in-flight deliveries did not finish within the grace period; their messages return to the queue unacked"
             );
         }
+        // The API next, while the broker connection is still open: a replay or test event under
+        // way gets its confirm instead of losing its channel (bounded by the confirm limit).
+        api_stop.cancel();
+        if tokio::time::timeout(TASK_CONFIRM_TIMEOUT + CLOSE_TIMEOUT, &mut api)
+            .await
+            .is_err()
+        {
+            api.abort();
+        }
         if let Some(session) = last_session {
             // Cancel only now, after the last ack: on a quorum queue basic.cancel is a round trip
             // through the queue, so the acks sent before it are applied before the channels
             // close. Acks followed straight by a channel close are sometimes dropped by the
-            // broker (rabbitmq-server#10327) and their messages delivered again.
-            session.cancel_consumers().await;
-            session.close().await;
+            // broker (rabbitmq-server#10327) and their messages delivered again. Bounded: a
+            // broker under a resource alarm stops reading and would never answer.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.cancel_consumers()).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
         }
         self.broker.close().await;
         self.metrics.broker_up(false);
-        api_stop.cancel();
-        let _ = api.await;
         refresher.abort();
         self.store.close().await;
         tracing::info!("webhook-dispatcher stopped");

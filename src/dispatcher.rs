@@ -275,8 +275,10 @@ impl Dispatcher {
                 attempt
             };
             Span::current().record("outcome", outcome.label());
+            // A task's event name is not trusted as a label either (a forged task could carry
+            // any name): one of the six, or `unknown`.
             self.metrics.attempt_finished(
-                ev.event,
+                EventKind::parse(ev.event).map_or("unknown", EventKind::as_str),
                 outcome.label(),
                 record.duration_ms as f64 / 1000.0,
             );

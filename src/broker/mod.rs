@@ -43,7 +43,9 @@ pub enum BrokerError {
     Nacked(String),
     #[error("no queue took the message for {0} (unroutable)")]
     Unroutable(String),
-    #[error("the broker did not confirm the message within {0:?} (a resource alarm?)")]
+    #[error(
+        "the broker did not confirm the message within {0:?} (a resource alarm?); it may still be delivered once the broker takes it"
+    )]
     ConfirmTimeout(Duration),
 }
 
@@ -187,10 +189,12 @@ impl Publisher {
 /// under a memory or disk alarm blocks publishers without a word; the caller (who holds a
 /// replay claim, or an HTTP request) must get an answer. The message may still go out once the
 /// alarm clears: the receiver sees the same `webhook-id` again at worst.
-pub const TASK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Below the store's 5 s `busy_timeout`: a replay holds its claim (on SQLite, the write lock)
+/// while it waits, and other writers must not time out behind it.
+pub const TASK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Longest wait for each step of closing the broker connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
 /// written; but lapin (4.12) can leave one that was under way when the connection dropped

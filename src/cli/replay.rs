@@ -142,6 +142,11 @@ pub async fn run(
         skipped_summary(&skipped),
         done.failed.len()
     );
+    if done.broker_failed {
+        return Err(CliError::Failed(
+            "stopped at the first replay the broker did not take; the records after it were left untouched: run again once the broker takes publishes".into(),
+        ));
+    }
     if done.interrupted {
         return Err(CliError::Failed(
             "interrupted: the records not yet replayed were left untouched; run again to replay them".into(),

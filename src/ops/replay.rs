@@ -94,6 +94,9 @@ pub struct Report {
     pub next_cursor: Option<String>,
     /// Stopped early (ctrl-c) before the records left; those were not touched.
     pub interrupted: bool,
+    /// Stopped at the first record the broker did not take: the ones after it were not
+    /// touched (each would wait out the confirm limit too, holding its claim meanwhile).
+    pub broker_failed: bool,
 }
 
 impl Report {
@@ -190,8 +193,16 @@ impl Replayer {
                 } else {
                     self.replay_cached(&log, &mut subscriptions).await.map(drop)
                 };
+                let broker_failed = matches!(result, Err(ReplayError::Broker(_)));
                 report.record(&log.id, result);
                 seen(&log);
+                if broker_failed {
+                    // The failed record stays unreplayed: the next page starts with it.
+                    report.broker_failed = true;
+                    report.more = true;
+                    report.next_cursor = after;
+                    return Ok(report);
+                }
                 after = Some(log.id);
             }
             if !full {
@@ -220,8 +231,13 @@ impl Replayer {
                 Ok(None) => Err(ReplayError::Gone),
                 Err(e) => Err(e.into()),
             };
+            let broker_failed = matches!(result, Err(ReplayError::Broker(_)));
             report.record(id, result);
             tick();
+            if broker_failed {
+                report.broker_failed = true;
+                break;
+            }
         }
         report
     }

@@ -75,23 +75,32 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         "a replay killed before the confirm marks nothing replayed"
     );
 
-    // Not killed, it gives up on the confirm after 10 s: that record fails and stays replayable.
-    let first = store
-        .list_delivery_logs(&LogFilter::default(), None, 1)
-        .await
-        .expect("delivery log")
-        .items
-        .remove(0)
-        .id;
+    // Not killed, it gives up on the first record after the 4 s confirm limit and stops there:
+    // that record stays replayable and the others are left untouched (each would hold its
+    // claim, on SQLite the store's write lock, for the whole limit too).
+    let started = std::time::Instant::now();
     let run = service
         .cli_within(
             Duration::from_secs(40),
-            &["replay", "--id", &first, "--yes"],
+            &["replay", "--account", "acct_alarm", "--yes"],
             b"",
         )
         .await;
     run.expect_code(1);
-    assert!(run.stdout.contains("replayed 0"), "{run:?}");
+    assert!(
+        run.stdout.contains("replayed 0, skipped 0, failed 1"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("stopped at the first replay the broker did not take"),
+        "{run:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "one confirm limit, not three: {:?}",
+        started.elapsed()
+    );
     assert_eq!(replayed(&store).await, 0);
 
     // Alarm cleared: the next run replays all three.
