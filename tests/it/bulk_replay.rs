@@ -401,3 +401,55 @@ async fn bulk_replay_needs_the_admin_token() {
     assert_eq!(resp.status(), 200);
     app.stop().await.unwrap();
 }
+
+/// With the broker unreachable, a bulk replay stops at the first record (nothing marked, the
+/// rest untouched, `more` with a cursor before it) instead of failing every record in turn.
+#[tokio::test]
+async fn a_bulk_replay_stops_at_the_first_record_the_broker_does_not_take() {
+    let proxy = Proxy::to_broker().await;
+    let app = spawn_app_with(&["--amqp-url", &proxy.amqp_url(), "--retry-delays", "50ms"]).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(503));
+    app.subscribe("acct_a", &receiver.url, &["*"]).await;
+    for i in 0..3 {
+        let body = format!(
+            r#"{{"id":"evt_down_{i}","event":"purchase","timestamp":"2026-02-12T14:30:00Z","account_id":"acct_a","data":{{"visitor_id":"v"}}}}"#
+        );
+        app.publish("purchase", body.as_bytes()).await;
+    }
+    let mut records = app.wait_for_logs("account_id=acct_a", 3).await;
+    records.reverse();
+    let all_ids = record_ids(&records);
+
+    proxy.cut();
+    wait_until("/readyz to say 503", PATIENCE, || async {
+        app.get("/readyz").await.0 == 503
+    })
+    .await;
+    let (status, down) = app.post(BULK, json!({"all": true})).await;
+    assert_eq!(status, 202, "{down}");
+    assert_eq!(down["replayed"], json!([]), "{down}");
+    assert_eq!(down["failed"][0]["id"], json!(all_ids[0]), "{down}");
+    assert_eq!(
+        down["failed"].as_array().unwrap().len(),
+        1,
+        "stopped at the first: {down}"
+    );
+    assert_eq!(
+        (&down["matched"], &down["more"]),
+        (&json!(1), &json!(true)),
+        "{down}"
+    );
+    assert_eq!(replayed_count(&app).await, 0);
+
+    proxy.restore();
+    wait_until("/readyz to say 200", PATIENCE, || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    receiver.always(Reply::Status(200));
+    let (status, up) = app.post(BULK, json!({"all": true})).await;
+    assert_eq!(status, 202, "{up}");
+    assert_eq!(ids(&up["replayed"]), all_ids, "{up}");
+    app.stop().await.unwrap();
+}
