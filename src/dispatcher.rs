@@ -15,7 +15,7 @@ use tracing::{Instrument, Span, field};
 
 use crate::broker::topology::RetryQueue;
 use crate::broker::{
-    self, BrokerError, Publisher, Route, Session, Topology, has_header, json_props,
+    self, BrokerError, Publisher, Route, Session, Topology, has_header, json_props, task_message,
 };
 use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
@@ -336,8 +336,7 @@ impl Dispatcher {
         task: &DeliveryTask,
         kind: &str,
     ) -> Result<(), HandleError> {
-        let body = serde_json::to_vec(task).expect("task serialises");
-        let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
+        let (body, props) = task_message(task, kind);
         self.publisher
             .publish_retrying(Route::queue(&queue.name), &body, props)
             .await?;

@@ -99,25 +99,16 @@ pub async fn replay(
         all: req.all,
     };
     let mut selection = filters.selection(chrono::Utc::now())?;
-    let cursor = req
-        .cursor
-        .as_deref()
-        .map(ReplayCursor::decode)
-        .transpose()?;
-    let after = cursor.map(|cursor| {
-        // The first request's bound: later pages see no record it could not.
-        let until = selection
-            .filter
-            .until
-            .get_or_insert_with(|| cursor.until.clone());
-        *until = until.clone().min(cursor.until);
-        cursor.after
-    });
-    let until = selection.filter.until.clone().unwrap_or_default();
-    // Detached: a client or proxy hanging up must not cancel the run between a record's claim
-    // and its publish (it would stay marked replayed, never sent). The run finishes its page.
+    let after = match req.cursor.as_deref() {
+        Some(raw) => Some(ReplayCursor::decode(raw)?.resume(&mut selection)),
+        None => None,
+    };
+    // Detached: a client or proxy hanging up must not cancel the run midway (a record whose
+    // publish was confirmed but whose claim was not yet committed would be sent again by the
+    // next run). The run finishes its page.
     let replayer = state.replayer();
     let dry_run = req.dry_run;
+    let until = selection.bound().to_string();
     let report = detached(async move {
         let limit = Limit::Looked(limit as usize);
         replayer

@@ -89,12 +89,7 @@ pub async fn read(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryLog>, ApiError> {
-    let log = state
-        .store
-        .delivery_log(&id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(Json(log))
+    Ok(Json(record(&state, &id).await?))
 }
 
 /// Sends the record's delivery again from attempt 1, through the normal path; once (see
@@ -118,12 +113,9 @@ pub async fn replay(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryLog>), ApiError> {
-    let log = state
-        .store
-        .delivery_log(&id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    // Detached: a client hanging up must not cancel it between the claim and the publish.
+    let log = record(&state, &id).await?;
+    // Detached: a client hanging up must not cancel it after the broker took the delivery and
+    // before the claim is committed (the next replay would send it again).
     let replayer = state.replayer();
     let (log, at) = detached(async move {
         let at = replayer.replay(&log).await;
@@ -137,6 +129,11 @@ pub async fn replay(
     Ok((StatusCode::ACCEPTED, Json(log)))
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no delivery-log record {id:?}"))
+/// The record `id`, or a 404 naming it.
+async fn record(state: &ApiState, id: &str) -> Result<DeliveryLog, ApiError> {
+    state
+        .store
+        .delivery_log(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery-log record {id:?}")))
 }

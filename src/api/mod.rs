@@ -197,8 +197,24 @@ pub(crate) fn read_json_object<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
-/// An optional JSON object body: empty (or only white space) or `null` reads as `T::default()`.
-pub(crate) fn optional_json_object<T: serde::de::DeserializeOwned + Default>(
+/// An optional JSON object body, read like [`ApiJson`]: empty (or only white space) or `null`
+/// reads as `T::default()`. No content type is needed for an empty body.
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state).await?;
+        Ok(OptionalJson(optional_json_object(&bytes)?))
+    }
+}
+
+fn optional_json_object<T: serde::de::DeserializeOwned + Default>(
     bytes: &[u8],
 ) -> Result<T, ApiError> {
     if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {

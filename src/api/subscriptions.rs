@@ -9,11 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-
 use super::openapi::ErrorBody;
-use super::{ApiError, ApiJson, ApiState, optional_json_object, read_json_object};
+use super::{ApiError, ApiJson, ApiState, OptionalJson, read_json_object};
 use crate::config::MAX_SECRET_OVERLAP;
 use crate::delivery::guard;
 use crate::store::{NewSubscription, Page, SubscriptionPatch, page_limit};
@@ -330,9 +327,8 @@ pub struct RotateBody {
 pub async fn rotate_secret(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    OptionalJson(body): OptionalJson<RotateBody>,
 ) -> Result<Json<SubscriptionWithSecret>, ApiError> {
-    let body: RotateBody = optional_json_object(&body?)?;
     let overlap = match body.overlap_seconds {
         None => state.secret_rotation_overlap,
         Some(secs) if secs <= MAX_SECRET_OVERLAP.as_secs() => Duration::from_secs(secs),

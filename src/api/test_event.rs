@@ -3,17 +3,15 @@
 //! can check their receiver without waiting for real traffic.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use super::OptionalJson;
 use super::event_types::event_names;
 use super::openapi::ErrorBody;
-use super::optional_json_object;
 use super::subscriptions::not_found;
 use super::{ApiError, ApiState};
 use crate::catalog;
@@ -65,9 +63,8 @@ pub struct TestEventSent {
 pub async fn send(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    OptionalJson(body): OptionalJson<TestBody>,
 ) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
-    let body: TestBody = optional_json_object(&body?)?;
     let sub = state
         .store
         .subscription(&id)

@@ -154,8 +154,7 @@ impl Publisher {
         task: &DeliveryTask,
         kind: &str,
     ) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(task).expect("task serialises");
-        let props = json_props(&task.event_id, &[(TASK_HEADER, kind)]);
+        let (body, props) = task_message(task, kind);
         let publish = self.publish(Route::queue(events_queue), &body, props);
         tokio::time::timeout(TASK_CONFIRM_TIMEOUT, publish)
             .await
@@ -188,10 +187,14 @@ impl Publisher {
 /// Longest wait for the confirm of a task an operator enqueued (replay, test event). A broker
 /// under a memory or disk alarm blocks publishers without a word; the caller (who holds a
 /// replay claim, or an HTTP request) must get an answer. The message may still go out once the
-/// alarm clears: the receiver sees the same `webhook-id` again at worst.
-/// Below the store's 5 s `busy_timeout`: a replay holds its claim (on SQLite, the write lock)
-/// while it waits, and other writers must not time out behind it.
+/// alarm clears: the receiver sees the same `webhook-id` again at worst. Kept below the store's
+/// [`SQLITE_BUSY_TIMEOUT`](crate::store::SQLITE_BUSY_TIMEOUT): a replay holds its claim (on
+/// SQLite, the write lock) while it waits, and other writers must not time out behind it.
 pub const TASK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(4);
+const _: () = assert!(
+    TASK_CONFIRM_TIMEOUT.as_millis() < crate::store::SQLITE_BUSY_TIMEOUT.as_millis(),
+    "a replay's claim must not outlast the store's busy_timeout"
+);
 
 /// Longest wait for each step of closing the broker connection.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -224,6 +227,13 @@ async fn settle(op: impl Future<Output = lapin::Result<bool>>) -> bool {
 }
 
 /// Persistent JSON message properties with the given headers.
+/// A delivery task as a message: its JSON, and properties with the task header saying where it
+/// came from (`delivery`, `replay`, `test`, …).
+pub fn task_message(task: &DeliveryTask, kind: &str) -> (Vec<u8>, BasicProperties) {
+    let body = serde_json::to_vec(task).expect("task serialises");
+    (body, json_props(&task.event_id, &[(TASK_HEADER, kind)]))
+}
+
 pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in headers {

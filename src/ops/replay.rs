@@ -105,7 +105,12 @@ impl Report {
         self.replayed.len() + self.skipped.len() + self.failed.len()
     }
 
-    fn record(&mut self, id: &str, result: Result<(), ReplayError>) {
+    /// Files `id` under what `result` says; sets (and returns) [`broker_failed`] when the broker
+    /// did not take it, after which a run stops.
+    ///
+    /// [`broker_failed`]: Report::broker_failed
+    fn record(&mut self, id: &str, result: Result<(), ReplayError>) -> bool {
+        self.broker_failed = matches!(result, Err(ReplayError::Broker(_)));
         match result {
             Ok(()) => self.replayed.push(id.to_string()),
             Err(ReplayError::Skipped(skip)) => self.skipped.push(Skipped {
@@ -118,6 +123,7 @@ impl Report {
                 error: e.to_string(),
             }),
         }
+        self.broker_failed
     }
 }
 
@@ -193,12 +199,10 @@ impl Replayer {
                 } else {
                     self.replay_cached(&log, &mut subscriptions).await.map(drop)
                 };
-                let broker_failed = matches!(result, Err(ReplayError::Broker(_)));
-                report.record(&log.id, result);
+                let broker_failed = report.record(&log.id, result);
                 seen(&log);
                 if broker_failed {
                     // The failed record stays unreplayed: the next page starts with it.
-                    report.broker_failed = true;
                     report.more = true;
                     report.next_cursor = after;
                     return Ok(report);
@@ -231,11 +235,9 @@ impl Replayer {
                 Ok(None) => Err(ReplayError::Gone),
                 Err(e) => Err(e.into()),
             };
-            let broker_failed = matches!(result, Err(ReplayError::Broker(_)));
-            report.record(id, result);
+            let broker_failed = report.record(id, result);
             tick();
             if broker_failed {
-                report.broker_failed = true;
                 break;
             }
         }

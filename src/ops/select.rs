@@ -118,6 +118,17 @@ pub struct ReplayCursor {
 }
 
 impl ReplayCursor {
+    /// Narrows `selection` to this cursor's bound (the first request's, or the selection's own
+    /// if earlier) and returns the record to go on after.
+    pub fn resume(self, selection: &mut ReplaySelection) -> String {
+        let until = match selection.filter.until.take() {
+            Some(own) => own.min(self.until),
+            None => self.until,
+        };
+        selection.filter.until = Some(until);
+        self.after
+    }
+
     pub fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(format!("{}\n{}", self.after, self.until))
     }

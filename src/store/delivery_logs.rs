@@ -68,6 +68,14 @@ pub struct ReplaySelection {
     pub ids: Vec<String>,
 }
 
+impl ReplaySelection {
+    /// The upper bound on `dead_lettered_at` that every selection made by
+    /// `ops::select::Filters::selection` has ("" for one built without it).
+    pub fn bound(&self) -> &str {
+        self.filter.until.as_deref().unwrap_or_default()
+    }
+}
+
 /// Records sharing one value of a column (`None`: the column is null), and how many of them
 /// were not replayed yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
 pub use delivery_logs::{DeliveryLog, GroupBy, LogFilter, LogGroup, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
@@ -40,11 +41,17 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The schema, compiled in.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a SQLite writer waits for the write lock before failing.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Opens (creating a SQLite file if missing) and migrates the store at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let store = Store::open(url, "rwc").await?;
-        sqlx::migrate!("./migrations").run(&store.pool).await?;
+        MIGRATOR.run(&store.pool).await?;
         Ok(store)
     }
 
@@ -71,7 +78,7 @@ impl Store {
                 }
                 Err(e) => return Err(e.into()),
             };
-        let pending = sqlx::migrate!("./migrations")
+        let pending = MIGRATOR
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count();
@@ -107,9 +114,12 @@ impl Store {
                         sqlx::query("PRAGMA journal_mode = WAL")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000")
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(AssertSqlSafe(format!(
+                            "PRAGMA busy_timeout = {}",
+                            SQLITE_BUSY_TIMEOUT.as_millis()
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     Ok(())
                 })
