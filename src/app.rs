@@ -25,6 +25,7 @@ use crate::delivery::limit::EndpointLimiter;
 use crate::dispatcher::Dispatcher;
 use crate::dlq;
 use crate::metrics::Metrics;
+use crate::seal::Keyring;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
 
@@ -38,6 +39,7 @@ pub struct App {
     store: Store,
     broker: Broker,
     index: Arc<SubscriptionIndex>,
+    keys: Arc<Keyring>,
     metrics: Metrics,
     dispatcher: Arc<Dispatcher>,
 }
@@ -53,6 +55,15 @@ impl App {
                 crate::config::redact_url(&cfg.database_url)
             )
         })?;
+        store
+            .ensure_message_key()
+            .await
+            .context("creating the message key")?;
+        let keys = Arc::new(
+            Keyring::load(&store)
+                .await
+                .context("loading the message keys")?,
+        );
         let index = Arc::new(SubscriptionIndex::default());
         index
             .reload(&store)
@@ -79,6 +90,7 @@ impl App {
             publisher: broker.publisher.clone(),
             topology: broker.topology.clone(),
             metrics: metrics.clone(),
+            keys: keys.clone(),
             limit: Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
             endpoints: EndpointLimiter::new(cfg.max_in_flight_per_endpoint as usize),
         });
@@ -91,6 +103,7 @@ impl App {
             store,
             broker,
             index,
+            keys,
             metrics,
             dispatcher,
         })
@@ -114,6 +127,7 @@ impl App {
             publisher: self.broker.publisher.clone(),
             topology: self.broker.topology.clone(),
             metrics: self.metrics.clone(),
+            keys: self.keys.clone(),
             admin_token: self.cfg.admin_token.clone(),
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
@@ -123,11 +137,7 @@ impl App {
             let stop = api_stop.clone();
             let router = api::router(api_state);
             let listener = self.listener.take().expect("run is called once");
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
+            tokio::spawn(api::serve(listener, router, stop))
         };
         tracing::info!(addr = %self.cfg.listen_addr, config = ?self.cfg, "webhook-dispatcher started");
         if self.cfg.weak_token() {
@@ -136,6 +146,7 @@ impl App {
 
         let refresher = tokio::spawn(refresh_index(
             self.index.clone(),
+            self.keys.clone(),
             self.store.clone(),
             self.cfg.subscription_refresh,
             shutdown.clone(),
@@ -239,12 +250,13 @@ impl App {
             self.dispatcher
                 .clone()
                 .consume(session.clone(), tracker.clone(), stop.clone());
-        let log = dlq::run(
-            session.dead.clone(),
-            self.store.clone(),
-            self.metrics.clone(),
-            stop.clone(),
-        );
+        let logger = dlq::Logger {
+            store: self.store.clone(),
+            keys: self.keys.clone(),
+            metrics: self.metrics.clone(),
+            events_queue: self.broker.topology.events.clone(),
+        };
+        let log = dlq::run(session.dead.clone(), logger, stop.clone());
         let publisher = self.broker.publisher.clone();
         let sampler = tokio::spawn(sample_queues(self.broker.clone(), self.metrics.clone()));
         tokio::select! {
@@ -295,9 +307,11 @@ async fn sample_queues(broker: Broker, metrics: Metrics) {
     }
 }
 
-/// Reloads the subscription index periodically, picking up changes made by other instances.
+/// Reloads the subscription index and the message keys periodically, picking up changes made by
+/// other instances.
 async fn refresh_index(
     index: Arc<SubscriptionIndex>,
+    keys: Arc<Keyring>,
     store: Store,
     every: Duration,
     stop: CancellationToken,
@@ -309,6 +323,9 @@ async fn refresh_index(
         }
         if let Err(e) = index.reload(&store).await {
             tracing::warn!(error = %e, "subscription refresh failed; keeping the last index");
+        }
+        if let Err(e) = keys.reload().await {
+            tracing::warn!(error = %e, "message key refresh failed; keeping the last keys");
         }
     }
 }

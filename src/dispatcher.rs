@@ -15,17 +15,21 @@ use tracing::{Instrument, Span, field};
 
 use crate::broker::topology::RetryQueue;
 use crate::broker::{
-    self, BrokerError, Publisher, Route, Session, Topology, has_header, json_props, task_message,
+    self, BrokerError, Publisher, Route, Session, Topology, dead_letter_message, header_text,
+    task_message,
 };
 use crate::delivery::limit::{EndpointLimiter, WAIT_FOR_SLOT};
 use crate::delivery::{AttemptRecord, Deliverer, Outcome};
 use crate::event::{self, EventKind};
 use crate::metrics::Metrics;
 use crate::retry::{Next, next_step};
+use crate::seal::{Forgery, KEY_HEADER, Keyring, MAC_HEADER};
 use crate::store::{Store, StoreError};
 use crate::subscriptions::{Subscription, SubscriptionIndex};
 use crate::time::now_rfc3339;
-use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, new_dead_letter_id, raw_payload};
+use crate::wire::{
+    DeadLetter, DeliveryTask, TASK_HEADER, TaskKind, new_dead_letter_id, raw_payload,
+};
 
 pub struct Dispatcher {
     pub index: Arc<SubscriptionIndex>,
@@ -34,6 +38,8 @@ pub struct Dispatcher {
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
     pub metrics: Metrics,
+    /// Seals the tasks and dead letters it publishes, and checks the tasks it consumes.
+    pub keys: Arc<Keyring>,
     /// Bounds HTTP attempts in flight across all messages (`MAX_IN_FLIGHT`).
     pub limit: Arc<Semaphore>,
     /// Bounds attempts in flight per subscription (`MAX_IN_FLIGHT_PER_ENDPOINT`).
@@ -108,15 +114,11 @@ impl Dispatcher {
     }
 
     async fn handle(self: Arc<Self>, delivery: Delivery, _session: Arc<Session>) {
-        // Only the service's own delay queues and replays put tasks on the events queue, and
-        // they come through the default exchange. A task header on a message from the events
-        // exchange is a producer's and is ignored: it must not get a body of its choosing signed.
-        let is_task =
-            delivery.exchange.as_str().is_empty() && has_header(&delivery.properties, TASK_HEADER);
-        let result = if is_task {
-            self.handle_task(&delivery.data).await
-        } else {
-            self.handle_event(&delivery).await
+        // A message that says it is a task is one only if its seal verifies (`handle_task`);
+        // whichever route it came by proves nothing, since anyone can publish anywhere.
+        let result = match header_text(&delivery.properties, TASK_HEADER) {
+            Some(kind) => self.handle_task(&delivery, &kind).await,
+            None => self.handle_event(&delivery).await,
         };
         match result {
             Ok(()) => {
@@ -184,11 +186,21 @@ impl Dispatcher {
         self.dead_letter(&dead).await
     }
 
-    async fn handle_task(&self, data: &[u8]) -> Result<(), HandleError> {
-        let task: DeliveryTask = match serde_json::from_slice(data) {
+    async fn handle_task(&self, delivery: &Delivery, kind: &str) -> Result<(), HandleError> {
+        let data = &delivery.data;
+        let props = &delivery.properties;
+        let key_id = header_text(props, KEY_HEADER);
+        let mac = header_text(props, MAC_HEADER);
+        if let Err(forgery) = self
+            .keys
+            .verify(kind, data, key_id.as_deref(), mac.as_deref())
+            .await
+        {
+            return self.reject_forged_task(data, &forgery).await;
+        }
+        let task = match DeliveryTask::read(data) {
             Ok(task) => task,
-            Err(e) => {
-                let detail = format!("unreadable delivery task: {e}");
+            Err(detail) => {
                 let dead =
                     DeadLetter::for_raw(data, event::derived_id(data), "invalid_task", detail);
                 return self.dead_letter(&dead).await;
@@ -235,6 +247,17 @@ impl Dispatcher {
                 .await
             }
         }
+    }
+
+    /// Dead-letters a message that claims to be a delivery task but whose seal does not verify:
+    /// nothing in it is believed, so it names no account or subscription and is never replayed;
+    /// its bytes are kept for whoever investigates.
+    async fn reject_forged_task(&self, raw: &[u8], forgery: &Forgery) -> Result<(), HandleError> {
+        self.metrics.forged_message("events", forgery);
+        let detail =
+            format!("a delivery task that did not verify ({forgery}); nothing was delivered");
+        let dead = DeadLetter::for_raw(raw, event::derived_id(raw), "forged_task", detail);
+        self.dead_letter(&dead).await
     }
 
     /// One attempt to one subscription, then whatever [`next_step`] says — or, when the
@@ -288,7 +311,7 @@ impl Dispatcher {
                 Next::Done => Ok(()),
                 Next::Retry(index) => {
                     let queue = &self.topology.retries[index];
-                    self.park(queue, &ev.task(&sub.id, attempts, 0), "delivery")
+                    self.park(queue, &ev.task(&sub.id, attempts, 0), TaskKind::Delivery)
                         .await?;
                     self.metrics.retry_scheduled(&queue.label);
                     Ok(())
@@ -322,7 +345,7 @@ impl Dispatcher {
         self.park(
             queue,
             &ev.task(&sub.id, attempts, deferrals + 1),
-            "deferred",
+            TaskKind::Deferred,
         )
         .await?;
         self.metrics.delivery_deferred(&sub.id, &queue.label);
@@ -334,9 +357,9 @@ impl Dispatcher {
         &self,
         queue: &RetryQueue,
         task: &DeliveryTask,
-        kind: &str,
+        kind: TaskKind,
     ) -> Result<(), HandleError> {
-        let (body, props) = task_message(task, kind);
+        let (body, props) = task_message(task, kind, &self.keys);
         self.publisher
             .publish_retrying(Route::queue(&queue.name), &body, props)
             .await?;
@@ -368,8 +391,7 @@ impl Dispatcher {
     }
 
     async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), HandleError> {
-        let body = serde_json::to_vec(dead).expect("dead letter serialises");
-        let props = json_props(&dead.id, &[]);
+        let (body, props) = dead_letter_message(dead, &self.keys);
         self.publisher
             .publish_retrying(Route::queue(&self.topology.dead), &body, props)
             .await?;

@@ -9,8 +9,16 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::text::{check_account_id, check_event_id};
+
 /// Largest inbound message accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// Deepest nesting of `data` accepted (`data` itself is level 1). Receivers parse what we send:
+/// .NET's JSON readers stop at 64 levels by default, Ruby's at 100, serde_json at 128, and the
+/// body wraps `data` in one more object. 32 keeps every delivery well inside all of them and is
+/// far beyond any real event (the catalogue's deepest is 2).
+pub const MAX_DATA_DEPTH: usize = 32;
 
 /// The six events the product emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,6 +147,7 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
     let event_name = required_string(env.event, "event")?;
     let kind = EventKind::parse(&event_name).ok_or(EventError::UnknownEvent(event_name))?;
     let account_id = required_string(env.account_id, "account_id")?;
+    check_account_id(&account_id).map_err(EventError::InvalidEvent)?;
     let timestamp_raw = env.timestamp.ok_or_else(|| missing("timestamp"))?;
     let timestamp: String = string_value(timestamp_raw, "timestamp")?;
     chrono::DateTime::parse_from_rfc3339(&timestamp).map_err(|e| {
@@ -149,6 +158,12 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
         return Err(EventError::InvalidEvent(
             "data must be a JSON object".into(),
         ));
+    }
+    if nested_deeper_than(data.get(), MAX_DATA_DEPTH) {
+        return Err(EventError::InvalidEvent(format!(
+            "data is nested more than {MAX_DATA_DEPTH} levels deep; receivers' JSON parsers \
+             refuse such documents"
+        )));
     }
     let head: DataHead = serde_json::from_str(data.get())
         .map_err(|e| EventError::InvalidEvent(format!("data: {e}")))?;
@@ -170,7 +185,7 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
     let id = match env.id {
         Some(raw_id) if raw_id.get() != "null" => {
             let id: String = string_value(raw_id, "id")?;
-            check_id(&id)?;
+            check_event_id(&id).map_err(EventError::InvalidEvent)?;
             id
         }
         _ => fallback_id(message_id, raw),
@@ -210,7 +225,7 @@ pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
 /// The id of a message without an `id` field: its AMQP `message_id` when that is a usable id,
 /// else one derived from its bytes.
 pub fn fallback_id(message_id: Option<&str>, raw: &[u8]) -> String {
-    match message_id.filter(|m| check_id(m).is_ok()) {
+    match message_id.filter(|m| check_event_id(m).is_ok()) {
         Some(m) => m.to_string(),
         None => derived_id(raw),
     }
@@ -242,18 +257,35 @@ fn string_value(raw: &RawValue, field: &str) -> Result<String, EventError> {
         .map_err(|_| EventError::InvalidEvent(format!("{field} must be a string")))
 }
 
-fn check_id(id: &str) -> Result<(), EventError> {
-    if id.is_empty() || id.len() > 200 {
-        return Err(EventError::InvalidEvent(
-            "id must be 1 to 200 characters".into(),
-        ));
+/// Whether the JSON text `json` nests arrays and objects more than `limit` levels deep. One pass
+/// over the bytes, with no recursion, so a hostile depth costs nothing but the scan.
+fn nested_deeper_than(json: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
-    if id.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(EventError::InvalidEvent(
-            "id must not contain spaces or control characters".into(),
-        ));
-    }
-    Ok(())
+    false
 }
 
 #[cfg(test)]
@@ -349,6 +381,45 @@ mod tests {
             parse(big.as_bytes(), None).unwrap_err().reason(),
             "too_large"
         );
+    }
+
+    #[test]
+    fn ids_account_ids_and_deep_data_are_held_to_what_receivers_can_take() {
+        let with = |field: &str, value: &str| {
+            PURCHASE.replacen('{', &format!("{{\"{field}\":{value},"), 1)
+        };
+        let err = parse(with("id", "\"évt_1\"").as_bytes(), None).unwrap_err();
+        assert_eq!(err.reason(), "invalid_event");
+        assert!(err.to_string().contains("visible ASCII"), "{err}");
+        // A non-ASCII message_id is not used: the id is derived from the bytes instead.
+        assert!(
+            parse(PURCHASE.as_bytes(), Some("évt"))
+                .unwrap()
+                .id
+                .starts_with("evt_")
+        );
+        for account in [
+            r#""acct\u202eemca""#,
+            r#""\u00a0acct_acme""#,
+            r#""acct_acme ""#,
+        ] {
+            let raw = PURCHASE.replace("\"acct_acme\"", account);
+            let err = parse(raw.as_bytes(), None).unwrap_err();
+            assert_eq!(err.reason(), "invalid_event", "{account}");
+            assert!(err.to_string().contains("account_id"), "{err}");
+        }
+        let nested = |levels: usize| {
+            let inner = format!("{}1{}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+            PURCHASE.replace("\"amount\":299.00", &format!("\"deep\":{inner}"))
+        };
+        assert!(parse(nested(MAX_DATA_DEPTH).as_bytes(), None).is_ok());
+        let err = parse(nested(MAX_DATA_DEPTH + 1).as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+        let err = parse(nested(100_000).as_bytes(), None).unwrap_err();
+        assert_eq!(err.reason(), "invalid_event", "{err}");
+        // Brackets inside strings are text, not nesting.
+        let text = PURCHASE.replace("299.00", &format!("\"{}\"", "[{".repeat(100)));
+        assert!(parse(text.as_bytes(), None).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! is one call. Each `App` owns its registry: several apps in one test process do not collide.
 
 use crate::event::EventKind;
+use crate::seal::Forgery;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -17,6 +18,11 @@ pub const REJECT_REASONS: [&str; 4] = [
     "too_large",
 ];
 
+/// The `queue` labels of `webhook_forged_messages_total`.
+pub const FORGED_QUEUES: [&str; 2] = ["events", "dead"];
+/// The `why` labels of `webhook_forged_messages_total` ([`Forgery::label`]).
+pub const FORGED_WHY: [&str; 3] = ["unsigned", "unknown_key", "bad_signature"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +33,7 @@ pub struct Metrics {
     pub retries_scheduled: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub dead_letters_persisted: IntCounter,
+    pub forged_messages: IntCounterVec,
     pub deliveries_deferred: IntCounter,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
@@ -64,6 +71,11 @@ impl Metrics {
             "webhook_dead_letters_total",
             "Deliveries and messages published to the dead-letter queue.",
             &["event", "reason"],
+        );
+        let forged_messages = counter_vec(
+            "webhook_forged_messages_total",
+            "Messages that claimed to be the service's own (a delivery task on the events queue, a dead letter on the dead-letter queue) but whose seal did not verify; none was believed.",
+            &["queue", "why"],
         );
         let delivery_duration = register(
             &registry,
@@ -139,6 +151,7 @@ impl Metrics {
             retries_scheduled,
             dead_letters,
             dead_letters_persisted,
+            forged_messages,
             deliveries_deferred,
             in_flight,
             broker_connected,
@@ -164,6 +177,11 @@ impl Metrics {
         }
         for delay in delays {
             self.retries_scheduled.with_label_values(&[delay]);
+        }
+        for queue in FORGED_QUEUES {
+            for why in FORGED_WHY {
+                self.forged_messages.with_label_values(&[queue, why]);
+            }
         }
     }
 
@@ -206,6 +224,14 @@ impl Metrics {
             delay,
             "endpoint at its in-flight limit; delivery deferred"
         );
+    }
+
+    /// A message whose seal did not verify, on `queue` (`events` or `dead`).
+    pub fn forged_message(&self, queue: &str, forgery: &Forgery) {
+        self.forged_messages
+            .with_label_values(&[queue, forgery.label()])
+            .inc();
+        tracing::warn!(queue, why = forgery.label(), detail = %forgery, "message with no valid seal; nothing in it is believed");
     }
 
     pub fn dead_lettered(&self, event: &str, reason: &str) {

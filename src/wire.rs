@@ -7,11 +7,37 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::delivery::AttemptRecord;
+use crate::event::EventKind;
 use crate::time::now_rfc3339;
 
 /// AMQP header that marks a message on `P.events` as a [`DeliveryTask`] rather than an inbound
-/// event. Producers publish to the exchange and never set it.
+/// event; its value is the [`TaskKind`]. A message that carries it is a task only if its seal
+/// verifies ([`crate::seal`]): anyone can set a header.
 pub const TASK_HEADER: &str = "x-webhook-task";
+
+/// Why a delivery task was published; the [`TASK_HEADER`] value, and part of what its seal covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// A failed attempt's retry.
+    Delivery,
+    /// Put off, no attempt spent: its endpoint was at its in-flight limit.
+    Deferred,
+    /// A delivery-log record sent again.
+    Replay,
+    /// A test event an operator asked for.
+    Test,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Delivery => "delivery",
+            TaskKind::Deferred => "deferred",
+            TaskKind::Replay => "replay",
+            TaskKind::Test => "test",
+        }
+    }
+}
 
 /// One (event, subscription) delivery still to be attempted. The signing secret and URL are
 /// not carried: they are looked up when the attempt is made, so a fixed URL or a rotated secret
@@ -51,6 +77,31 @@ impl DeliveryTask {
         }
     }
 }
+
+impl DeliveryTask {
+    /// Reads a task whose seal verified. Its content is the service's own, so a failure here is
+    /// a bug or a task from an incompatible version; still, nothing is taken on trust that
+    /// would be dangerous if it were wrong: the event must be one of the six, the id one a
+    /// receiver can use, the attempts no more than any configuration makes.
+    pub fn read(data: &[u8]) -> Result<DeliveryTask, String> {
+        let task: DeliveryTask =
+            serde_json::from_slice(data).map_err(|e| format!("unreadable delivery task: {e}"))?;
+        if EventKind::parse(&task.event).is_none() {
+            return Err(format!("delivery task for unknown event {:?}", task.event));
+        }
+        crate::text::check_event_id(&task.event_id).map_err(|e| format!("delivery task: {e}"))?;
+        if task.attempts.len() > MAX_TASK_ATTEMPTS {
+            return Err(format!(
+                "delivery task with {} attempts (at most {MAX_TASK_ATTEMPTS})",
+                task.attempts.len()
+            ));
+        }
+        Ok(task)
+    }
+}
+
+/// Most attempts a task may list: one more than the most retry delays a configuration allows.
+const MAX_TASK_ATTEMPTS: usize = 21;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

@@ -24,6 +24,8 @@ pub enum ApiError {
     #[error("request body is over the {0}-byte limit")]
     TooLarge(usize),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Unprocessable(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Broker(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
@@ -70,10 +73,26 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(super::MAX_BODY_BYTES)
+        } else if let Some(timeout) = cause::<super::serve::BodyTimeout>(&rejection) {
+            ApiError::RequestTimeout(timeout.to_string())
         } else {
             ApiError::BadRequest(rejection.body_text())
         }
     }
+}
+
+/// The first error of type `E` in `error`'s chain of sources.
+fn cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl From<QueryRejection> for ApiError {

@@ -13,6 +13,7 @@ mod error;
 mod event_types;
 mod health;
 mod openapi;
+mod serve;
 mod subscriptions;
 mod test_event;
 
@@ -27,12 +28,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use serve::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, serve};
 pub use subscriptions::{parse_create_body, parse_patch_body};
 
 use crate::broker::{Publisher, Topology};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::ops::replay::Replayer;
+use crate::seal::Keyring;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionIndex;
 
@@ -46,6 +49,7 @@ pub struct ApiState {
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
     pub metrics: Metrics,
+    pub keys: Arc<Keyring>,
     pub admin_token: Option<Secret>,
     /// Off: endpoint URLs are checked by the SSRF guard on create and update.
     pub allow_private_targets: bool,
@@ -59,6 +63,7 @@ impl ApiState {
             store: self.store.clone(),
             publisher: self.publisher.clone(),
             events_queue: self.topology.events.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
@@ -102,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(serve::body_deadline))
         .with_state(state)
 }
 
@@ -116,13 +122,22 @@ async fn require_token(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization` value in the Bearer scheme. The scheme name is
+/// case-insensitive (RFC 9110, section 11.1): `bearer` and `BEARER` are Bearer too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
 }
 
 /// Compares without an early exit on the first differing byte (length is not secret).
@@ -225,7 +240,24 @@ fn optional_json_object<T: serde::de::DeserializeOwned + Default>(
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "Bearer  t0k ",
+            " bEaReR t0k",
+        ] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        assert_eq!(bearer_token("Bearer T0K"), Some("T0K"));
+        for value in ["Basic t0k", "Bearert0k", "t0k", "Bearer"] {
+            assert_ne!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+    }
 
     #[test]
     fn token_comparison_is_exact() {

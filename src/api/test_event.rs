@@ -17,7 +17,7 @@ use super::{ApiError, ApiState};
 use crate::catalog;
 use crate::event::EventKind;
 use crate::time::now_rfc3339;
-use crate::wire::DeliveryTask;
+use crate::wire::{DeliveryTask, TaskKind};
 
 /// Optional body: which event to send.
 #[derive(Deserialize, Default, ToSchema)]
@@ -115,7 +115,7 @@ pub async fn send(
     );
     state
         .publisher
-        .enqueue_task(&state.topology.events, &task, "test")
+        .enqueue_task(&state.topology.events, &task, TaskKind::Test, &state.keys)
         .await?;
     tracing::info!(subscription_id = %sub.id, event_id = %event_id, event = %kind, "test event queued");
     let payload = RawValue::from_string(payload).expect("the sample body is JSON");

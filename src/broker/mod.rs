@@ -16,10 +16,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer};
 
-pub use topology::Topology;
+pub use topology::{EventsQueue, Topology};
 
 use crate::config::Config;
-use crate::wire::{DeliveryTask, TASK_HEADER};
+use crate::seal::{DEAD_LETTER_KIND, KEY_HEADER, Keyring, MAC_HEADER};
+use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, TaskKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -144,17 +145,17 @@ impl Publisher {
         }
     }
 
-    /// Puts a delivery task on `events_queue` (`P.events`) through the default exchange, with
-    /// the task header saying where it came from (`replay`, `test`), and waits for the confirm
-    /// (at most [`TASK_CONFIRM_TIMEOUT`]): from there it is attempted, signed, retried,
-    /// dead-lettered and counted like any delivery.
+    /// Puts a delivery task on `events_queue` (`P.events`) through the default exchange, sealed
+    /// with the newest message key, and waits for the confirm (at most [`TASK_CONFIRM_TIMEOUT`]):
+    /// from there it is attempted, signed, retried, dead-lettered and counted like any delivery.
     pub async fn enqueue_task(
         &self,
         events_queue: &str,
         task: &DeliveryTask,
-        kind: &str,
+        kind: TaskKind,
+        keys: &Keyring,
     ) -> Result<(), BrokerError> {
-        let (body, props) = task_message(task, kind);
+        let (body, props) = task_message(task, kind, keys);
         let publish = self.publish(Route::queue(events_queue), &body, props);
         tokio::time::timeout(TASK_CONFIRM_TIMEOUT, publish)
             .await
@@ -226,14 +227,37 @@ async fn settle(op: impl Future<Output = lapin::Result<bool>>) -> bool {
     matches!(tokio::time::timeout(SETTLE_TIMEOUT, op).await, Ok(Ok(true)))
 }
 
-/// Persistent JSON message properties with the given headers.
-/// A delivery task as a message: its JSON, and properties with the task header saying where it
-/// came from (`delivery`, `replay`, `test`, …).
-pub fn task_message(task: &DeliveryTask, kind: &str) -> (Vec<u8>, BasicProperties) {
+/// A delivery task as a message: its JSON, and properties with the task header saying why it
+/// was published and the seal over both.
+pub fn task_message(
+    task: &DeliveryTask,
+    kind: TaskKind,
+    keys: &Keyring,
+) -> (Vec<u8>, BasicProperties) {
     let body = serde_json::to_vec(task).expect("task serialises");
-    (body, json_props(&task.event_id, &[(TASK_HEADER, kind)]))
+    let seal = keys.seal(kind.as_str(), &body);
+    let headers = [
+        (TASK_HEADER, kind.as_str()),
+        (KEY_HEADER, seal.key_id.as_str()),
+        (MAC_HEADER, seal.mac.as_str()),
+    ];
+    let props = json_props(&task.event_id, &headers);
+    (body, props)
 }
 
+/// A dead letter as a message: its JSON, sealed, so the DLQ logger can tell it from a forgery.
+pub fn dead_letter_message(dead: &DeadLetter, keys: &Keyring) -> (Vec<u8>, BasicProperties) {
+    let body = serde_json::to_vec(dead).expect("dead letter serialises");
+    let seal = keys.seal(DEAD_LETTER_KIND, &body);
+    let headers = [
+        (KEY_HEADER, seal.key_id.as_str()),
+        (MAC_HEADER, seal.mac.as_str()),
+    ];
+    let props = json_props(&dead.id, &headers);
+    (body, props)
+}
+
+/// Persistent JSON message properties with the given message id and headers.
 pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in headers {
@@ -252,12 +276,61 @@ pub fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties
     props
 }
 
-/// Whether `props` carries header `name`.
-pub fn has_header(props: &BasicProperties, name: &str) -> bool {
-    props
-        .headers()
-        .as_ref()
-        .is_some_and(|h| h.contains_key(name))
+/// The text of header `name`, when present: a string header as it is (lossy UTF-8), any other
+/// type as its debug form (a header anyone can set may be of any type; it then fails whatever
+/// check it is read for, rather than reading as absent).
+pub fn header_text(props: &BasicProperties, name: &str) -> Option<String> {
+    let value = props.headers().as_ref()?.inner().get(name)?;
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// How RabbitMQ dead-lettered a message: the newest entry of its `x-death` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    /// `expired`, `delivery_limit`, `maxlen` or `rejected`.
+    pub reason: String,
+    /// The queue it was dead-lettered from.
+    pub queue: String,
+    /// When (unix seconds), if the broker said.
+    pub time: Option<u64>,
+    /// Times it was dead-lettered from that queue for that reason.
+    pub count: Option<i64>,
+}
+
+/// The newest dead-lettering recorded in `props` (RabbitMQ keeps `x-death` newest first); `None`
+/// for a message the broker never dead-lettered. The header can be written by any publisher
+/// too: what it says decides nothing that matters for trust.
+pub fn death(props: &BasicProperties) -> Option<Death> {
+    let AMQPValue::FieldArray(deaths) = props.headers().as_ref()?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| match newest.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    let count = match newest.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => Some(*n),
+        Some(AMQPValue::LongInt(n)) => Some(i64::from(*n)),
+        _ => None,
+    };
+    let time = match newest.inner().get("time") {
+        Some(AMQPValue::Timestamp(t)) => Some(*t),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason")?,
+        queue: text("queue")?,
+        time,
+        count,
+    })
 }
 
 /// The connection pool plus everything needed to open a [`Session`].
@@ -322,9 +395,15 @@ impl Broker {
     /// Connects (or reuses the live pooled connection), declares the topology, installs a fresh
     /// confirm channel in the publisher and starts both consumers.
     pub async fn open_session(&self) -> Result<Session, BrokerError> {
-        let setup = self.channel().await?;
-        self.topology.declare(&setup).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        if self.topology.declare(|| self.channel()).await? == EventsQueue::Legacy {
+            tracing::error!(
+                queue = %self.topology.events,
+                "the events queue was declared by an earlier version, without a dead-letter \
+                 target: RabbitMQ drops an event that expires in it. It works otherwise. Stop \
+                 every instance and run `webhook-dispatcher migrate-queues` to move it (README, \
+                 Upgrading)"
+            );
+        }
 
         let publish = self.confirm_channel().await?;
 

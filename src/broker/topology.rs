@@ -72,9 +72,45 @@ impl Topology {
         args
     }
 
-    /// Arguments of the events and dead-letter queues.
+    /// Arguments of the dead-letter queue.
     pub fn plain_args(&self) -> FieldTable {
         self.base_args()
+    }
+
+    /// Arguments of the events queue: what RabbitMQ itself dead-letters from it (an event whose
+    /// AMQP `expiration` passed before it was consumed, a message over the delivery limit that
+    /// RabbitMQ 4 puts on quorum queues) goes to `P.dead`, where the DLQ logger keeps it with
+    /// its reason, instead of being dropped.
+    pub fn events_args(&self) -> FieldTable {
+        let mut args = self.base_args();
+        self.dead_letter_into(&mut args, &self.dead);
+        args
+    }
+
+    /// The events queue's arguments as versions before 0.2 declared it, with no dead-letter
+    /// target. Such a queue is used as it is, with a warning, until `migrate-queues` moves it.
+    pub fn legacy_events_args(&self) -> FieldTable {
+        self.base_args()
+    }
+
+    /// Where `migrate-queues` keeps the events queue's messages (and routes new events) while it
+    /// declares the events queue again with this version's arguments.
+    pub fn holding_queue(&self) -> String {
+        format!("{}.migrating", self.events)
+    }
+
+    /// Dead-letters into `target` through the default exchange; on a quorum queue at least once
+    /// (which needs reject-publish overflow), so nothing is dropped on the way.
+    fn dead_letter_into(&self, args: &mut FieldTable, target: &str) {
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert("x-dead-letter-routing-key".into(), long_string(target));
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
     }
 
     /// Arguments of a delay queue: TTL, then dead-letter through the default exchange straight
@@ -85,25 +121,19 @@ impl Topology {
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(retry.delay.as_millis() as i64),
         );
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(&self.events),
-        );
-        if self.queue_type == QueueType::Quorum {
-            // At-least-once dead-lettering needs reject-publish overflow; together they make sure
-            // a retry is never dropped on its way back to the events queue.
-            args.insert(
-                "x-dead-letter-strategy".into(),
-                long_string("at-least-once"),
-            );
-            args.insert("x-overflow".into(), long_string("reject-publish"));
-        }
+        self.dead_letter_into(&mut args, &self.events);
         args
     }
 
-    /// Declares the exchange, all queues and the events binding. Idempotent.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares the exchange, all queues and the events binding, each on a channel from `open`
+    /// (a refused declare closes its channel). Idempotent. An events queue left by an earlier
+    /// version (no dead-letter target) is used as it is: [`EventsQueue::Legacy`].
+    pub async fn declare<F, Fut>(&self, open: F) -> Result<EventsQueue, BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Channel, BrokerError>>,
+    {
+        let channel = open().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -117,12 +147,22 @@ impl Topology {
             )
             .await
             .map_err(|e| mismatch_or(e, "exchange", &self.exchange, &FieldTable::default()))?;
-
-        declare_queue(channel, &self.events, self.plain_args()).await?;
         for retry in &self.retries {
-            declare_queue(channel, &retry.name, self.retry_args(retry)).await?;
+            declare_queue(&channel, &retry.name, self.retry_args(retry)).await?;
         }
-        declare_queue(channel, &self.dead, self.plain_args()).await?;
+        declare_queue(&channel, &self.dead, self.plain_args()).await?;
+        let (channel, events) =
+            match declare_queue(&channel, &self.events, self.events_args()).await {
+                Ok(()) => (channel, EventsQueue::Current),
+                Err(mismatch @ BrokerError::TopologyMismatch { .. }) => {
+                    let again = open().await?;
+                    match declare_queue(&again, &self.events, self.legacy_events_args()).await {
+                        Ok(()) => (again, EventsQueue::Legacy),
+                        Err(_) => return Err(mismatch),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
         channel
             .queue_bind(
                 self.events.as_str().into(),
@@ -132,11 +172,26 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        Ok(())
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(events)
     }
 }
 
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+/// What the events queue turned out to be when the topology was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsQueue {
+    /// Declared with this version's arguments.
+    Current,
+    /// Declared by a version before 0.2, without a dead-letter target: RabbitMQ drops what
+    /// expires in it. Works otherwise; `webhook-dispatcher migrate-queues` moves it.
+    Legacy,
+}
+
+pub(crate) async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), BrokerError> {
     let options = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -229,6 +284,18 @@ mod tests {
             ]
         );
         assert_eq!(t.exchange, "clarm.events");
+    }
+
+    #[test]
+    fn the_events_queue_dead_letters_into_the_dead_letter_queue() {
+        let t = Topology::new(&cfg(&["--queue-prefix", "p"]));
+        assert_eq!(
+            describe(&t.events_args()),
+            "{x-dead-letter-exchange=\"\", x-dead-letter-routing-key=p.dead, x-dead-letter-strategy=at-least-once, \
+             x-overflow=reject-publish, x-queue-type=quorum}"
+        );
+        assert_eq!(describe(&t.legacy_events_args()), "{x-queue-type=quorum}");
+        assert_eq!(t.holding_queue(), "p.events.migrating");
     }
 
     #[test]

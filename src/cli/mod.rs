@@ -16,7 +16,7 @@ use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::ops::OpsError;
+use crate::ops::{OpsError, connect_broker, migrate, open_store};
 
 pub use publish::PublishArgs;
 pub use replay::ReplayArgs;
@@ -32,6 +32,41 @@ pub enum OpsCommand {
     /// Send dead-lettered deliveries again, from attempt 1, through the normal path.
     #[command(after_help = replay::TIME_HELP)]
     Replay(ReplayArgs),
+    /// Give a queue declared by an earlier version this version's arguments (the events queue's
+    /// dead-letter target), moving its messages through a holding queue: nothing is lost. Run
+    /// it with every instance stopped; run it again if it was interrupted.
+    MigrateQueues,
+    /// The keys that seal the service's own messages (delivery tasks, dead letters), kept in
+    /// the store and shared by every instance.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// List the message keys (ids and dates; never the secrets).
+    List,
+    /// Create a new message key, which seals from now on; older keys keep verifying for
+    /// `--overlap`, so retries and dead letters already in the queues stay valid. Instances
+    /// pick the new key up within SUBSCRIPTION_REFRESH (at once when they meet it).
+    Rotate {
+        /// How long the older keys keep verifying: longer than anything may wait in a queue
+        /// (the dead-letter queue holds messages while the store is down).
+        #[arg(long, default_value = "7d", value_parser = parse_overlap)]
+        overlap: std::time::Duration,
+    },
+}
+
+/// Longest overlap `keys rotate` takes.
+const MAX_KEY_OVERLAP: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+fn parse_overlap(raw: &str) -> Result<std::time::Duration, String> {
+    let overlap = humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{raw:?} is not a duration like 7d or 12h: {e}"))?;
+    if overlap > MAX_KEY_OVERLAP {
+        return Err("the overlap must be at most 365 days".into());
+    }
+    Ok(overlap)
 }
 
 #[derive(Subcommand)]
@@ -64,6 +99,59 @@ impl From<OpsError> for CliError {
     }
 }
 
+async fn keys(command: KeysCommand, cfg: &Config) -> Result<ExitCode, CliError> {
+    let store = open_store(cfg).await?;
+    let now = chrono::Utc::now();
+    let result = match command {
+        KeysCommand::List => store.message_keys(now).await,
+        KeysCommand::Rotate { overlap } => store
+            .rotate_message_key(now, overlap)
+            .await
+            .and(store.message_keys(now).await),
+    };
+    store.close().await;
+    let keys = result.map_err(|e| CliError::Failed(e.to_string()))?;
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, key)| {
+            vec![
+                key.id.to_string(),
+                key.created_at.clone(),
+                if n == 0 {
+                    "seals and verifies"
+                } else {
+                    "verifies"
+                }
+                .to_string(),
+                key.retires_at.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        terminal::table(&["KEY", "CREATED", "USE", "RETIRES"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate_queues(cfg: &Config) -> Result<ExitCode, CliError> {
+    let broker = connect_broker(cfg).await?;
+    let migrated = migrate::migrate(&broker, &mut |step| eprintln!("{step}")).await;
+    broker.close().await;
+    let report = migrated?;
+    let events = &broker.topology.events;
+    if report.already_current {
+        println!("{events} already has this version's arguments: nothing to migrate");
+    } else {
+        println!(
+            "migrated {events}: {} message(s) held and {} moved back",
+            report.moved_out, report.moved_back
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs one operator subcommand; `stop` is cancelled by ctrl-c/SIGTERM.
 pub async fn run(command: OpsCommand, cfg: Config, stop: CancellationToken) -> ExitCode {
     // lapin logs every closed channel as an error, a missing queue included; the CLI reports
@@ -74,6 +162,8 @@ pub async fn run(command: OpsCommand, cfg: Config, stop: CancellationToken) -> E
         OpsCommand::Dlq(DlqCommand::Stats { json }) => dlq::stats(&cfg, json).await,
         OpsCommand::Dlq(DlqCommand::Drain) => dlq::drain(&cfg, &stop).await,
         OpsCommand::Replay(args) => replay::run(args, &cfg, &stop).await,
+        OpsCommand::MigrateQueues => migrate_queues(&cfg).await,
+        OpsCommand::Keys(command) => keys(command, &cfg).await,
     };
     match result {
         Ok(code) => code,

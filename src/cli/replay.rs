@@ -14,7 +14,7 @@ use crate::broker::Publisher;
 use crate::config::Config;
 use crate::ops::replay::{Limit, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
-use crate::ops::{connect_broker, open_store};
+use crate::ops::{connect_broker, load_keys, open_store};
 use crate::store::DeliveryLog;
 
 /// The `--help` note on TIME.
@@ -84,11 +84,13 @@ pub async fn run(
         ));
     }
     let store = open_store(cfg).await?;
+    let keys = load_keys(&store).await?;
     // A dry run needs no broker; a replayer without a channel can only look.
     let looker = Replayer {
         store: store.clone(),
         publisher: Publisher::default(),
         events_queue: String::new(),
+        keys: keys.clone(),
     };
     let mut listed: Vec<Vec<String>> = Vec::new();
     let plan = looker
@@ -121,6 +123,7 @@ pub async fn run(
         store: store.clone(),
         publisher: broker.publisher.clone(),
         events_queue: broker.topology.events.clone(),
+        keys,
     };
     let bar = progress(n as u64, "replaying");
     let mut done = replayer

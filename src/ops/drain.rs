@@ -1,6 +1,6 @@
 //! `dlq drain`: stores every dead letter waiting in `P.dead` and exits once none is ready. It
 //! takes messages one at a time (`basic.get`) and stores each through the DLQ logger's own
-//! [`store_and_ack`](crate::dlq::store_and_ack) — committed before acked — so it can run next
+//! [`Logger::store_and_ack`] — committed before acked — so it can run next
 //! to a live service (two consumers of one queue) and stops with nothing of its own unacked.
 //! The final empty `basic.get` is a round trip through the queue, so the acks before it are
 //! applied before the channel closes.
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::OpsError;
 use super::stats::is_not_found;
 use crate::broker::Broker;
-use crate::dlq::{Patience, Stored, store_and_ack};
+use crate::dlq::{Logger, Patience, Stored};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -45,8 +45,14 @@ pub async fn drain(
         log,
     };
     let queue = broker.topology.dead.as_str();
+    let logger = Logger {
+        store: store.clone(),
+        keys: super::load_keys(store).await?,
+        // The service counts what it stores; a drain's counts would go nowhere.
+        metrics: Metrics::new(),
+        events_queue: broker.topology.events.clone(),
+    };
     let channel = broker.channel().await?;
-    let metrics = Metrics::new();
     let mut report = DrainReport::default();
     loop {
         if stop.is_cancelled() {
@@ -66,16 +72,9 @@ pub async fn drain(
                 }
             })?;
         let Some(message) = got else { break };
-        let delivery = &message.delivery;
-        let stored = store_and_ack(
-            &delivery.data,
-            &delivery.acker,
-            store,
-            &metrics,
-            stop,
-            patience,
-        )
-        .await;
+        let stored = logger
+            .store_and_ack(&message.delivery, stop, patience)
+            .await;
         match stored {
             Stored::New => report.drained += 1,
             Stored::AlreadyStored => {

@@ -8,14 +8,18 @@
 //! an error naming it, not something an operator's typo should create.
 
 pub mod drain;
+pub mod migrate;
 pub mod publish;
 pub mod replay;
 pub mod select;
 pub mod stats;
 pub mod when;
 
+use std::sync::Arc;
+
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, redact_url};
+use crate::seal::{KeyError, Keyring};
 use crate::store::{Store, StoreError};
 
 /// An operation's failure. [`OpsError::BadInput`] is the caller's to fix (CLI exit 2, API 4xx).
@@ -49,6 +53,16 @@ pub async fn open_store(cfg: &Config) -> Result<Store, OpsError> {
             )),
             error => OpsError::StoreUnreachable { url, error },
         })
+}
+
+/// The message keys in `store` (the CLI seals the tasks it enqueues and checks the dead letters
+/// it drains with the service's own keys).
+pub async fn load_keys(store: &Store) -> Result<Arc<Keyring>, OpsError> {
+    match Keyring::load(store).await {
+        Ok(keys) => Ok(Arc::new(keys)),
+        Err(KeyError::NoKey) => Err(OpsError::BadInput(KeyError::NoKey.to_string())),
+        Err(KeyError::Store(e)) => Err(OpsError::Store(e)),
+    }
 }
 
 /// Connects to the broker at `AMQP_URL` once, with a confirm channel in its publisher.

@@ -6,14 +6,16 @@
 //! between rolls the claim back, so a record never reads as replayed without having been sent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, Publisher};
+use crate::seal::Keyring;
 use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
 use crate::time::now_rfc3339;
-use crate::wire::DeliveryTask;
+use crate::wire::{DeliveryTask, TaskKind};
 
 /// Records read from the store at a time while a selection is worked through.
 const PAGE: usize = 500;
@@ -32,6 +34,11 @@ pub enum Skip {
     SubscriptionDisabled(String),
     #[error("already replayed{}", .0.as_ref().map(|at| format!(" at {at}")).unwrap_or_default())]
     AlreadyReplayed(Option<String>),
+    #[error(
+        "its content was not verified as this service's own (forged, or stored by a version that \
+         did not check): it is never replayed; if the event is genuine, publish it again"
+    )]
+    Untrusted,
 }
 
 impl Skip {
@@ -41,6 +48,7 @@ impl Skip {
             Skip::SubscriptionDeleted(_) => "subscription_deleted",
             Skip::SubscriptionDisabled(_) => "subscription_disabled",
             Skip::AlreadyReplayed(_) => "already_replayed",
+            Skip::Untrusted => "untrusted",
         }
     }
 }
@@ -66,7 +74,8 @@ pub enum ReplayError {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Skipped {
     pub id: String,
-    /// `not_replayable`, `subscription_deleted`, `subscription_disabled` or `already_replayed`.
+    /// `not_replayable`, `untrusted`, `subscription_deleted`, `subscription_disabled` or
+    /// `already_replayed`.
     #[schema(value_type = String)]
     pub reason: &'static str,
     /// The whole explanation (not in the API's answer, which keeps to `{id, reason}`).
@@ -160,6 +169,8 @@ pub struct Replayer {
     pub store: Store,
     pub publisher: Publisher,
     pub events_queue: String,
+    /// Seals the replayed tasks.
+    pub keys: Arc<Keyring>,
 }
 
 impl Replayer {
@@ -261,7 +272,7 @@ impl Replayer {
         // the same webhook-id).
         let task = task_of(log).expect("checked: the record has a subscription");
         self.publisher
-            .enqueue_task(&self.events_queue, &task, "replay")
+            .enqueue_task(&self.events_queue, &task, TaskKind::Replay, &self.keys)
             .await?;
         claim.commit().await.map_err(ReplayError::NotMarked)?;
         tracing::info!(delivery_log_id = %id, event_id = %log.event_id, "replay queued");
@@ -275,6 +286,9 @@ impl Replayer {
         log: &DeliveryLog,
         subscriptions: &mut Subscriptions,
     ) -> Result<(), ReplayError> {
+        if log.trusted != Some(true) {
+            return Err(Skip::Untrusted.into());
+        }
         let Some(task) = task_of(log) else {
             return Err(Skip::NotReplayable(log.reason.clone()).into());
         };

@@ -32,6 +32,18 @@ pub struct DeliveryLog {
     pub dead_lettered_at: String,
     #[schema(format = DateTime)]
     pub replayed_at: Option<String>,
+    /// Whether the dead letter was verified as this service's own (its seal checked). `false`:
+    /// it arrived in the dead-letter queue without a valid seal (forged, or written by something
+    /// else); it is kept whole as `payload`, belongs to no account or subscription, and is never
+    /// replayed. `null`: stored by a version that did not check (never replayed either).
+    pub trusted: Option<bool>,
+}
+
+/// Whether a dead letter's content is the service's own; see [`DeliveryLog::trusted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Verified,
+    Untrusted,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -103,16 +115,20 @@ impl GroupBy {
     }
 }
 
-const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at";
+const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
 
 impl Store {
     /// Persists a dead letter; `false` if a record with its id was already there (a redelivered
     /// copy), which is not an error.
-    pub async fn insert_dead_letter(&self, dl: &DeadLetter) -> Result<bool, StoreError> {
+    pub async fn insert_dead_letter(
+        &self,
+        dl: &DeadLetter,
+        trust: Trust,
+    ) -> Result<bool, StoreError> {
         let attempts = serde_json::to_string(&dl.attempts).expect("attempts serialise");
         let done = sqlx::query(
-            "INSERT INTO delivery_logs (id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO delivery_logs (id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, trusted) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&dl.id)
         .bind(&dl.event_id)
@@ -125,6 +141,7 @@ impl Store {
         .bind(&dl.detail)
         .bind(attempts)
         .bind(&dl.dead_lettered_at)
+        .bind(i64::from(trust == Trust::Verified))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -315,5 +332,6 @@ fn from_row(row: &AnyRow) -> Result<DeliveryLog, StoreError> {
         attempts,
         dead_lettered_at: row.try_get("dead_lettered_at")?,
         replayed_at: row.try_get("replayed_at")?,
+        trusted: row.try_get::<Option<i64>, _>("trusted")?.map(|t| t != 0),
     })
 }

@@ -3,6 +3,7 @@
 //! written once and tested on SQLite; `$N` placeholders work on both.
 
 mod delivery_logs;
+mod keys;
 mod subscriptions;
 
 use std::str::FromStr;
@@ -12,7 +13,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
-pub use delivery_logs::{DeliveryLog, GroupBy, LogFilter, LogGroup, ReplayClaim, ReplaySelection};
+pub use delivery_logs::{
+    DeliveryLog, GroupBy, LogFilter, LogGroup, ReplayClaim, ReplaySelection, Trust,
+};
+pub use keys::StoredKey;
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
 
 #[derive(Debug, thiserror::Error)]

@@ -136,6 +136,17 @@ pub fn validate_url(raw: &str) -> Result<url::Url, String> {
     if raw.len() > 2048 {
         return Err("url must be at most 2048 characters".into());
     }
+    // The parser would silently drop tabs and line breaks and trim the ends: what was sent would
+    // not be what is stored, and a CR/LF is never meant.
+    if let Some(c) = raw.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "url must not contain control characters (found U+{:04X})",
+            c as u32
+        ));
+    }
+    if raw.starts_with(char::is_whitespace) || raw.ends_with(char::is_whitespace) {
+        return Err("url must not begin or end with white space".into());
+    }
     let url =
         url::Url::parse(raw).map_err(|e| format!("url {raw:?} is not an absolute URL: {e}"))?;
     // Stored and shown normalised (non-ASCII percent-encoded): that form must fit too, or a URL
@@ -164,15 +175,9 @@ pub fn validate_url(raw: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// Checks an account id: 1 to 200 characters, no control characters.
+/// Checks an account id: the rules of [`crate::text::check_account_id`], the same as on intake.
 pub fn validate_account(raw: &str) -> Result<(), String> {
-    if raw.trim().is_empty() {
-        return Err("account_id must not be empty".into());
-    }
-    if raw.len() > 200 || raw.chars().any(char::is_control) {
-        return Err("account_id must be at most 200 characters without control characters".into());
-    }
-    Ok(())
+    crate::text::check_account_id(raw)
 }
 
 /// Checks a description: at most 1,000 characters.
@@ -226,6 +231,10 @@ mod tests {
             "https://u:p@example.com/",
             "/relative",
             "https://example.com/#frag",
+            "https://example.com/a\r\nX: y",
+            "https://example.com/a\tb",
+            " https://example.com/",
+            "https://example.com/\u{85}",
         ] {
             assert!(validate_url(bad).is_err(), "{bad}");
         }

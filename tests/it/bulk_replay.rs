@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use webhook_dispatcher::store::Store;
+use webhook_dispatcher::store::{Store, Trust};
 use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
 
 use crate::helpers::*;
@@ -255,7 +255,12 @@ async fn app_with_stored_letters(n: usize) -> (TestApp, Receiver, Store, Vec<Str
             attempts: Vec::new(),
             dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
         };
-        assert!(store.insert_dead_letter(&letter).await.unwrap());
+        assert!(
+            store
+                .insert_dead_letter(&letter, Trust::Verified)
+                .await
+                .unwrap()
+        );
         record_ids.push(letter.id);
     }
     (app, receiver, store, record_ids, dir)

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use webhook_dispatcher::store::{LogFilter, Store};
+use webhook_dispatcher::broker::dead_letter_message;
+use webhook_dispatcher::seal::Keyring;
+use webhook_dispatcher::store::{LogFilter, Store, Trust};
 use webhook_dispatcher::wire::DeadLetter;
 
 use crate::helpers::*;
@@ -32,26 +34,11 @@ fn purchase(id: &str, account: &str) -> String {
 
 /// The service's delivery log, read through its API.
 async fn logs(service: &ServiceProcess, query: &str) -> Vec<Value> {
-    let body: Value = service
-        .http
-        .get(service.url(&format!("/v1/delivery-logs?limit=500&{query}")))
-        .send()
-        .await
-        .expect("GET /v1/delivery-logs")
-        .json()
-        .await
-        .expect("delivery-log JSON");
-    body["items"].as_array().expect("items").clone()
+    service.delivery_logs(query).await
 }
 
 async fn wait_for_logs(service: &ServiceProcess, query: &str, n: usize) -> Vec<Value> {
-    wait_until(
-        &format!("{n} delivery-log records for {query:?}"),
-        PATIENCE,
-        || async { logs(service, query).await.len() >= n },
-    )
-    .await;
-    logs(service, query).await
+    service.wait_for_logs(query, n).await
 }
 
 /// Publishes `body` like a producer would, through the CLI's stdin; returns the printed id.
@@ -63,22 +50,30 @@ async fn publish(service: &ServiceProcess, body: &str) -> String {
 
 /// Publishes `bodies` as they are (persistent, confirmed) to `exchange` with `routing_key`.
 async fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
-    let (_conn, channel) = confirm_channel(&amqp_url()).await;
-    for body in bodies {
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                Default::default(),
-                body,
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "the broker took the message");
-    }
+    let messages: Vec<_> = bodies
+        .iter()
+        .map(|body| (body.clone(), lapin::BasicProperties::default()))
+        .collect();
+    publish_messages(exchange, routing_key, &messages).await;
+}
+
+/// `letters` as the dispatcher publishes them to `P.dead`: sealed with the service's message key
+/// (read from its store), so the logger believes them.
+async fn sealed(
+    service: &ServiceProcess,
+    letters: &[DeadLetter],
+) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
+    let store = Store::open_existing(&sqlite_url(service.db_path()))
+        .await
+        .expect("the service's store");
+    let keys = Keyring::load(&store)
+        .await
+        .expect("the service's message key");
+    store.close().await;
+    letters
+        .iter()
+        .map(|dl| dead_letter_message(dl, &keys))
+        .collect()
 }
 
 fn ids_of(records: &[Value]) -> Vec<String> {
@@ -326,15 +321,11 @@ async fn dlq_drain_stores_every_dead_letter_once_while_the_service_is_down() {
     let letters: Vec<DeadLetter> = (0..30).map(dead_letter).collect();
     // Five were stored already (a crash between commit and ack): they must not be doubled.
     for dl in &letters[..5] {
-        assert!(store.insert_dead_letter(dl).await.unwrap());
+        assert!(store.insert_dead_letter(dl, Trust::Verified).await.unwrap());
     }
     let dead = service.dead_queue();
-    let bodies: Vec<Vec<u8>> = letters
-        .iter()
-        .map(|dl| serde_json::to_vec(dl).unwrap())
-        .chain([b"not a dead letter".to_vec()])
-        .collect();
-    publish_raw("", &dead, &bodies).await;
+    publish_messages("", &dead, &sealed(&service, &letters).await).await;
+    publish_raw("", &dead, &[b"not a dead letter".to_vec()]).await;
     let stats: Value =
         serde_json::from_str(&service.cli(&["dlq", "stats", "--json"], b"").await.stdout).unwrap();
     assert_eq!(stats["queues"][4]["ready"], 31, "{stats}");
@@ -555,11 +546,7 @@ async fn replay_skips_what_cannot_be_sent_and_says_why() {
 async fn dlq_drain_runs_next_to_the_services_own_logger() {
     let service = ServiceProcess::start(&[]).await;
     let letters: Vec<DeadLetter> = (0..300).map(dead_letter).collect();
-    let bodies: Vec<Vec<u8>> = letters
-        .iter()
-        .map(|dl| serde_json::to_vec(dl).unwrap())
-        .collect();
-    publish_raw("", &service.dead_queue(), &bodies).await;
+    publish_messages("", &service.dead_queue(), &sealed(&service, &letters).await).await;
 
     // Two consumers of P.dead: the service's logger and the drain.
     let run = service.cli(&["dlq", "drain"], b"").await;
@@ -678,7 +665,7 @@ async fn stopped_service_with_a_dead_letter() -> (ServiceProcess, String) {
     let mut service = ServiceProcess::start(&[]).await;
     service.stop(PATIENCE).await;
     let dead = service.dead_queue();
-    publish_raw("", &dead, &[serde_json::to_vec(&dead_letter(0)).unwrap()]).await;
+    publish_messages("", &dead, &sealed(&service, &[dead_letter(0)]).await).await;
     (service, dead)
 }
 

@@ -8,16 +8,9 @@ use crate::service_process::*;
 
 /// The records of `account` in the service's delivery log, through its API.
 async fn records(service: &ServiceProcess, account: &str) -> Vec<Value> {
-    let body: Value = service
-        .http
-        .get(service.url(&format!("/v1/delivery-logs?account_id={account}")))
-        .send()
+    service
+        .delivery_logs(&format!("account_id={account}"))
         .await
-        .expect("GET /v1/delivery-logs")
-        .json()
-        .await
-        .expect("JSON");
-    body["items"].as_array().expect("items").clone()
 }
 
 /// Publishes an `identify` for `acct_tty` per number in `visitors` (its endpoint failing) and

@@ -554,6 +554,30 @@ pub fn metric_sum(page: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Publishes each (body, properties) pair (persistent, confirmed) to `exchange` with `routing_key`.
+pub async fn publish_messages(
+    exchange: &str,
+    routing_key: &str,
+    messages: &[(Vec<u8>, lapin::BasicProperties)],
+) {
+    let (_conn, channel) = confirm_channel(&amqp_url()).await;
+    for (body, props) in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                props.clone().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker took the message");
+    }
+}
+
 /// A port nothing listens on, below the ephemeral range so no outgoing connection takes it
 /// while its owner is down (a broker node being restarted), and never handed out twice by this
 /// process.

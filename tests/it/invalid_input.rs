@@ -146,33 +146,3 @@ async fn a_replay_of_a_message_rejected_before_matching_is_refused_clearly() {
     assert_eq!(body["error"]["code"], "not_replayable");
     app.stop().await.unwrap();
 }
-
-#[tokio::test]
-async fn a_producer_cannot_pass_off_a_message_as_an_internal_delivery_task() {
-    let app = spawn_app().await;
-    let receiver = Receiver::start().await;
-    let sub = app.subscribe("acct_acme", &receiver.url, &["*"]).await;
-    // A forged task: a body of the producer's choosing, aimed at a subscription it knows.
-    let forged = serde_json::json!({
-        "event_id": "forged", "account_id": "acct_acme", "subscription_id": sub["id"],
-        "event": "purchase", "body": "{\"anything\":\"the attacker wants signed\"}", "attempts": []
-    });
-    let mut headers = lapin::types::FieldTable::default();
-    headers.insert(
-        "x-webhook-task".into(),
-        lapin::types::AMQPValue::LongString(b"delivery".to_vec().into()),
-    );
-    let props = lapin::BasicProperties::default().with_headers(headers);
-    app.publish_with("purchase", forged.to_string().as_bytes(), props)
-        .await;
-
-    let logs = app.wait_for_logs("", 1).await;
-    assert_eq!(
-        logs[0]["reason"], "invalid_event",
-        "treated as an inbound event: {}",
-        logs[0]
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(receiver.count(), 0, "nothing was signed and sent");
-    app.stop().await.unwrap();
-}

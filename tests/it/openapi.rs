@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use webhook_dispatcher::api::{self, ApiState};
 use webhook_dispatcher::broker::{Publisher, Topology};
 use webhook_dispatcher::metrics::Metrics;
+use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
 use webhook_dispatcher::subscriptions::SubscriptionIndex;
 
@@ -33,8 +34,11 @@ const METHODS: [Method; 5] = [
 async fn served_paths() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(&unique("q"), &unique("x"), dir.path(), &[]);
+    let store = Store::connect(&cfg.database_url).await.unwrap();
+    store.ensure_message_key().await.unwrap();
     let state = ApiState {
-        store: Store::connect(&cfg.database_url).await.unwrap(),
+        keys: Arc::new(Keyring::load(&store).await.unwrap()),
+        store,
         index: Arc::new(SubscriptionIndex::default()),
         publisher: Publisher::default(),
         topology: Arc::new(Topology::new(&cfg)),

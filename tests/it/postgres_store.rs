@@ -80,14 +80,7 @@ async fn get(service: &ServiceProcess, path: &str) -> Value {
 }
 
 async fn post(service: &ServiceProcess, path: &str, body: Value) -> (u16, Value) {
-    let resp = service
-        .http
-        .post(service.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    (resp.status().as_u16(), resp.json().await.expect("JSON"))
+    service.post_json(path, body).await
 }
 
 #[tokio::test]
@@ -261,10 +254,15 @@ fn stored_letter(event: Option<&str>) -> webhook_dispatcher::wire::DeadLetter {
 
 /// Claims (dropped, committed, taken) and grouped counts, the same on both databases.
 async fn claims_and_ties_on(url: &str) {
-    use webhook_dispatcher::store::{GroupBy, Store};
+    use webhook_dispatcher::store::{GroupBy, Store, Trust};
     let store = Store::connect(url).await.expect("store");
     let letter = stored_letter(Some("purchase"));
-    assert!(store.insert_dead_letter(&letter).await.unwrap());
+    assert!(
+        store
+            .insert_dead_letter(&letter, Trust::Verified)
+            .await
+            .unwrap()
+    );
     let id = letter.id.as_str();
     let first = "2026-11-27T10:00:00.000Z";
     // A claim dropped before its commit (a failed publish, a process that died) leaves the
@@ -294,7 +292,7 @@ async fn claims_and_ties_on(url: &str) {
     // Three groups of one: named ones by name, the null one last, on both databases.
     for event in [Some("identify"), None] {
         store
-            .insert_dead_letter(&stored_letter(event))
+            .insert_dead_letter(&stored_letter(event), Trust::Verified)
             .await
             .unwrap();
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use webhook_dispatcher::store::{LogFilter, Store};
+use webhook_dispatcher::store::{LogFilter, Store, Trust};
 
 use crate::helpers::*;
 use crate::private_broker::PrivateBroker;
@@ -46,11 +46,10 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         .expect("the service's store");
     for n in 0..3 {
         store
-            .insert_dead_letter(&exhausted_purchase(
-                &format!("evt_alarm_{n}"),
-                "acct_alarm",
-                &subscription,
-            ))
+            .insert_dead_letter(
+                &exhausted_purchase(&format!("evt_alarm_{n}"), "acct_alarm", &subscription),
+                Trust::Verified,
+            )
             .await
             .expect("insert");
     }

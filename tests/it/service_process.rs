@@ -386,6 +386,44 @@ impl ServiceProcess {
         run_program_within(PATIENCE, &env, &script, typed).await
     }
 
+    /// `POST path` with a JSON body: the status and the JSON answer (null when there is none).
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The delivery-log records matching `query` (at most 500), through the API.
+    pub async fn delivery_logs(&self, query: &str) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = self
+            .http
+            .get(self.url(&format!("/v1/delivery-logs?limit=500&{query}")))
+            .send()
+            .await
+            .expect("GET /v1/delivery-logs")
+            .json()
+            .await
+            .expect("delivery-log JSON");
+        body["items"].as_array().expect("items").clone()
+    }
+
+    /// Waits until at least `n` delivery-log records match `query`, and returns them all.
+    pub async fn wait_for_logs(&self, query: &str, n: usize) -> Vec<serde_json::Value> {
+        wait_until(
+            &format!("{n} delivery-log records for {query:?}"),
+            PATIENCE,
+            || async { self.delivery_logs(query).await.len() >= n },
+        )
+        .await;
+        self.delivery_logs(query).await
+    }
+
     /// Creates a subscription for every event of `account` and returns its id.
     pub async fn subscribe(&self, account: &str, url: &str) -> String {
         let resp = self

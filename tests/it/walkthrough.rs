@@ -1,7 +1,8 @@
 //! The README's operations walkthrough, run as written: every ```` ```sh ```` block between
 //! `<!-- walkthrough:begin -->` and `<!-- walkthrough:end -->`, in order, with bash. A block whose
 //! first line says "leave it running" is started in the background (the reader's second
-//! terminal) and the next block waits until it listens. Only what keeps parallel tests apart is
+//! terminal) and the next block waits until it is ready (a service: `/readyz`; a receiver: its
+//! port). Only what keeps parallel tests apart is
 //! changed: `cargo run -q --` becomes the built binary, the queue prefix, exchange and admin port
 //! come from the environment, ports 8080 and 9999 become free ones, and the current folder (where
 //! the default SQLite store is created) is a temp dir.
@@ -84,6 +85,21 @@ struct Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         delete_topology(std::mem::take(&mut self.queues), self.exchange.clone());
+    }
+}
+
+/// Waits until the service at `port` says it is ready (connected, queues declared and bound):
+/// listening is not enough, a publish before the binding exists is unroutable.
+async fn wait_for_ready(port: u16, background: &Background) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    while !matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service was not ready within {PATIENCE:?}; its output:\n{}",
+            background.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -174,7 +190,7 @@ async fn the_readme_outage_and_replay_walkthrough_works_as_written() {
                 .expect("bash runs");
             let started = Background { child, log };
             if script.contains(" serve") {
-                wait_for_port(api_port, "the service", &started).await;
+                wait_for_ready(api_port, &started).await;
             } else {
                 wait_for_port(hook_port, "the receiver", &started).await;
                 receiver = Some(background.len());

@@ -118,7 +118,7 @@ fn definitions_json_is_the_topology_the_service_declares_by_default() {
     let mut expected: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     expected.insert(
         topology.events.clone(),
-        declared_arguments(&topology.plain_args()),
+        declared_arguments(&topology.events_args()),
     );
     for retry in &topology.retries {
         expected.insert(
