@@ -105,7 +105,7 @@ pub async fn read(
     responses(
         (status = 202, description = "Queued; the record with its `replayed_at`", body = DeliveryLog),
         (status = 404, description = "No such record", body = ErrorBody),
-        (status = 409, description = "`not_replayable` (rejected before matching), `subscription_deleted`, `subscription_disabled` or `already_replayed`", body = ErrorBody),
+        (status = 409, description = "`not_replayable` (rejected before matching), `untrusted` (its content was not verified as the service's own), `subscription_deleted`, `subscription_disabled` or `already_replayed`", body = ErrorBody),
         (status = 503, description = "The broker is not reachable; the record stays replayable", body = ErrorBody),
     ),
 )]
