@@ -10,24 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
-use crate::broker::{Broker, CLOSE_TIMEOUT, Session, TASK_CONFIRM_TIMEOUT};
+use crate::broker::{Broker, CLOSE_TIMEOUT, Session, TASK_CONFIRM_TIMEOUT, Topology};
 use crate::config::Config;
 use crate::delivery::Deliverer;
-use crate::delivery::limit::EndpointLimiter;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{self, Dispatcher};
 use crate::dlq;
 use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::store::Store;
-use crate::subscriptions::SubscriptionIndex;
+use crate::subscriptions::Directory;
 
 /// How often queues are sampled into `webhook_queue_messages` and `webhook_queue_consumers`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -38,7 +34,7 @@ pub struct App {
     listener: Option<TcpListener>,
     store: Store,
     broker: Broker,
-    index: Arc<SubscriptionIndex>,
+    directory: Arc<Directory>,
     keys: Arc<Keyring>,
     metrics: Metrics,
     dispatcher: Arc<Dispatcher>,
@@ -49,12 +45,9 @@ impl App {
     /// binds the API port. Does not need the broker: that connection is made (and remade) by `run`.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         cfg.validate()?;
-        let store = Store::connect(&cfg.database_url).await.with_context(|| {
-            format!(
-                "opening the store at {}",
-                crate::config::redact_url(&cfg.database_url)
-            )
-        })?;
+        let store = Store::connect(cfg.store.database_url.expose())
+            .await
+            .with_context(|| format!("opening the store at {}", cfg.store.database_url))?;
         store
             .ensure_message_key()
             .await
@@ -64,12 +57,9 @@ impl App {
                 .await
                 .context("loading the message keys")?,
         );
-        let index = Arc::new(SubscriptionIndex::default());
-        index
-            .reload(&store)
-            .await
-            .context("loading subscriptions")?;
-        let broker = Broker::new(&cfg)?;
+        let directory = Arc::new(Directory::new(Arc::new(store.clone())));
+        directory.refresh().await.context("loading subscriptions")?;
+        let broker = Broker::new(&cfg.amqp, Topology::new(&cfg), cfg.prefetch)?;
         let metrics = Metrics::new();
         let delay_labels: Vec<String> = broker
             .topology
@@ -83,17 +73,16 @@ impl App {
             cfg.allow_private_targets,
             cfg.max_in_flight_per_endpoint as usize,
         )?;
-        let dispatcher = Arc::new(Dispatcher {
-            index: index.clone(),
-            store: store.clone(),
+        let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
+            directory: directory.clone(),
             deliverer,
             publisher: broker.publisher.clone(),
             topology: broker.topology.clone(),
             metrics: metrics.clone(),
             keys: keys.clone(),
-            limit: Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
-            endpoints: EndpointLimiter::new(cfg.max_in_flight_per_endpoint as usize),
-        });
+            max_in_flight: cfg.max_in_flight as usize,
+            max_in_flight_per_endpoint: cfg.max_in_flight_per_endpoint as usize,
+        }));
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
@@ -102,7 +91,7 @@ impl App {
             listener: Some(listener),
             store,
             broker,
-            index,
+            directory,
             keys,
             metrics,
             dispatcher,
@@ -123,7 +112,7 @@ impl App {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let api_state = ApiState {
             store: self.store.clone(),
-            index: self.index.clone(),
+            directory: self.directory.clone(),
             publisher: self.broker.publisher.clone(),
             topology: self.broker.topology.clone(),
             metrics: self.metrics.clone(),
@@ -144,10 +133,9 @@ impl App {
             tracing::warn!("ADMIN_TOKEN is shorter than 16 characters; use a long random token");
         }
 
-        let refresher = tokio::spawn(refresh_index(
-            self.index.clone(),
+        let refresher = tokio::spawn(refresh(
+            self.directory.clone(),
             self.keys.clone(),
-            self.store.clone(),
             self.cfg.subscription_refresh,
             shutdown.clone(),
         ));
@@ -246,10 +234,12 @@ impl App {
         shutdown: &CancellationToken,
     ) {
         let stop = shutdown.child_token();
-        let dispatch =
-            self.dispatcher
-                .clone()
-                .consume(session.clone(), tracker.clone(), stop.clone());
+        let dispatch = self.dispatcher.clone().consume(
+            session.events.clone(),
+            session.clone(),
+            tracker.clone(),
+            stop.clone(),
+        );
         let logger = dlq::Logger {
             store: self.store.clone(),
             keys: self.keys.clone(),
@@ -269,38 +259,15 @@ impl App {
     }
 }
 
-/// Samples every queue's ready messages and consumers on a channel of its own, reopened after a
-/// failure (a passive declare of a deleted queue closes the channel). The consumer count is the
-/// broker's, so it includes other instances: 0 on the events queue means nobody delivers.
+/// Samples every queue's ready messages and consumers. The consumer count is the broker's, so
+/// it includes other instances: 0 on the events queue means nobody delivers.
 async fn sample_queues(broker: Broker, metrics: Metrics) {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queues: Vec<String> = broker
-        .topology
-        .queues()
-        .into_iter()
-        .map(String::from)
-        .collect();
     loop {
-        if let Ok(channel) = broker.channel().await {
-            'sampling: loop {
-                for queue in &queues {
-                    match channel
-                        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                        .await
-                    {
-                        Ok(q) => {
-                            metrics.queue_sampled(queue, q.message_count(), q.consumer_count())
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, queue, "queue sampling failed");
-                            break 'sampling;
-                        }
-                    }
-                }
-                tokio::time::sleep(SAMPLE_EVERY).await;
+        for queue in broker.topology.queues() {
+            match broker.queue_counts(queue).await {
+                Ok(Some(counts)) => metrics.queue_sampled(queue, counts.ready, counts.consumers),
+                Ok(None) => tracing::warn!(queue, "queue sampling: the queue does not exist"),
+                Err(e) => tracing::warn!(error = %e, queue, "queue sampling failed"),
             }
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
@@ -309,10 +276,9 @@ async fn sample_queues(broker: Broker, metrics: Metrics) {
 
 /// Reloads the subscription index and the message keys periodically, picking up changes made by
 /// other instances.
-async fn refresh_index(
-    index: Arc<SubscriptionIndex>,
+async fn refresh(
+    directory: Arc<Directory>,
     keys: Arc<Keyring>,
-    store: Store,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -321,7 +287,7 @@ async fn refresh_index(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = index.reload(&store).await {
+        if let Err(e) = directory.refresh().await {
             tracing::warn!(error = %e, "subscription refresh failed; keeping the last index");
         }
         if let Err(e) = keys.reload().await {

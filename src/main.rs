@@ -1,6 +1,7 @@
 //! The door: parse the command line, start telemetry, hand over to [`webhook_dispatcher::App`]
 //! (`serve`) or to [`webhook_dispatcher::cli`] (the operator subcommands).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -8,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::cli::{self, OpsCommand};
 use webhook_dispatcher::{App, Config, telemetry};
 
-/// Every setting is a flag (before or after the subcommand) and an environment variable.
+/// Every setting is a flag and an environment variable. Each subcommand takes (after its name)
+/// only the settings it uses; `serve` is the default.
 #[derive(Parser)]
 #[command(
     name = "webhook-dispatcher",
@@ -17,40 +19,53 @@ use webhook_dispatcher::{App, Config, telemetry};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
-    // Under a heading of their own, so each subcommand's own flags come first in its --help.
-    #[command(
-        flatten,
-        next_help_heading = "Settings (flags or environment, as for serve)"
-    )]
-    config: Config,
+    command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole service: consumer, delivery, retries, DLQ logger and admin API (the default).
-    Serve,
+    #[command(after_help = OPERATOR_COMMANDS)]
+    Serve(Box<Config>),
     #[command(flatten)]
-    Ops(OpsCommand),
+    Ops(Box<OpsCommand>),
+}
+
+/// Listed under `serve`'s help, which is also `webhook-dispatcher --help`.
+const OPERATOR_COMMANDS: &str = "Operator commands, each with its own --help and only the \
+settings it uses: publish, dlq stats, dlq drain, replay, migrate-queues, keys list, keys rotate.";
+
+/// The command line with `serve` put in where no subcommand is named: nothing at all, or flags
+/// (`--help` included, so that `webhook-dispatcher --help` documents every setting). Each
+/// subcommand reads only its own settings, so a `serve`-only variable in the environment (a bad
+/// `LISTEN_ADDR`, say) never stops an operator command.
+fn command_line() -> Vec<OsString> {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let serve_implied = match args.get(1).and_then(|a| a.to_str()) {
+        None => true,
+        Some("-V" | "--version") => false,
+        Some(first) => first.starts_with('-'),
+    };
+    if serve_implied {
+        args.insert(1, "serve".into());
+    }
+    args
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let command = Cli::parse_from(command_line()).command;
     let shutdown = CancellationToken::new();
-    let command = cli.command.unwrap_or(Command::Serve);
-    let second_exits = !matches!(command, Command::Serve);
+    let second_exits = !matches!(command, Command::Serve(_));
     tokio::spawn(cancel_on_signal(shutdown.clone(), second_exits));
     match command {
-        Command::Serve => serve(cli.config, shutdown)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Ops(command) => Ok(cli::run(command, cli.config, shutdown).await),
+        Command::Serve(config) => serve(*config, shutdown).await.map(|()| ExitCode::SUCCESS),
+        Command::Ops(command) => Ok(cli::run(*command, shutdown).await),
     }
 }
 
 async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(config.log_format, "info");
+    telemetry::init(config.log.log_format, "info");
     let app = App::build(config).await?;
     app.run(shutdown).await
 }

@@ -26,19 +26,20 @@ pub const FORGED_WHY: [&str; 3] = ["unsigned", "unknown_key", "bad_signature"];
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub events_consumed: IntCounterVec,
-    pub events_rejected: IntCounterVec,
-    pub delivery_attempts: IntCounterVec,
-    pub delivery_duration: HistogramVec,
-    pub retries_scheduled: IntCounterVec,
-    pub dead_letters: IntCounterVec,
-    pub dead_letters_persisted: IntCounter,
-    pub forged_messages: IntCounterVec,
-    pub deliveries_deferred: IntCounter,
-    pub in_flight: IntGauge,
-    pub broker_connected: IntGauge,
-    pub queue_messages: IntGaugeVec,
-    pub queue_consumers: IntGaugeVec,
+    events_consumed: IntCounterVec,
+    events_rejected: IntCounterVec,
+    delivery_attempts: IntCounterVec,
+    delivery_duration: HistogramVec,
+    retries_scheduled: IntCounterVec,
+    dead_letters: IntCounterVec,
+    dead_letters_persisted: IntCounter,
+    forged_messages: IntCounterVec,
+    ack_failures: IntCounter,
+    deliveries_deferred: IntCounter,
+    in_flight: IntGauge,
+    broker_connected: IntGauge,
+    queue_messages: IntGaugeVec,
+    queue_consumers: IntGaugeVec,
 }
 
 impl Metrics {
@@ -100,6 +101,13 @@ impl Metrics {
                 "Dead letters committed to the delivery log.",
             ),
         );
+        let ack_failures = register(
+            &registry,
+            IntCounter::new(
+                "webhook_ack_failures_total",
+                "Acks that failed or did not complete in time; the broker delivers those messages again (a duplicate, never a loss).",
+            ),
+        );
         let deliveries_deferred = register(
             &registry,
             IntCounter::new(
@@ -152,6 +160,7 @@ impl Metrics {
             dead_letters,
             dead_letters_persisted,
             forged_messages,
+            ack_failures,
             deliveries_deferred,
             in_flight,
             broker_connected,
@@ -234,6 +243,27 @@ impl Metrics {
         tracing::warn!(queue, why = forgery.label(), detail = %forgery, "message with no valid seal; nothing in it is believed");
     }
 
+    /// A dead letter committed to the delivery log.
+    pub fn dead_letter_persisted(&self, id: &str, event_id: &str, reason: &str, trusted: bool) {
+        self.dead_letters_persisted.inc();
+        tracing::info!(id, event_id, reason, trusted, "dead letter persisted");
+    }
+
+    /// An ack that failed or timed out: `what` was settled, and its message comes back.
+    pub fn ack_failed(&self, what: &str) {
+        self.ack_failures.inc();
+        tracing::warn!(
+            what,
+            "ack failed or did not complete (channel gone); the broker will deliver the message again"
+        );
+    }
+
+    /// Counts an HTTP attempt in flight until the guard drops (also when it is cancelled).
+    pub fn attempt_in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
     pub fn dead_lettered(&self, event: &str, reason: &str) {
         self.dead_letters.with_label_values(&[event, reason]).inc();
         tracing::warn!(event, reason, "dead-lettered");
@@ -251,6 +281,15 @@ impl Metrics {
 
     pub fn broker_up(&self, up: bool) {
         self.broker_connected.set(i64::from(up));
+    }
+}
+
+/// Keeps `webhook_deliveries_in_flight` right even when an attempt is cancelled.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

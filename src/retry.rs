@@ -1,5 +1,6 @@
-//! What happens after an attempt: done, wait in the next delay queue, or dead-letter. The only
-//! place that turns an [`Outcome`] and an attempt number into a next step.
+//! What happens to a delivery next: done, wait in the next delay queue, put off, or dead-letter.
+//! The only place that turns an [`Outcome`] and an attempt number into a next step, or decides
+//! what a delivery whose endpoint is full does.
 
 use crate::delivery::Outcome;
 
@@ -9,8 +10,19 @@ pub enum Next {
     Done,
     /// Publish to the delay queue with this index (`RETRY_DELAYS[index]`), then ack.
     Retry(usize),
+    /// Its endpoint is full: publish to the delay queue with this index without spending an
+    /// attempt, then ack.
+    Defer(usize),
     /// Out of attempts; publish to `P.dead` with reason `exhausted`, then ack.
     Exhausted,
+}
+
+/// What a delivery whose endpoint had no free slot does, with `delays` retry delays
+/// configured: wait in the longest delay queue (every round trip through one costs the broker a
+/// publish, and the endpoint has just failed to free a slot for a while), no attempt spent; with
+/// no delay queue, `None`: it is attempted anyway.
+pub fn when_endpoint_full(delays: usize) -> Option<Next> {
+    delays.checked_sub(1).map(Next::Defer)
 }
 
 /// `attempt` is the number (1-based) of the attempt that produced `outcome`; `delays` is how
@@ -41,6 +53,13 @@ mod tests {
         assert_eq!(next_step(&fail, 4, 3), Next::Exhausted);
         assert_eq!(next_step(&fail, 0, 3), Next::Retry(0));
         assert_eq!(next_step(&Outcome::Timeout, 1, 0), Next::Exhausted);
+    }
+
+    #[test]
+    fn a_full_endpoint_defers_to_the_longest_delay_queue_if_there_is_one() {
+        assert_eq!(when_endpoint_full(3), Some(Next::Defer(2)));
+        assert_eq!(when_endpoint_full(1), Some(Next::Defer(0)));
+        assert_eq!(when_endpoint_full(0), None);
     }
 
     #[test]
@@ -77,6 +96,7 @@ mod tests {
             Cli::try_parse_from(["webhook-dispatcher", "--retry-delays", &default])
                 .expect("the default config parses")
                 .cfg
+                .queues
                 .retry_delays
                 .0
         }

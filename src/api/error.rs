@@ -10,6 +10,7 @@ use crate::broker::BrokerError;
 use crate::ops::OpsError;
 use crate::ops::replay::ReplayError;
 use crate::store::StoreError;
+use crate::subscriptions::LookupError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +34,8 @@ pub enum ApiError {
     Broker(#[from] BrokerError),
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
+    #[error("the store failed: {0}")]
+    Lookup(#[from] LookupError),
 }
 
 impl ApiError {
@@ -47,7 +50,9 @@ impl ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Broker(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            ApiError::Store(_) | ApiError::Lookup(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::ops::replay::Replayer;
 use crate::seal::Keyring;
 use crate::store::Store;
-use crate::subscriptions::SubscriptionIndex;
+use crate::subscriptions::Directory;
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,7 +45,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    pub index: Arc<SubscriptionIndex>,
+    pub directory: Arc<Directory>,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
     pub metrics: Metrics,

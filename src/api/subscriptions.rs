@@ -368,6 +368,6 @@ pub(super) fn not_found(id: &str) -> ApiError {
 }
 
 async fn refresh(state: &ApiState) -> Result<(), ApiError> {
-    state.index.reload(&state.store).await?;
+    state.directory.refresh().await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 use super::BrokerError;
-use crate::config::{Config, QueueType, delay_label};
+use crate::config::{Config, QueueSettings, QueueType, delay_label};
 
 /// One delay queue: failed deliveries wait here for `delay`, then dead-letter back to the
 /// events queue.
@@ -31,12 +31,18 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The topology `serve` declares.
     pub fn new(cfg: &Config) -> Topology {
-        let p = &cfg.queue_prefix;
+        Topology::with(&cfg.exchange.events_exchange, &cfg.queues)
+    }
+
+    /// The topology of `exchange` and the queues `queues` names.
+    pub fn with(exchange: &str, queues: &QueueSettings) -> Topology {
+        let p = &queues.queue_prefix;
         Topology {
-            exchange: cfg.events_exchange.clone(),
+            exchange: exchange.to_string(),
             events: format!("{p}.events"),
-            retries: cfg
+            retries: queues
                 .retry_delays
                 .0
                 .iter()
@@ -50,7 +56,23 @@ impl Topology {
                 })
                 .collect(),
             dead: format!("{p}.dead"),
-            queue_type: cfg.queue_type,
+            queue_type: queues.queue_type,
+        }
+    }
+
+    /// The queues alone, for a command that never touches the exchange (its name is empty).
+    pub fn queues_only(queues: &QueueSettings) -> Topology {
+        Topology::with("", queues)
+    }
+
+    /// The exchange alone, for publishing to it like a producer (no queue names).
+    pub fn exchange_only(exchange: &str) -> Topology {
+        Topology {
+            exchange: exchange.to_string(),
+            events: String::new(),
+            retries: Vec::new(),
+            dead: String::new(),
+            queue_type: QueueType::Quorum,
         }
     }
 

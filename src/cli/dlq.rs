@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
+use super::OpsSettings;
 use super::terminal::{progress, table};
-use crate::config::{Config, redact_url};
 use crate::ops::stats::{self, Stats};
 use crate::ops::{connect_broker, drain, open_store};
 use crate::store::LogGroup;
 
-pub async fn stats(cfg: &Config, json: bool) -> Result<ExitCode, CliError> {
-    let store = open_store(cfg).await?;
-    let broker = connect_broker(cfg).await?;
+pub async fn stats(settings: &OpsSettings, json: bool) -> Result<ExitCode, CliError> {
+    let store = open_store(&settings.store).await?;
+    let broker = connect_broker(&settings.access.amqp, settings.topology()).await?;
     let collected = stats::collect(&broker, &store).await;
     broker.close().await;
     store.close().await;
@@ -24,12 +24,12 @@ pub async fn stats(cfg: &Config, json: bool) -> Result<ExitCode, CliError> {
             serde_json::to_string_pretty(&stats).expect("stats serialise")
         );
     } else {
-        print!("{}", render(&stats, cfg));
+        print!("{}", render(&stats, settings));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(stats: &Stats, cfg: &Config) -> String {
+fn render(stats: &Stats, settings: &OpsSettings) -> String {
     let count = |n: Option<u32>| n.map_or_else(|| "missing".to_string(), |n| n.to_string());
     let queues: Vec<Vec<String>> = stats
         .queues
@@ -37,16 +37,14 @@ fn render(stats: &Stats, cfg: &Config) -> String {
         .map(|q| vec![q.queue.clone(), count(q.ready), count(q.consumers)])
         .collect();
     let log = &stats.delivery_log;
-    let mut out = format!("queues on {}\n", redact_url(&cfg.amqp_url));
+    let mut out = format!("queues on {}\n", settings.access.amqp.amqp_url);
     out.push_str(&table(&["QUEUE", "READY", "CONSUMERS"], &queues));
     out.push_str(
         "  (READY: messages waiting; those a consumer holds unacked are not counted, see\n   `rabbitmqctl list_queues name messages_ready messages_unacknowledged`)\n",
     );
     out.push_str(&format!(
         "\ndelivery log in {}: {} records, {} not replayed\n",
-        redact_url(&cfg.database_url),
-        log.total,
-        log.not_replayed
+        settings.store.database_url, log.total, log.not_replayed
     ));
     for (title, header, groups) in [
         ("by reason", "REASON", &log.by_reason),
@@ -73,9 +71,9 @@ fn group_row(group: &LogGroup) -> Vec<String> {
     ]
 }
 
-pub async fn drain(cfg: &Config, stop: &CancellationToken) -> Result<ExitCode, CliError> {
-    let store = open_store(cfg).await?;
-    let broker = connect_broker(cfg).await?;
+pub async fn drain(settings: &OpsSettings, stop: &CancellationToken) -> Result<ExitCode, CliError> {
+    let store = open_store(&settings.store).await?;
+    let broker = connect_broker(&settings.access.amqp, settings.topology()).await?;
     let waiting = stats::queue_stats(&broker, &broker.topology.dead).await;
     let bar = progress(
         waiting.ok().and_then(|q| q.ready).map_or(0, u64::from),

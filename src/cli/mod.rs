@@ -1,23 +1,28 @@
 //! The operator CLI's terminal side: subcommands (`publish`, `dlq stats`, `dlq drain`,
-//! `replay`), printing, prompts and progress bars. The work itself is in [`crate::ops`].
+//! `replay`, `migrate-queues`, `keys`), printing, prompts and progress bars. The work itself is
+//! in [`crate::ops`].
 //!
-//! Every subcommand reads the same settings as `serve` and talks to the broker and the store
-//! directly; none needs `ADMIN_TOKEN` or binds `LISTEN_ADDR`. Exit codes: 0 done, 1 the
-//! operation failed (some replays failed, the broker is unreachable, …), 2 bad input or usage.
+//! Each subcommand takes (and documents) only the settings it uses, from flags or the same
+//! environment variables as `serve`, and talks to the broker and the store directly; none needs
+//! `ADMIN_TOKEN` or binds `LISTEN_ADDR`. Exit codes: 0 done, 1 the operation failed (some
+//! replays failed, the broker is unreachable, …), 2 bad input or usage.
 
 mod dlq;
+mod keys;
 mod publish;
 mod replay;
 mod terminal;
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::ops::{OpsError, connect_broker, migrate, open_store};
+use crate::broker::Topology;
+use crate::config::{LogSettings, QueueAccess, StoreSettings};
+use crate::ops::OpsError;
 
+pub use keys::{KeysArgs, KeysCommand, MigrateArgs};
 pub use publish::PublishArgs;
 pub use replay::ReplayArgs;
 
@@ -35,38 +40,10 @@ pub enum OpsCommand {
     /// Give a queue declared by an earlier version this version's arguments (the events queue's
     /// dead-letter target), moving its messages through a holding queue: nothing is lost. Run
     /// it with every instance stopped; run it again if it was interrupted.
-    MigrateQueues,
+    MigrateQueues(MigrateArgs),
     /// The keys that seal the service's own messages (delivery tasks, dead letters), kept in
     /// the store and shared by every instance.
-    #[command(subcommand)]
-    Keys(KeysCommand),
-}
-
-#[derive(Subcommand)]
-pub enum KeysCommand {
-    /// List the message keys (ids and dates; never the secrets).
-    List,
-    /// Create a new message key, which seals from now on; older keys keep verifying for
-    /// `--overlap`, so retries and dead letters already in the queues stay valid. Instances
-    /// pick the new key up within SUBSCRIPTION_REFRESH (at once when they meet it).
-    Rotate {
-        /// How long the older keys keep verifying: longer than anything may wait in a queue
-        /// (the dead-letter queue holds messages while the store is down).
-        #[arg(long, default_value = "7d", value_parser = parse_overlap)]
-        overlap: std::time::Duration,
-    },
-}
-
-/// Longest overlap `keys rotate` takes.
-const MAX_KEY_OVERLAP: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-
-fn parse_overlap(raw: &str) -> Result<std::time::Duration, String> {
-    let overlap = humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("{raw:?} is not a duration like 7d or 12h: {e}"))?;
-    if overlap > MAX_KEY_OVERLAP {
-        return Err("the overlap must be at most 365 days".into());
-    }
-    Ok(overlap)
+    Keys(KeysArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,10 +54,34 @@ pub enum DlqCommand {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        settings: OpsSettings,
     },
     /// Store every dead letter waiting in P.dead in the delivery log, then exit (works with the
     /// service stopped or running).
-    Drain,
+    Drain {
+        #[command(flatten)]
+        settings: OpsSettings,
+    },
+}
+
+/// What the commands on the service's queues and delivery log take: the broker and the queue
+/// names, the store, logging.
+#[derive(Args)]
+pub struct OpsSettings {
+    #[command(flatten)]
+    pub access: QueueAccess,
+    #[command(flatten)]
+    pub store: StoreSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+impl OpsSettings {
+    /// The service's queues (these commands never touch the exchange).
+    fn topology(&self) -> Topology {
+        Topology::queues_only(&self.access.queues)
+    }
 }
 
 /// How a subcommand failed: bad input (exit 2) or a failed operation (exit 1).
@@ -99,71 +100,32 @@ impl From<OpsError> for CliError {
     }
 }
 
-async fn keys(command: KeysCommand, cfg: &Config) -> Result<ExitCode, CliError> {
-    let store = open_store(cfg).await?;
-    let now = chrono::Utc::now();
-    let result = match command {
-        KeysCommand::List => store.message_keys(now).await,
-        KeysCommand::Rotate { overlap } => store
-            .rotate_message_key(now, overlap)
-            .await
-            .and(store.message_keys(now).await),
-    };
-    store.close().await;
-    let keys = result.map_err(|e| CliError::Failed(e.to_string()))?;
-    let rows: Vec<Vec<String>> = keys
-        .iter()
-        .enumerate()
-        .map(|(n, key)| {
-            vec![
-                key.id.to_string(),
-                key.created_at.clone(),
-                if n == 0 {
-                    "seals and verifies"
-                } else {
-                    "verifies"
-                }
-                .to_string(),
-                key.retires_at.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        terminal::table(&["KEY", "CREATED", "USE", "RETIRES"], &rows)
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn migrate_queues(cfg: &Config) -> Result<ExitCode, CliError> {
-    let broker = connect_broker(cfg).await?;
-    let migrated = migrate::migrate(&broker, &mut |step| eprintln!("{step}")).await;
-    broker.close().await;
-    let report = migrated?;
-    let events = &broker.topology.events;
-    if report.already_current {
-        println!("{events} already has this version's arguments: nothing to migrate");
-    } else {
-        println!(
-            "migrated {events}: {} message(s) held and {} moved back",
-            report.moved_out, report.moved_back
-        );
+impl OpsCommand {
+    fn log(&self) -> &LogSettings {
+        match self {
+            OpsCommand::Publish(args) => &args.log,
+            OpsCommand::Dlq(
+                DlqCommand::Stats { settings, .. } | DlqCommand::Drain { settings },
+            ) => &settings.log,
+            OpsCommand::Replay(args) => &args.settings.log,
+            OpsCommand::MigrateQueues(args) => &args.log,
+            OpsCommand::Keys(args) => &args.log,
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one operator subcommand; `stop` is cancelled by ctrl-c/SIGTERM.
-pub async fn run(command: OpsCommand, cfg: Config, stop: CancellationToken) -> ExitCode {
+pub async fn run(command: OpsCommand, stop: CancellationToken) -> ExitCode {
     // lapin logs every closed channel as an error, a missing queue included; the CLI reports
     // the errors that matter itself.
-    crate::telemetry::init(cfg.log_format, "warn,lapin=off");
+    crate::telemetry::init(command.log().log_format, "warn,lapin=off");
     let result = match command {
-        OpsCommand::Publish(args) => publish::run(args, &cfg).await,
-        OpsCommand::Dlq(DlqCommand::Stats { json }) => dlq::stats(&cfg, json).await,
-        OpsCommand::Dlq(DlqCommand::Drain) => dlq::drain(&cfg, &stop).await,
-        OpsCommand::Replay(args) => replay::run(args, &cfg, &stop).await,
-        OpsCommand::MigrateQueues => migrate_queues(&cfg).await,
-        OpsCommand::Keys(command) => keys(command, &cfg).await,
+        OpsCommand::Publish(args) => publish::run(args).await,
+        OpsCommand::Dlq(DlqCommand::Stats { json, settings }) => dlq::stats(&settings, json).await,
+        OpsCommand::Dlq(DlqCommand::Drain { settings }) => dlq::drain(&settings, &stop).await,
+        OpsCommand::Replay(args) => replay::run(args, &stop).await,
+        OpsCommand::MigrateQueues(args) => keys::migrate_queues(&args).await,
+        OpsCommand::Keys(args) => keys::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::CliError;
-use crate::config::Config;
+use crate::broker::Topology;
+use crate::config::{AmqpSettings, ExchangeSettings, LogSettings};
 use crate::ops::publish::{EventFields, publish, validate};
 use crate::ops::{OpsError, connect_broker};
 
@@ -36,9 +37,15 @@ pub struct PublishArgs {
     /// RFC 3339 time of the event; now when not given.
     #[arg(long, requires = "event")]
     timestamp: Option<String>,
+    #[command(flatten)]
+    amqp: AmqpSettings,
+    #[command(flatten)]
+    exchange: ExchangeSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
 }
 
-pub async fn run(args: PublishArgs, cfg: &Config) -> Result<ExitCode, CliError> {
+pub async fn run(args: PublishArgs) -> Result<ExitCode, CliError> {
     let raw = match (&args.file, args.event) {
         (Some(path), _) => read_input(path)?,
         (None, Some(event)) => EventFields {
@@ -52,7 +59,8 @@ pub async fn run(args: PublishArgs, cfg: &Config) -> Result<ExitCode, CliError> 
         (None, None) => unreachable!("clap requires FILE or --event"),
     };
     let event = validate(&raw)?;
-    let broker = connect_broker(cfg).await?;
+    let topology = Topology::exchange_only(&args.exchange.events_exchange);
+    let broker = connect_broker(&args.amqp, topology).await?;
     let published = publish(&broker, &raw, &event).await;
     broker.close().await;
     published?;

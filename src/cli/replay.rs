@@ -9,9 +9,9 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
+use super::OpsSettings;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
-use crate::config::Config;
 use crate::ops::replay::{Limit, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
@@ -59,13 +59,12 @@ pub struct ReplayArgs {
     /// not count.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
+    #[command(flatten)]
+    pub settings: OpsSettings,
 }
 
-pub async fn run(
-    args: ReplayArgs,
-    cfg: &Config,
-    stop: &CancellationToken,
-) -> Result<ExitCode, CliError> {
+pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode, CliError> {
+    let settings = &args.settings;
     let filters = Filters {
         account_id: args.account,
         subscription_id: args.subscription,
@@ -83,7 +82,7 @@ pub async fn run(
             "not on a terminal, so there is nobody to confirm: pass --yes to replay (look first with --dry-run)".into(),
         ));
     }
-    let store = open_store(cfg).await?;
+    let store = open_store(&settings.store).await?;
     let keys = load_keys(&store).await?;
     // A dry run needs no broker; a replayer without a channel can only look.
     let looker = Replayer {
@@ -118,7 +117,7 @@ pub async fn run(
         eprintln!("nothing replayed");
         return Ok(ExitCode::FAILURE);
     }
-    let broker = connect_broker(cfg).await?;
+    let broker = connect_broker(&settings.access.amqp, settings.topology()).await?;
     let replayer = Replayer {
         store: store.clone(),
         publisher: broker.publisher.clone(),

@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::OpsError;
-use super::stats::is_not_found;
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::dlq::{Logger, Patience, Stored};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -52,29 +50,23 @@ pub async fn drain(
         metrics: Metrics::new(),
         events_queue: broker.topology.events.clone(),
     };
-    let channel = broker.channel().await?;
+    let reader = broker.reader(queue).await?;
     let mut report = DrainReport::default();
     loop {
         if stop.is_cancelled() {
             report.interrupted = true;
             break;
         }
-        let got = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    OpsError::BadInput(format!(
-                        "queue {queue} does not exist: check QUEUE_PREFIX (the service declares it when it starts)"
-                    ))
-                } else {
-                    OpsError::Broker(e.into())
-                }
-            })?;
-        let Some(message) = got else { break };
-        let stored = logger
-            .store_and_ack(&message.delivery, stop, patience)
-            .await;
+        let next = reader.next().await.map_err(|e| match e {
+            BrokerError::NotFound(_) => OpsError::BadInput(format!(
+                "queue {queue} does not exist: check QUEUE_PREFIX (the service declares it when it starts)"
+            )),
+            other => OpsError::Broker(other),
+        })?;
+        let Some((message, remaining)) = next else {
+            break;
+        };
+        let stored = logger.store_and_ack(&message, stop, patience).await;
         match stored {
             Stored::New => report.drained += 1,
             Stored::AlreadyStored => {
@@ -86,7 +78,7 @@ pub async fn drain(
                 break;
             }
             Stored::GaveUp(error) => {
-                let _ = channel.close(200, "store failing".into()).await;
+                reader.close().await;
                 return Err(OpsError::Failed(format!(
                     "the store kept failing for {}s ({error}); gave up after {} drained. The dead \
                      letter in hand was not acked and stays in {queue}: fix the store and run the \
@@ -103,8 +95,8 @@ pub async fn drain(
                 )));
             }
         }
-        progress(report.drained, u64::from(message.message_count));
+        progress(report.drained, u64::from(remaining));
     }
-    let _ = channel.close(200, "drained".into()).await;
+    reader.close().await;
     Ok(report)
 }

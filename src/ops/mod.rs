@@ -17,8 +17,8 @@ pub mod when;
 
 use std::sync::Arc;
 
-use crate::broker::{Broker, BrokerError};
-use crate::config::{Config, redact_url};
+use crate::broker::{Broker, BrokerError, Topology};
+use crate::config::{AmqpSettings, StoreSettings};
 use crate::seal::{KeyError, Keyring};
 use crate::store::{Store, StoreError};
 
@@ -43,9 +43,9 @@ pub enum OpsError {
 /// Opens the store at `DATABASE_URL` as the service left it: nothing is created or migrated, so
 /// a wrong URL (or the default relative SQLite path, run from another directory) is bad input
 /// naming the URL, not a fresh empty delivery log.
-pub async fn open_store(cfg: &Config) -> Result<Store, OpsError> {
-    let url = redact_url(&cfg.database_url);
-    Store::open_existing(&cfg.database_url)
+pub async fn open_store(settings: &StoreSettings) -> Result<Store, OpsError> {
+    let url = settings.database_url.redacted();
+    Store::open_existing(settings.database_url.expose())
         .await
         .map_err(|error| match error {
             StoreError::NotMigrated(why) => OpsError::BadInput(format!(
@@ -65,16 +65,18 @@ pub async fn load_keys(store: &Store) -> Result<Arc<Keyring>, OpsError> {
     }
 }
 
-/// Connects to the broker at `AMQP_URL` once, with a confirm channel in its publisher.
-pub async fn connect_broker(cfg: &Config) -> Result<Broker, OpsError> {
+/// Connects to the broker at `amqp` once, with a confirm channel in its publisher, for work on
+/// `topology`.
+pub async fn connect_broker(amqp: &AmqpSettings, topology: Topology) -> Result<Broker, OpsError> {
     let unreachable = |error: BrokerError| OpsError::BrokerUnreachable {
-        url: redact_url(&cfg.amqp_url),
+        url: amqp.amqp_url.redacted(),
         error: match error {
             BrokerError::Pool(inner) => inner,
             other => other.to_string(),
         },
     };
-    let broker = Broker::new(cfg).map_err(unreachable)?;
+    // The CLI consumes nothing: the prefetch is never used.
+    let broker = Broker::new(amqp, topology, 1).map_err(unreachable)?;
     broker.connect_publisher().await.map_err(unreachable)?;
     Ok(broker)
 }

@@ -6,8 +6,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::OpsError;
-use super::stats::is_not_found;
-use crate::broker::{Broker, BrokerError, Route, json_props};
+use crate::broker::{Broker, BrokerError, Route, event_props};
 use crate::event::{self, Event};
 use crate::time::now_rfc3339;
 
@@ -69,10 +68,10 @@ pub async fn publish(broker: &Broker, raw: &[u8], event: &Event) -> Result<(), O
     };
     match broker
         .publisher
-        .publish(route, raw, json_props(&event.id, &[]))
+        .publish(route, raw, event_props(&event.id))
         .await
     {
-        Err(BrokerError::Amqp(e)) if is_not_found(&e) => Err(OpsError::BadInput(format!(
+        Err(BrokerError::NotFound(_)) => Err(OpsError::BadInput(format!(
             "exchange {:?} does not exist: check EVENTS_EXCHANGE (the service declares it when it starts)",
             route.exchange
         ))),

@@ -1,8 +1,6 @@
 //! `dlq stats`: what waits in each queue (a passive declare: ready messages and consumers) and
 //! what the delivery log holds, grouped by reason, event and account.
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 
 use super::OpsError;
@@ -55,34 +53,12 @@ pub async fn collect(broker: &Broker, store: &Store) -> Result<Stats, OpsError> 
     })
 }
 
-/// One queue's counts; a channel per probe, since a failed passive declare closes its channel.
+/// One queue's counts (`None` when it does not exist).
 pub async fn queue_stats(broker: &Broker, name: &str) -> Result<QueueStats, OpsError> {
-    let channel = broker.channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let stats = match channel
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(q) => QueueStats {
-            queue: name.to_string(),
-            ready: Some(q.message_count()),
-            consumers: Some(q.consumer_count()),
-        },
-        Err(e) if is_not_found(&e) => QueueStats {
-            queue: name.to_string(),
-            ready: None,
-            consumers: None,
-        },
-        Err(e) => return Err(OpsError::Broker(e.into())),
-    };
-    let _ = channel.close(200, "probed".into()).await;
-    Ok(stats)
-}
-
-/// A 404 NOT_FOUND channel error: the queue or exchange does not exist.
-pub fn is_not_found(err: &lapin::Error) -> bool {
-    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+    let counts = broker.queue_counts(name).await?;
+    Ok(QueueStats {
+        queue: name.to_string(),
+        ready: counts.map(|c| c.ready),
+        consumers: counts.map(|c| c.consumers),
+    })
 }

@@ -6,7 +6,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Page, Store, StoreError};
 use crate::delivery::SigningKey;
-use crate::subscriptions::{EventSet, PreviousSecret, Subscription};
+use crate::subscriptions::{
+    EventSet, LookupError, PreviousSecret, Subscription, SubscriptionSource,
+};
 use crate::time::{now_rfc3339, rfc3339};
 
 /// A validated subscription to create.
@@ -245,4 +247,19 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+#[async_trait::async_trait]
+impl SubscriptionSource for Store {
+    async fn all_subscriptions(&self) -> Result<Vec<Subscription>, LookupError> {
+        Store::all_subscriptions(self)
+            .await
+            .map_err(|e| LookupError(Box::new(e)))
+    }
+
+    async fn subscription(&self, id: &str) -> Result<Option<Subscription>, LookupError> {
+        Store::subscription(self, id)
+            .await
+            .map_err(|e| LookupError(Box::new(e)))
+    }
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, RwLock};
 
 use super::Subscription;
 use crate::event::EventKind;
-use crate::store::{Store, StoreError};
 
 #[derive(Default)]
 struct Snapshot {
@@ -22,10 +21,14 @@ pub struct SubscriptionIndex {
 }
 
 impl SubscriptionIndex {
-    /// Replaces the index with every subscription in the store.
-    pub async fn reload(&self, store: &Store) -> Result<usize, StoreError> {
+    /// Replaces the index with every subscription `load` returns.
+    pub async fn reload<F, Fut, E>(&self, load: F) -> Result<usize, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<Subscription>, E>>,
+    {
         let _guard = self.reload.lock().await;
-        let all = store.all_subscriptions().await?;
+        let all = load().await?;
         let count = all.len();
         self.replace(all);
         Ok(count)

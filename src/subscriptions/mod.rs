@@ -1,12 +1,15 @@
-//! Subscriptions: the domain type, its validation, and the in-memory index the dispatcher
-//! matches against (no store query per event).
+//! Subscriptions: the domain type, its validation, and the [`Directory`] the dispatcher and the
+//! API find them in (an in-memory index: no store query per event). The store is one
+//! [`SubscriptionSource`]; nothing here depends on it.
 
+mod directory;
 mod index;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use index::SubscriptionIndex;
+pub use directory::{Directory, LookupError, SubscriptionSource};
+use index::SubscriptionIndex;
 
 use crate::delivery::SigningKey;
 use crate::event::EventKind;

@@ -197,7 +197,7 @@ async fn the_cli_needs_no_token_and_names_an_unreachable_broker_without_its_pass
     let port = free_port();
     let url = format!("--amqp-url=amqp://guest:hunter2@127.0.0.1:{port}/%2f");
     let run = service
-        .cli(&[&url, "publish", "-"], fixture("purchase").as_bytes())
+        .cli(&["publish", &url, "-"], fixture("purchase").as_bytes())
         .await;
     run.expect_code(1);
     assert!(
@@ -211,7 +211,7 @@ async fn the_cli_needs_no_token_and_names_an_unreachable_broker_without_its_pass
     // No ADMIN_TOKEN needed, even where `serve` would refuse to start without one; and nothing
     // is bound (every run here shares the running service's LISTEN_ADDR).
     let open = service
-        .cli(&["--listen-addr", "0.0.0.0:8080", "dlq", "stats"], b"")
+        .cli_with(&[("LISTEN_ADDR", "0.0.0.0:8080")], &["dlq", "stats"], b"")
         .await;
     open.expect_code(0);
 }
@@ -676,9 +676,9 @@ async fn the_cli_creates_no_delivery_log_where_there_is_none() {
     let missing = dir.path().join("webhook-dispatcher.db");
     let url = format!("--database-url={}", sqlite_url(&missing));
     for args in [
-        &[url.as_str(), "dlq", "drain"][..],
-        &[url.as_str(), "dlq", "stats"],
-        &[url.as_str(), "replay", "--all", "--dry-run"],
+        &["dlq", "drain", url.as_str()][..],
+        &["dlq", "stats", url.as_str()],
+        &["replay", url.as_str(), "--all", "--dry-run"],
     ] {
         let run = service.cli(args, b"").await;
         run.expect_code(2);
@@ -700,8 +700,9 @@ async fn the_cli_creates_no_delivery_log_where_there_is_none() {
     );
     // `publish` needs no store at all.
     let published = service
-        .cli(
-            &[url.as_str(), "publish", "-"],
+        .cli_with(
+            &[("DATABASE_URL", &sqlite_url(&missing))],
+            &["publish", "-"],
             purchase("evt_no_store", "acct_x").as_bytes(),
         )
         .await;
@@ -715,7 +716,7 @@ async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
     let exchange = unique("missing-x");
     let run = service
         .cli(
-            &[&format!("--events-exchange={exchange}"), "publish", "-"],
+            &["publish", &format!("--events-exchange={exchange}"), "-"],
             fixture("purchase").as_bytes(),
         )
         .await;
@@ -735,7 +736,7 @@ async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
         ),
     ] {
         let run = service
-            .cli(&[&format!("--database-url={url}"), "dlq", "stats"], b"")
+            .cli(&["dlq", "stats", &format!("--database-url={url}")], b"")
             .await;
         run.expect_code(1);
         assert!(run.stderr.contains(&shown), "{run:?}");

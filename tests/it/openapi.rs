@@ -13,7 +13,7 @@ use webhook_dispatcher::broker::{Publisher, Topology};
 use webhook_dispatcher::metrics::Metrics;
 use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
-use webhook_dispatcher::subscriptions::SubscriptionIndex;
+use webhook_dispatcher::subscriptions::Directory;
 
 use crate::helpers::*;
 
@@ -34,12 +34,14 @@ const METHODS: [Method; 5] = [
 async fn served_paths() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(&unique("q"), &unique("x"), dir.path(), &[]);
-    let store = Store::connect(&cfg.database_url).await.unwrap();
+    let store = Store::connect(cfg.store.database_url.expose())
+        .await
+        .unwrap();
     store.ensure_message_key().await.unwrap();
     let state = ApiState {
         keys: Arc::new(Keyring::load(&store).await.unwrap()),
+        directory: Arc::new(Directory::new(Arc::new(store.clone()))),
         store,
-        index: Arc::new(SubscriptionIndex::default()),
         publisher: Publisher::default(),
         topology: Arc::new(Topology::new(&cfg)),
         metrics: Metrics::new(),

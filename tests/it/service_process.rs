@@ -338,6 +338,16 @@ impl ServiceProcess {
         run_cli(&self.env, args, stdin).await
     }
 
+    /// [`cli`](Self::cli) with `extra` environment variables added (or replaced).
+    pub async fn cli_with(&self, extra: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> CliRun {
+        let mut env = self.env.clone();
+        for (key, value) in extra {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        run_cli(&env, args, stdin).await
+    }
+
     /// [`cli`](Self::cli) for a command expected to take longer than [`PATIENCE`].
     pub async fn cli_within(&self, limit: Duration, args: &[&str], stdin: &[u8]) -> CliRun {
         run_cli_within(limit, &self.env, args, stdin).await

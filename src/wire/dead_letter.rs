@@ -1,110 +1,89 @@
-//! Messages the service itself puts on the broker: delivery tasks (retries and replays, on the
-//! delay queues and back on `P.events`) and dead letters (on `P.dead`). Producers never see these.
+//! Dead letters: what the service gives up on, as published to `P.dead` and persisted by the
+//! DLQ logger, each made by a named constructor that says why ([`Reason`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-
 use sha2::{Digest, Sha256};
 
+use super::EventRef;
 use crate::delivery::AttemptRecord;
-use crate::event::EventKind;
+use crate::event::{self, EventError};
+use crate::seal::Forgery;
 use crate::time::now_rfc3339;
 
-/// AMQP header that marks a message on `P.events` as a [`DeliveryTask`] rather than an inbound
-/// event; its value is the [`TaskKind`]. A message that carries it is a task only if its seal
-/// verifies ([`crate::seal`]): anyone can set a header.
-pub const TASK_HEADER: &str = "x-webhook-task";
-
-/// Why a delivery task was published; the [`TASK_HEADER`] value, and part of what its seal covers.
+/// Why something was dead-lettered: a delivery-log record's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskKind {
-    /// A failed attempt's retry.
-    Delivery,
-    /// Put off, no attempt spent: its endpoint was at its in-flight limit.
-    Deferred,
-    /// A delivery-log record sent again.
-    Replay,
-    /// A test event an operator asked for.
-    Test,
+pub enum Reason {
+    /// Every attempt failed.
+    Exhausted,
+    /// A retry whose subscription was disabled meanwhile.
+    SubscriptionDisabled,
+    /// A retry whose subscription was deleted meanwhile (or belongs to another account).
+    SubscriptionDeleted,
+    /// Inbound messages rejected before matching ([`EventError::reason`]).
+    InvalidJson,
+    UnknownEvent,
+    InvalidEvent,
+    TooLarge,
+    /// A sealed task this version cannot read.
+    InvalidTask,
+    /// A message that claimed to be a task without a valid seal.
+    ForgedTask,
+    /// A message in `P.dead` that claimed to be a dead letter without a valid seal.
+    ForgedDeadLetter,
+    /// Anything else in `P.dead` without a valid seal.
+    Unreadable,
+    /// What RabbitMQ dead-lettered from `P.events`, with its reason.
+    Expired,
+    DeliveryLimit,
+    MaxLen,
+    Rejected,
+    /// RabbitMQ gave a reason this version does not know.
+    DeadLettered,
 }
 
-impl TaskKind {
+impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
-            TaskKind::Delivery => "delivery",
-            TaskKind::Deferred => "deferred",
-            TaskKind::Replay => "replay",
-            TaskKind::Test => "test",
+            Reason::Exhausted => "exhausted",
+            Reason::SubscriptionDisabled => "subscription_disabled",
+            Reason::SubscriptionDeleted => "subscription_deleted",
+            Reason::InvalidJson => "invalid_json",
+            Reason::UnknownEvent => "unknown_event",
+            Reason::InvalidEvent => "invalid_event",
+            Reason::TooLarge => "too_large",
+            Reason::InvalidTask => "invalid_task",
+            Reason::ForgedTask => "forged_task",
+            Reason::ForgedDeadLetter => "forged_dead_letter",
+            Reason::Unreadable => "unreadable",
+            Reason::Expired => "expired",
+            Reason::DeliveryLimit => "delivery_limit",
+            Reason::MaxLen => "maxlen",
+            Reason::Rejected => "rejected",
+            Reason::DeadLettered => "dead_lettered",
         }
     }
-}
 
-/// One (event, subscription) delivery still to be attempted. The signing secret and URL are
-/// not carried: they are looked up when the attempt is made, so a fixed URL or a rotated secret
-/// applies to pending retries too, and no secret ever sits in a queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliveryTask {
-    pub event_id: String,
-    pub account_id: String,
-    pub subscription_id: String,
-    pub event: String,
-    /// The exact outbound body.
-    pub body: String,
-    /// Earlier attempts, oldest first; the next attempt's number is `attempts.len() + 1`.
-    pub attempts: Vec<AttemptRecord>,
-    /// Times the next attempt was put off because its endpoint was at its in-flight limit.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub deferrals: u32,
-}
-
-impl DeliveryTask {
-    /// A task whose next attempt is the first (replays, test events).
-    pub fn first_attempt(
-        event_id: &str,
-        account_id: &str,
-        subscription_id: &str,
-        event: &str,
-        body: String,
-    ) -> DeliveryTask {
-        DeliveryTask {
-            event_id: event_id.to_string(),
-            account_id: account_id.to_string(),
-            subscription_id: subscription_id.to_string(),
-            event: event.to_string(),
-            body,
-            attempts: Vec::new(),
-            deferrals: 0,
+    /// The reason of an inbound message's rejection.
+    pub fn of_rejection(err: &EventError) -> Reason {
+        match err {
+            EventError::TooLarge(_) => Reason::TooLarge,
+            EventError::InvalidJson(_) => Reason::InvalidJson,
+            EventError::UnknownEvent(_) => Reason::UnknownEvent,
+            EventError::InvalidEvent(_) => Reason::InvalidEvent,
         }
     }
-}
 
-impl DeliveryTask {
-    /// Reads a task whose seal verified. Its content is the service's own, so a failure here is
-    /// a bug or a task from an incompatible version; still, nothing is taken on trust that
-    /// would be dangerous if it were wrong: the event must be one of the six, the id one a
-    /// receiver can use, the attempts no more than any configuration makes.
-    pub fn read(data: &[u8]) -> Result<DeliveryTask, String> {
-        let task: DeliveryTask =
-            serde_json::from_slice(data).map_err(|e| format!("unreadable delivery task: {e}"))?;
-        if EventKind::parse(&task.event).is_none() {
-            return Err(format!("delivery task for unknown event {:?}", task.event));
+    /// The reason RabbitMQ gave in `x-death`.
+    pub fn of_death(reason: &str) -> Reason {
+        match reason {
+            "expired" => Reason::Expired,
+            "delivery_limit" => Reason::DeliveryLimit,
+            "maxlen" => Reason::MaxLen,
+            "rejected" => Reason::Rejected,
+            _ => Reason::DeadLettered,
         }
-        crate::text::check_event_id(&task.event_id).map_err(|e| format!("delivery task: {e}"))?;
-        if task.attempts.len() > MAX_TASK_ATTEMPTS {
-            return Err(format!(
-                "delivery task with {} attempts (at most {MAX_TASK_ATTEMPTS})",
-                task.attempts.len()
-            ));
-        }
-        Ok(task)
     }
-}
-
-/// Most attempts a task may list: one more than the most retry delays a configuration allows.
-const MAX_TASK_ATTEMPTS: usize = 21;
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// A delivery or inbound message given up on, as published to `P.dead` and persisted by the DLQ
@@ -126,10 +105,71 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// An inbound message rejected before matching: kept raw, with what could be read of it.
+    pub fn rejected(raw: &[u8], message_id: Option<&str>, err: &EventError) -> DeadLetter {
+        let fields = event::rejected_fields(raw);
+        DeadLetter {
+            account_id: fields.account_id,
+            event: fields.event,
+            ..DeadLetter::for_raw(
+                raw,
+                event::fallback_id(message_id, raw),
+                Reason::of_rejection(err),
+                err.to_string(),
+            )
+        }
+    }
+
+    /// A message that claimed to be a delivery task without a valid seal: nothing in it is
+    /// believed, so it names no account or subscription; its bytes are kept for whoever looks.
+    pub fn forged_task(raw: &[u8], forgery: &Forgery) -> DeadLetter {
+        let detail =
+            format!("a delivery task that did not verify ({forgery}); nothing was delivered");
+        DeadLetter::for_raw(raw, event::derived_id(raw), Reason::ForgedTask, detail)
+    }
+
+    /// A sealed task this version cannot read.
+    pub fn invalid_task(raw: &[u8], detail: String) -> DeadLetter {
+        DeadLetter::for_raw(raw, event::derived_id(raw), Reason::InvalidTask, detail)
+    }
+
+    /// A message in `P.dead` nothing in which is believed: its bytes, under an id derived from
+    /// them (a copy delivered again is stored once), naming no account, subscription or event.
+    pub fn untrusted(raw: &[u8], reason: Reason, detail: String) -> DeadLetter {
+        DeadLetter {
+            id: raw_dead_letter_id(raw),
+            ..DeadLetter::for_raw(raw, event::derived_id(raw), reason, detail)
+        }
+    }
+
+    /// The delivery of `ev` to `subscription_id`, given up after `attempts` for `reason`
+    /// (exhausted, or its subscription went away).
+    pub fn given_up(
+        ev: &EventRef<'_>,
+        subscription_id: &str,
+        url: Option<&str>,
+        attempts: Vec<AttemptRecord>,
+        reason: Reason,
+    ) -> DeadLetter {
+        DeadLetter {
+            id: new_dead_letter_id(),
+            event_id: ev.id.to_string(),
+            account_id: Some(ev.account_id.to_string()),
+            subscription_id: Some(subscription_id.to_string()),
+            url: url.map(str::to_string),
+            event: Some(ev.event.to_string()),
+            payload: raw_payload(ev.body.as_bytes()),
+            reason: reason.as_str().to_string(),
+            detail: attempts.last().and_then(|a| a.error.clone()),
+            attempts,
+            dead_lettered_at: now_rfc3339(),
+        }
+    }
+
     /// A dead letter for a message that never became a delivery (rejected inbound event,
     /// unreadable task, foreign message in `P.dead`): the raw bytes are kept — cut to
     /// [`MAX_KEPT_BYTES`], with the full size and SHA-256 added to `detail` when cut.
-    pub fn for_raw(raw: &[u8], event_id: String, reason: &str, detail: String) -> DeadLetter {
+    pub fn for_raw(raw: &[u8], event_id: String, reason: Reason, detail: String) -> DeadLetter {
         let (payload, cut) = kept_payload(raw);
         let mut detail = detail;
         if cut {
@@ -147,7 +187,7 @@ impl DeadLetter {
             url: None,
             event: None,
             payload,
-            reason: reason.to_string(),
+            reason: reason.as_str().to_string(),
             detail: Some(detail),
             attempts: Vec::new(),
             dead_lettered_at: now_rfc3339(),

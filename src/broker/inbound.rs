@@ -1,0 +1,118 @@
+//! What the consumers hand out: [`Inbound`], one message with its body, the headers the service
+//! reads, and its settlement (ack, requeue), each bounded in time.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::ShortString;
+
+use super::BrokerError;
+use super::frame::{Death, death, header_text};
+use crate::seal::{KEY_HEADER, MAC_HEADER};
+use crate::wire::TASK_HEADER;
+
+/// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
+/// written; but lapin (4.12) can leave one that was under way when the connection dropped
+/// pending forever. The broker requeues that message anyway, so waiting longer would only pin
+/// the task — and with it the dead session, and graceful shutdown for its whole grace period.
+/// A timed-out ack is not withdrawn: on a live connection its frame still goes out.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether an ack or nack completed within [`SETTLE_TIMEOUT`].
+async fn settle(op: impl Future<Output = lapin::Result<bool>>) -> bool {
+    matches!(tokio::time::timeout(SETTLE_TIMEOUT, op).await, Ok(Ok(true)))
+}
+
+/// One message taken from a queue.
+pub struct Inbound {
+    delivery: Delivery,
+}
+
+impl Inbound {
+    pub(super) fn new(delivery: Delivery) -> Inbound {
+        Inbound { delivery }
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    /// The AMQP `message_id`, if any.
+    pub fn message_id(&self) -> Option<&str> {
+        self.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str)
+    }
+
+    /// The task kind this message claims to be (its `x-webhook-task` header), if it claims one.
+    /// A claim only: [`Inbound::seal`] is what the claim is checked against.
+    pub fn task_kind(&self) -> Option<String> {
+        header_text(&self.delivery.properties, TASK_HEADER)
+    }
+
+    pub fn is_task(&self) -> bool {
+        self.task_kind().is_some()
+    }
+
+    /// The seal headers as they came: (key id, MAC).
+    pub fn seal(&self) -> (Option<String>, Option<String>) {
+        let props = &self.delivery.properties;
+        (
+            header_text(props, KEY_HEADER),
+            header_text(props, MAC_HEADER),
+        )
+    }
+
+    /// How RabbitMQ dead-lettered it, if it did.
+    pub fn death(&self) -> Option<Death> {
+        death(&self.delivery.properties)
+    }
+
+    /// Acks it; `false` when the ack failed or did not complete within [`SETTLE_TIMEOUT`] (the
+    /// broker will deliver the message again).
+    pub async fn ack(&self) -> bool {
+        settle(self.delivery.acker.ack(BasicAckOptions::default())).await
+    }
+
+    /// Hands it back to its queue; bounded like [`Inbound::ack`].
+    pub async fn requeue(&self) -> bool {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        settle(self.delivery.acker.nack(requeue)).await
+    }
+
+    /// Its body and properties, to publish it again unchanged (queue migration).
+    pub(super) fn parts(&self) -> (&[u8], &lapin::BasicProperties) {
+        (&self.delivery.data, &self.delivery.properties)
+    }
+}
+
+/// A consumer on one queue, handing out [`Inbound`] messages.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: lapin::Consumer,
+}
+
+impl Consumer {
+    pub(super) fn new(inner: lapin::Consumer) -> Consumer {
+        Consumer { inner }
+    }
+
+    /// The next message; `None` once the consumer ended (its channel or connection closed).
+    pub async fn next(&mut self) -> Option<Result<Inbound, BrokerError>> {
+        self.inner
+            .next()
+            .await
+            .map(|next| next.map(Inbound::new).map_err(BrokerError::from))
+    }
+
+    pub(super) fn tag(&self) -> lapin::types::ShortString {
+        self.inner.tag()
+    }
+}

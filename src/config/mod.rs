@@ -1,0 +1,225 @@
+//! Typed configuration: every setting is a CLI flag and an environment variable (clap `env`),
+//! parsed and validated once at load so the rest of the service never sees a bad value.
+//! [`Config`] is `serve`'s; the groups in [`settings`] are shared with the operator commands,
+//! each of which takes only the groups it uses; [`values`] are the types they parse into.
+
+mod settings;
+mod values;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+pub use settings::{
+    AmqpSettings, ExchangeSettings, LogSettings, QueueAccess, QueueSettings, StoreSettings,
+};
+pub use values::{
+    LogFormat, QueueType, RetryDelays, Secret, SecretUrl, delay_label, parse_duration,
+    parse_positive_duration, redact_url,
+};
+
+/// Shortest admin token accepted on a non-loopback LISTEN_ADDR (shorter ones are only warned
+/// about on loopback).
+pub const MIN_PUBLIC_TOKEN: usize = 16;
+
+/// Longest overlap a secret rotation may keep the old secret signing.
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Everything `webhook-dispatcher serve` needs. Field docs are the `--help` text.
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub store: StoreSettings,
+
+    /// Address of the admin API, `/metrics` and the health checks. Port 0 picks a free port.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub exchange: ExchangeSettings,
+
+    #[command(flatten)]
+    pub queues: QueueSettings,
+
+    /// Bearer token required on `/v1/*`. May be unset only when LISTEN_ADDR is a loopback address.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Limit for one whole delivery attempt (connect, send, response).
+    #[arg(long, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Allow endpoints on loopback, private, link-local and other non-public addresses.
+    #[arg(long, env = "ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    #[command(flatten)]
+    pub log: LogSettings,
+
+    /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch).
+    #[arg(long, env = "PREFETCH", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Most HTTP delivery attempts in flight at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// Most attempts in flight to one subscription's endpoint. Past it, deliveries to that
+    /// endpoint wait in the delay queues (no attempt spent), so a hanging endpoint cannot take
+    /// the whole prefetch window from every other account.
+    #[arg(long, env = "MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_endpoint: u32,
+
+    /// On SIGTERM, how long in-flight deliveries may take to finish before their messages are
+    /// handed back to the broker unacked.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the subscription index and the message keys are reloaded from the store
+    /// (changes made through this instance's API apply at once; this picks up other instances').
+    #[arg(long, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_positive_duration)]
+    pub subscription_refresh: Duration,
+
+    /// After `POST /v1/subscriptions/{id}/rotate-secret`, how long the old secret keeps signing
+    /// next to the new one (a request may ask for another overlap, up to 30 days).
+    #[arg(long, env = "SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
+    pub secret_rotation_overlap: Duration,
+}
+
+fn parse_overlap(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        d if d > MAX_SECRET_OVERLAP => Err("must be at most 30 days".into()),
+        d => Ok(d),
+    }
+}
+
+impl Config {
+    /// Whether the admin token is too short to resist guessing (warned about at start).
+    pub fn weak_token(&self) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < MIN_PUBLIC_TOKEN)
+    }
+
+    /// Checks rules that involve more than one setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let loopback = self.listen_addr.ip().is_loopback();
+        match &self.admin_token {
+            None if !loopback => return Err(ConfigError::TokenRequired(self.listen_addr)),
+            // An empty token would be compared with a missing header read as "": open to all.
+            Some(token) if token.expose().trim().is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "ADMIN_TOKEN is set but empty: set a token of 16 or more characters, or unset it (allowed only on a loopback LISTEN_ADDR)".into(),
+                ));
+            }
+            Some(_) if self.weak_token() && !loopback => {
+                return Err(ConfigError::Invalid(format!(
+                    "ADMIN_TOKEN must be at least {MIN_PUBLIC_TOKEN} characters when LISTEN_ADDR ({}) is not a loopback address",
+                    self.listen_addr
+                )));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Number of delivery attempts an event gets: the first plus one per retry delay.
+    pub fn max_attempts(&self) -> u32 {
+        1 + self.queues.retry_delays.0.len() as u32
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "ADMIN_TOKEN is required when LISTEN_ADDR ({0}) is not a loopback address: set ADMIN_TOKEN or listen on 127.0.0.1"
+    )]
+    TokenRequired(SocketAddr),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn try_parse(args: &[&str]) -> Result<Config, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cfg: Config,
+        }
+        let args = std::iter::once("webhook-dispatcher").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).map(|cli| cli.cfg)
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        try_parse(args).unwrap()
+    }
+
+    #[test]
+    fn a_public_listen_address_needs_an_admin_token() {
+        let open = parse(&["--listen-addr", "0.0.0.0:8080"]);
+        let err = open.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::TokenRequired(_)), "{err}");
+        assert!(err.to_string().contains("ADMIN_TOKEN is required"));
+        let guarded = parse(&[
+            "--listen-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "a-long-enough-token",
+        ]);
+        assert!(guarded.validate().is_ok());
+        assert!(
+            parse(&["--listen-addr", "127.0.0.1:8080"])
+                .validate()
+                .is_ok()
+        );
+        // An empty token is no token: refused everywhere (it matched a missing header).
+        for addr in ["0.0.0.0:8080", "127.0.0.1:8080"] {
+            let err = parse(&["--listen-addr", addr, "--admin-token", ""])
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains("set but empty"), "{addr}: {err}");
+        }
+        // A short one (the Secret template's REPLACE_ME) is refused off loopback, warned on it.
+        let err = parse(&[
+            "--listen-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "REPLACE_ME",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 16 characters"), "{err}");
+        let short_local = parse(&["--listen-addr", "127.0.0.1:8080", "--admin-token", "short"]);
+        assert!(short_local.validate().is_ok() && short_local.weak_token());
+        assert!(parse(&["--listen-addr", "[::1]:8080"]).validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let cfg = parse(&[
+            "--admin-token",
+            "token-that-must-not-leak",
+            "--amqp-url",
+            "amqp://svc:broker-password@rabbit:5672/%2f",
+            "--database-url",
+            "postgres://svc:db-password@db/webhooks",
+        ]);
+        let printed = format!("{cfg:?}");
+        for secret in ["token-that-must-not-leak", "broker-password", "db-password"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_overlap_over_30_days_is_refused() {
+        assert!(try_parse(&["--secret-rotation-overlap", "31days"]).is_err());
+        assert!(try_parse(&["--secret-rotation-overlap", "30days"]).is_ok());
+    }
+}

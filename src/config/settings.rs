@@ -1,0 +1,78 @@
+//! Groups of settings shared by `serve` and the operator commands. Each command takes (and its
+//! `--help` documents) only the groups it uses; each setting is checked where it is parsed, so
+//! every command that takes it refuses a bad value the same way.
+
+use clap::Args;
+
+use super::values::{LogFormat, QueueType, RetryDelays, SecretUrl, name_of_at_most, parse_delays};
+
+/// The broker.
+#[derive(Clone, Debug, Args)]
+pub struct AmqpSettings {
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = |raw: &str| Ok::<SecretUrl, String>(SecretUrl::from(raw.to_string()))
+    )]
+    pub amqp_url: SecretUrl,
+}
+
+/// The exchange producers publish to.
+#[derive(Clone, Debug, Args)]
+pub struct ExchangeSettings {
+    /// Topic exchange producers publish events to (routing key = event name).
+    #[arg(long, env = "EVENTS_EXCHANGE", default_value = "clarm.events", value_parser = name_of_at_most(255))]
+    pub events_exchange: String,
+}
+
+/// The names and kind of the service's queues.
+#[derive(Clone, Debug, Args)]
+pub struct QueueSettings {
+    /// Prefix of every queue the service declares.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "webhooks", value_parser = name_of_at_most(200))]
+    pub queue_prefix: String,
+
+    /// `quorum` (replicated, survives node loss) or `classic` (single dev node).
+    #[arg(long, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
+
+    /// Comma-separated retry delays; one delay queue per entry, attempts = 1 + entries.
+    #[arg(long, env = "RETRY_DELAYS", default_value = "2s,4s,8s", value_parser = parse_delays)]
+    pub retry_delays: RetryDelays,
+}
+
+/// The store.
+#[derive(Clone, Debug, Args)]
+pub struct StoreSettings {
+    /// Store for subscriptions and the delivery log: `sqlite://FILE` (`serve` creates it if
+    /// missing; the operator commands only open an existing one) or `postgres://…` for a store
+    /// shared by several instances.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://webhook-dispatcher.db",
+        value_parser = |raw: &str| Ok::<SecretUrl, String>(SecretUrl::from(raw.to_string()))
+    )]
+    pub database_url: SecretUrl,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Args)]
+pub struct LogSettings {
+    /// Log format: `json` or `pretty`. `RUST_LOG` filters.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// What a command that works on the service's queues needs: the broker and the queue names.
+#[derive(Clone, Debug, Args)]
+pub struct QueueAccess {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    #[command(flatten)]
+    pub queues: QueueSettings,
+}

@@ -1,0 +1,98 @@
+//! Which deliveries a message leads to: an inbound event fans out to every matching
+//! subscription of its account; a message claiming to be a task goes to its one subscription,
+//! once its seal verifies.
+
+use futures_util::future::join_all;
+
+use super::{Dispatcher, HandleError};
+use crate::broker::Inbound;
+use crate::event;
+use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason};
+
+impl Dispatcher {
+    pub(super) async fn route(&self, message: &Inbound) -> Result<(), HandleError> {
+        // A message that says it is a task is one only if its seal verifies; whichever route
+        // it came by proves nothing, since anyone can publish anywhere.
+        match message.task_kind() {
+            Some(kind) => self.task(message, &kind).await,
+            None => self.event(message).await,
+        }
+    }
+
+    async fn event(&self, message: &Inbound) -> Result<(), HandleError> {
+        let raw = message.body();
+        let event = match event::parse(raw, message.message_id()) {
+            Ok(event) => event,
+            Err(err) => {
+                self.metrics.event_rejected(err.reason(), &err.to_string());
+                let dead = DeadLetter::rejected(raw, message.message_id(), &err);
+                return self.dead_letter(&dead).await;
+            }
+        };
+        self.metrics.event_consumed(event.kind.as_str());
+        let subs = self.directory.matching(&event.account_id, event.kind);
+        if subs.is_empty() {
+            tracing::debug!(event_id = %event.id, account_id = %event.account_id, "no subscription matches");
+            return Ok(());
+        }
+        let ev = EventRef {
+            id: &event.id,
+            account_id: &event.account_id,
+            event: event.kind.as_str(),
+            body: &event.body,
+        };
+        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new(), 0))).await;
+        results.into_iter().collect()
+    }
+
+    async fn task(&self, message: &Inbound, kind: &str) -> Result<(), HandleError> {
+        let raw = message.body();
+        let (key_id, mac) = message.seal();
+        if let Err(forgery) = self
+            .keys
+            .verify(kind, raw, key_id.as_deref(), mac.as_deref())
+            .await
+        {
+            self.metrics.forged_message("events", &forgery);
+            return self
+                .dead_letter(&DeadLetter::forged_task(raw, &forgery))
+                .await;
+        }
+        let task = match DeliveryTask::read(raw) {
+            Ok(task) => task,
+            Err(detail) => {
+                return self
+                    .dead_letter(&DeadLetter::invalid_task(raw, detail))
+                    .await;
+            }
+        };
+        // A subscription of another account is as good as gone: the task names both.
+        let sub = self
+            .directory
+            .find(&task.subscription_id)
+            .await?
+            .filter(|sub| sub.account_id == task.account_id);
+        let DeliveryTask {
+            event_id,
+            account_id,
+            subscription_id,
+            event,
+            body,
+            attempts,
+            deferrals,
+        } = task;
+        let ev = EventRef {
+            id: &event_id,
+            account_id: &account_id,
+            event: &event,
+            body: &body,
+        };
+        let (url, reason) = match sub {
+            Some(sub) if sub.enabled => return self.deliver(&ev, &sub, attempts, deferrals).await,
+            Some(sub) => (Some(sub.url.clone()), Reason::SubscriptionDisabled),
+            None => (None, Reason::SubscriptionDeleted),
+        };
+        let dead = DeadLetter::given_up(&ev, &subscription_id, url.as_deref(), attempts, reason);
+        self.dead_letter(&dead).await
+    }
+}

@@ -1,0 +1,176 @@
+//! What a message in `P.dead` becomes in the delivery log ([`Logger::record_of`]).
+
+use super::Logger;
+use crate::broker::{Death, Inbound};
+use crate::event;
+use crate::seal::DEAD_LETTER_KIND;
+use crate::store::Trust;
+use crate::time::{now_rfc3339, rfc3339};
+use crate::wire::{self, DeadLetter, DeliveryTask, Reason};
+
+/// A message from `P.dead` as the delivery log will hold it.
+pub(super) struct Record {
+    pub dead: DeadLetter,
+    pub trust: Trust,
+    /// Made from what RabbitMQ dead-lettered (not counted when it was published, as the
+    /// service's own dead letters are): counted when stored.
+    pub broker_made: bool,
+}
+
+impl Logger {
+    /// What a message from `P.dead` is recorded as. Three kinds arrive there:
+    /// - a dead letter the service sealed: stored as it says (trusted);
+    /// - a message RabbitMQ dead-lettered from `P.events` (its `x-death` names that queue): a
+    ///   delivery task whose seal verifies becomes a replayable record of that delivery; any
+    ///   other message (an inbound event that expired, say) is kept like a rejected one, raw,
+    ///   naming no subscription;
+    /// - anything else (no seal, a wrong one, not even JSON): kept raw as untrusted, naming no
+    ///   account or subscription, never replayable, and counted as forged.
+    pub(super) async fn record_of(&self, message: &Inbound) -> Record {
+        let data = message.body();
+        if let Some(death) = message.death().filter(|d| d.queue == self.events_queue) {
+            return self.broker_dead_letter(message, &death).await;
+        }
+        let (key_id, mac) = message.seal();
+        let verdict = self
+            .keys
+            .verify(DEAD_LETTER_KIND, data, key_id.as_deref(), mac.as_deref())
+            .await;
+        match verdict.map(|()| serde_json::from_slice::<DeadLetter>(data)) {
+            Ok(Ok(dead)) => Record {
+                dead,
+                trust: Trust::Verified,
+                broker_made: false,
+            },
+            // Sealed by the service, yet not a dead letter it can read (another version's?).
+            Ok(Err(e)) => untrusted(
+                data,
+                Reason::Unreadable,
+                format!("a sealed message that is not a dead letter this version reads: {e}"),
+            ),
+            Err(forgery) => {
+                self.metrics.forged_message("dead", &forgery);
+                let (reason, claim) = match serde_json::from_slice::<Claimed>(data) {
+                    Ok(claimed) => (
+                        Reason::ForgedDeadLetter,
+                        format!("; it claims reason {:?}", shorten(&claimed.reason)),
+                    ),
+                    Err(_) => (Reason::Unreadable, String::new()),
+                };
+                untrusted(data, reason, format!("not believed: {forgery}{claim}"))
+            }
+        }
+    }
+
+    /// The record of a message RabbitMQ dead-lettered from `P.events`.
+    async fn broker_dead_letter(&self, message: &Inbound, death: &Death) -> Record {
+        let data = message.body();
+        let reason = Reason::of_death(&death.reason);
+        let detail = format!(
+            "dead-lettered by RabbitMQ from {} ({}{})",
+            death.queue,
+            death.reason,
+            death
+                .count
+                .map(|n| format!(", {n} times"))
+                .unwrap_or_default()
+        );
+        // Redelivered copies carry the same bytes and x-death, so they get the same id.
+        let id = wire::raw_dead_letter_id(
+            &[
+                data,
+                reason.as_str().as_bytes(),
+                &death.time.unwrap_or(0).to_be_bytes(),
+            ]
+            .concat(),
+        );
+        let at = death
+            .time
+            .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
+            .map_or_else(now_rfc3339, rfc3339);
+        if let Some(task) = self.verified_task(message).await {
+            let url = match self.store.subscription(&task.subscription_id).await {
+                Ok(sub) => sub.map(|s| s.url),
+                Err(_) => None,
+            };
+            let dead = DeadLetter {
+                id,
+                event_id: task.event_id,
+                account_id: Some(task.account_id),
+                subscription_id: Some(task.subscription_id),
+                url,
+                event: Some(task.event),
+                payload: wire::raw_payload(task.body.as_bytes()),
+                reason: reason.as_str().to_string(),
+                detail: Some(detail),
+                attempts: task.attempts,
+                dead_lettered_at: at,
+            };
+            return Record {
+                dead,
+                trust: Trust::Verified,
+                broker_made: true,
+            };
+        }
+        // An inbound event (or whatever else was on the queue): kept raw, like a rejected one.
+        let message_id = message.message_id();
+        let (event_id, account_id, event) = match event::parse(data, message_id) {
+            Ok(ev) => (
+                ev.id,
+                Some(ev.account_id),
+                Some(ev.kind.as_str().to_string()),
+            ),
+            Err(_) => {
+                let fields = event::rejected_fields(data);
+                (
+                    event::fallback_id(message_id, data),
+                    fields.account_id,
+                    fields.event,
+                )
+            }
+        };
+        let dead = DeadLetter {
+            id,
+            account_id,
+            event,
+            dead_lettered_at: at,
+            ..DeadLetter::for_raw(data, event_id, reason, detail)
+        };
+        Record {
+            dead,
+            trust: Trust::Verified,
+            broker_made: true,
+        }
+    }
+
+    /// The delivery task in a message, if it is one and its seal verifies.
+    async fn verified_task(&self, message: &Inbound) -> Option<DeliveryTask> {
+        let kind = message.task_kind()?;
+        let (key_id, mac) = message.seal();
+        self.keys
+            .verify(&kind, message.body(), key_id.as_deref(), mac.as_deref())
+            .await
+            .ok()?;
+        DeliveryTask::read(message.body()).ok()
+    }
+}
+
+/// What an unverified message claims, for the record's detail.
+#[derive(serde::Deserialize)]
+struct Claimed {
+    reason: String,
+}
+
+/// The record of a message nothing in which is believed.
+fn untrusted(data: &[u8], reason: Reason, detail: String) -> Record {
+    Record {
+        dead: DeadLetter::untrusted(data, reason, detail),
+        trust: Trust::Untrusted,
+        broker_made: false,
+    }
+}
+
+/// Text from outside, cut for a record's detail.
+fn shorten(text: &str) -> String {
+    text.chars().take(60).collect()
+}
