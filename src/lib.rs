@@ -1,40 +1,59 @@
 //! webhook-dispatcher: events published on RabbitMQ become signed webhook deliveries.
 //!
 //! ```text
-//! producers ─► EVENTS_EXCHANGE ─► P.events ─► dispatcher ─► match (in-memory index) ─► POST
+//! producers ─► EVENTS_EXCHANGE ─► P.events ─► dispatcher ─► match (directory) ─► POST
 //!                                   ▲              │ failed attempt n
 //!                                   └─ TTL ── P.retry.<delay n> ◄┘
-//!                                                  │ out of attempts / invalid input
+//!                                                  │ out of attempts / invalid input / forged
 //!                                                  ▼
 //!                                               P.dead ─► DLQ logger ─► store (delivery log)
 //! ```
-//! `app` wires it; `broker` owns the AMQP side, `dispatcher` the consume → deliver → retry
-//! loop, `delivery` the HTTP attempt, `retry` the next step, `seal` the MAC on the service's own
-//! messages (nothing else on the broker is believed), `dlq` persistence of dead letters,
-//! `store` SQLite/PostgreSQL, `api` the admin HTTP API (and its OpenAPI document), `catalog`
-//! the six event types with the JSON Schemas of their bodies; `ops` the operator's tasks
-//! (replay, stats, drain, publish, queue migration) shared by the API and the CLI, whose
-//! terminal side is `cli`; `text` the rules for ids people read.
+//!
+//! Every module, a line each (`pub` where the binary, the tests, the benchmark or the fuzz
+//! targets use it):
+//! - `app`: wiring; start, reconnect, graceful shutdown.
+//! - `config`: settings (clap + env), `serve`'s and the groups operator commands share.
+//! - `telemetry`: the tracing subscriber.
+//! - `broker`: everything AMQP — connection, topology, confirmed publishing, message framing,
+//!   inbound messages (ack, requeue), queue operations. Nothing else uses lapin.
+//! - `wire`: the service's own messages: delivery tasks and dead letters (with their reasons).
+//! - `seal`: the MAC on those messages and the keys; nothing unsealed is believed.
+//! - `event`: inbound events: parse, validate, event id.
+//! - `text`: the rules for ids people read (account ids, event ids).
+//! - `subscriptions`: the domain type, its validation, the directory the dispatcher and API
+//!   find subscriptions in (no store import: the store is a `SubscriptionSource`).
+//! - `dispatcher`: consume `P.events`, route, attempt, hand off (retry, defer, dead-letter).
+//! - `delivery`: one HTTP attempt: client, SSRF guard, signing, per-endpoint limit, outcome.
+//! - `retry`: what comes next after an attempt, or when an endpoint is full.
+//! - `dlq`: the dead-letter logger: `P.dead` into the store, verified, committed before acked.
+//! - `store`: SQLite/PostgreSQL behind one interface: subscriptions, delivery log, keys.
+//! - `catalog`: the six event types, their JSON Schemas and examples.
+//! - `api`: the admin HTTP API, its server and its OpenAPI document.
+//! - `ops`: operator tasks shared by the API and the CLI (replay, stats, drain, publish,
+//!   queue migration).
+//! - `cli`: the operator CLI's terminal side (subcommands, tables, prompts, progress bars).
+//! - `metrics`: the Prometheus registry; one call per happening counts and logs it.
+//! - `time`: timestamps as stored and shown.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod broker;
-pub mod catalog;
+mod catalog;
 pub mod cli;
 pub mod config;
-pub mod delivery;
-pub mod dispatcher;
-pub mod dlq;
+mod delivery;
+mod dispatcher;
+mod dlq;
 pub mod event;
 pub mod metrics;
-pub mod ops;
-pub mod retry;
+mod ops;
+mod retry;
 pub mod seal;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
-pub mod text;
+mod text;
 pub mod time;
 pub mod wire;
 

@@ -14,6 +14,7 @@ mod event_types;
 mod health;
 mod openapi;
 mod serve;
+mod subscription_bodies;
 mod subscriptions;
 mod test_event;
 
@@ -29,7 +30,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use serve::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, serve};
-pub use subscriptions::{parse_create_body, parse_patch_body};
+pub use subscription_bodies::{parse_create_body, parse_patch_body};
 
 use crate::broker::{Publisher, Topology};
 use crate::config::Secret;

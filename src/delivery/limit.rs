@@ -77,7 +77,8 @@ impl EndpointLimiter {
     }
 
     /// Attempts in flight to `key`.
-    pub fn in_flight(&self, key: &str) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self, key: &str) -> usize {
         let endpoints = self.endpoints.lock().expect("limiter lock");
         endpoints
             .get(key)

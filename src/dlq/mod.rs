@@ -57,7 +57,7 @@ pub enum Stored {
     /// Committed to the store, then acked.
     New,
     /// A record with its id was already there (a redelivered copy); acked.
-    AlreadyStored,
+    Duplicate,
     /// Committed, but the ack failed: the broker delivers it again, and it is stored once.
     AckFailed,
     /// `stop` fired before the store took it: not acked, it stays in the queue.
@@ -125,7 +125,7 @@ impl Logger {
                     return if inserted {
                         Stored::New
                     } else {
-                        Stored::AlreadyStored
+                        Stored::Duplicate
                     };
                 }
                 Err(e) => {

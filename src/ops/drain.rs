@@ -69,7 +69,7 @@ pub async fn drain(
         let stored = logger.store_and_ack(&message, stop, patience).await;
         match stored {
             Stored::New => report.drained += 1,
-            Stored::AlreadyStored => {
+            Stored::Duplicate => {
                 report.drained += 1;
                 report.already_stored += 1;
             }

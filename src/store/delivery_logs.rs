@@ -72,50 +72,7 @@ impl LogFilter {
     }
 }
 
-/// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
-/// `ids`) that were not replayed yet.
-#[derive(Debug, Default, Clone)]
-pub struct ReplaySelection {
-    pub filter: LogFilter,
-    pub ids: Vec<String>,
-}
-
-impl ReplaySelection {
-    /// The upper bound on `dead_lettered_at` that every selection made by
-    /// `ops::select::Filters::selection` has ("" for one built without it).
-    pub fn bound(&self) -> &str {
-        self.filter.until.as_deref().unwrap_or_default()
-    }
-}
-
-/// Records sharing one value of a column (`None`: the column is null), and how many of them
-/// were not replayed yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogGroup {
-    pub name: Option<String>,
-    pub total: i64,
-    pub not_replayed: i64,
-}
-
-/// Columns [`Store::count_delivery_logs_by`] groups by.
-#[derive(Debug, Clone, Copy)]
-pub enum GroupBy {
-    Reason,
-    Event,
-    Account,
-}
-
-impl GroupBy {
-    fn column(self) -> &'static str {
-        match self {
-            GroupBy::Reason => "reason",
-            GroupBy::Event => "event",
-            GroupBy::Account => "account_id",
-        }
-    }
-}
-
-const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
+pub(super) const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
 
 impl Store {
     /// Persists a dead letter; `false` if a record with its id was already there (a redelivered
@@ -171,73 +128,9 @@ impl Store {
         Ok(Page::from_rows(items, limit, |item| &item.id))
     }
 
-    /// Up to `limit` records of `selection` not replayed yet, oldest first (ids are
-    /// time-ordered), after the record `after` (an id) when given.
-    pub async fn replay_candidates(
-        &self,
-        selection: &ReplaySelection,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
-        let order = format!("ORDER BY id ASC LIMIT {limit}");
-        self.select_logs(
-            "replayed_at IS NULL",
-            ("id > ", after),
-            &selection.filter,
-            &selection.ids,
-            &order,
-        )
-        .await
-    }
-
-    /// Records grouped by one column, largest groups first, at most `top` groups.
-    pub async fn count_delivery_logs_by(
-        &self,
-        by: GroupBy,
-        top: i64,
-    ) -> Result<Vec<LogGroup>, StoreError> {
-        let column = by.column();
-        // Ties: named groups by name, then the null one (SQLite and PostgreSQL sort NULL at
-        // opposite ends, so it is placed explicitly). CAST: PostgreSQL sums to NUMERIC, which the Any driver does not decode.
-        let sql = format!(
-            "SELECT {column} AS name, COUNT(*) AS total, \
-             CAST(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS not_replayed \
-             FROM delivery_logs GROUP BY {column} \
-             ORDER BY total DESC, {column} IS NULL, {column} ASC LIMIT {top}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LogGroup {
-                    name: row.try_get("name")?,
-                    total: row.try_get("total")?,
-                    not_replayed: row.try_get("not_replayed")?,
-                })
-            })
-            .collect()
-    }
-
-    /// All records, and how many of them were not replayed yet.
-    pub async fn count_delivery_logs(&self) -> Result<LogGroup, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS total, \
-             CAST(COALESCE(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS not_replayed \
-             FROM delivery_logs",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(LogGroup {
-            name: None,
-            total: row.try_get("total")?,
-            not_replayed: row.try_get("not_replayed")?,
-        })
-    }
-
     /// `SELECT … WHERE {base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when
     /// `ids` is not empty, then `order`. Every value is bound as a numbered placeholder.
-    async fn select_logs(
+    pub(super) async fn select_logs(
         &self,
         base: &str,
         cursor: (&'static str, Option<&str>),
@@ -267,44 +160,6 @@ impl Store {
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
-    }
-
-    /// Marks a record replayed at `at` unless it already was, inside a transaction that is
-    /// committed only by [`ReplayClaim::commit`]; `None` if it was replayed (or is missing).
-    /// Until then no one else can claim the record (a second claim waits for the row), and if
-    /// the claim is dropped, or the process dies, the record reads as not replayed again.
-    pub async fn claim_replay(
-        &self,
-        id: &str,
-        at: &str,
-    ) -> Result<Option<ReplayClaim>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
-        )
-        .bind(at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            Ok(Some(ReplayClaim { tx }))
-        } else {
-            tx.rollback().await?;
-            Ok(None)
-        }
-    }
-}
-
-/// A replay claimed and not yet final: see [`Store::claim_replay`].
-pub struct ReplayClaim {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-}
-
-impl ReplayClaim {
-    /// Makes the claim final: the record reads as replayed.
-    pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
     }
 }
 

@@ -4,6 +4,8 @@
 
 mod delivery_logs;
 mod keys;
+mod log_counts;
+mod replays;
 mod subscriptions;
 
 use std::str::FromStr;
@@ -13,10 +15,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
-pub use delivery_logs::{
-    DeliveryLog, GroupBy, LogFilter, LogGroup, ReplayClaim, ReplaySelection, Trust,
-};
+pub use delivery_logs::{DeliveryLog, LogFilter, Trust};
 pub use keys::StoredKey;
+pub use log_counts::{GroupBy, LogGroup};
+pub use replays::{ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
 
 #[derive(Debug, thiserror::Error)]

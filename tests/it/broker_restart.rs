@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{PATIENCE, wait_until};
-use crate::private_broker::PrivateBroker;
-use crate::service_process::{
+use crate::support::PrivateBroker;
+use crate::support::{
     CountingReceiver, LOAD_ACCOUNT, Producer, Report, ServiceProcess, event_ids, fault_events,
 };
+use crate::support::{PATIENCE, wait_until};
 
 /// How soon after the node accepts connections the service must be consuming again.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use webhook_dispatcher::store::{Store, Trust};
 use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const BULK: &str = "/v1/delivery-logs/replay";
 

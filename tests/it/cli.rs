@@ -9,8 +9,7 @@ use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::{LogFilter, Store, Trust};
 use webhook_dispatcher::wire::DeadLetter;
 
-use crate::helpers::*;
-use crate::service_process::*;
+use crate::support::*;
 
 /// A service retrying once after 100 ms, with one subscription per account (ids returned in
 /// order) to a receiver that answers 503 until told otherwise.

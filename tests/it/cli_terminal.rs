@@ -3,8 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::*;
-use crate::service_process::*;
+use crate::support::*;
 
 /// The records of `account` in the service's delivery log, through its API.
 async fn records(service: &ServiceProcess, account: &str) -> Vec<Value> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn every_fixture_event_reaches_a_wildcard_subscription_signed_and_exact() {
@@ -151,20 +151,15 @@ async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_a
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(busy.count(), 2);
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("webhook_deliveries_deferred_total 1"),
-        "{metrics}"
+    assert_metric(&metrics, "webhook_deliveries_deferred_total 1");
+    assert_metric(
+        &metrics,
+        r#"webhook_delivery_attempts_total{event="identify",outcome="success"} 1"#,
     );
-    assert!(
-        metrics
-            .contains(r#"webhook_delivery_attempts_total{event="identify",outcome="success"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(
-            r#"webhook_delivery_attempts_total{event="identify",outcome="http_error"} 0"#
-        ),
-        "no attempt spent: {metrics}"
+    // No attempt spent.
+    assert_metric(
+        &metrics,
+        r#"webhook_delivery_attempts_total{event="identify",outcome="http_error"} 0"#,
     );
     let (_, logs) = app.get("/v1/delivery-logs").await;
     assert_eq!(logs["items"], serde_json::json!([]));

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{PATIENCE, Proxy, metric_sum, wait_until};
-use crate::service_process::{
+use crate::support::{
     CountingReceiver, LOAD_ACCOUNT, Producer, Report, ServiceProcess, event_ids, fault_events,
     killed_by, sqlite_url,
 };
+use crate::support::{PATIENCE, Proxy, metric_sum, wait_until};
 
 /// How long a whole load may take to arrive once the fault is over.
 const DRAIN: Duration = Duration::from_secs(60);

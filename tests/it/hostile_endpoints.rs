@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// `--delivery-timeout` of the test app. Long enough that a healthy delivery started while a
 /// hostile attempt hangs finishes well before that attempt times out, even on a loaded machine.

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use webhook_dispatcher::api::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT};
 use webhook_dispatcher::event::MAX_DATA_DEPTH;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A `purchase` envelope with `id`, `account_id` (JSON text) and `data` (JSON text).
 fn envelope(id: &str, account: &str, data: &str) -> String {

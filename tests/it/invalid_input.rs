@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn each_invalid_input_is_logged_with_its_reason_and_the_next_valid_event_is_delivered() {
@@ -115,12 +115,9 @@ async fn each_invalid_input_is_logged_with_its_reason_and_the_next_valid_event_i
         ("too_large", 1),
     ] {
         let line = format!(r#"webhook_events_rejected_total{{reason="{reason}"}} {count}"#);
-        assert!(metrics.contains(&line), "missing {line}\n{metrics}");
+        assert_metric(&metrics, &line);
     }
-    assert!(
-        metrics.contains("webhook_dead_letters_persisted_total 6"),
-        "{metrics}"
-    );
+    assert_metric(&metrics, "webhook_dead_letters_persisted_total 6");
 
     // Rejected messages do not come back: the log stays at six and the receiver at one.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -2,7 +2,7 @@
 //! binary, one file per capability; each test gets its own queue prefix, exchange, SQLite file
 //! and receivers, so they run in parallel and clean up after themselves.
 
-mod helpers;
+mod support;
 
 mod admin_api;
 mod broker_restart;
@@ -23,7 +23,6 @@ mod replay_and_metrics;
 mod replay_crash;
 mod retries;
 mod security;
-mod service_process;
 mod test_events;
 mod topology_and_shutdown;
 mod trust;

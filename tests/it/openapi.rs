@@ -15,7 +15,7 @@ use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
 use webhook_dispatcher::subscriptions::Directory;
 
-use crate::helpers::*;
+use crate::support::*;
 
 const TOKEN: &str = "test-openapi-token-0123456789";
 

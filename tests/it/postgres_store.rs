@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::helpers::*;
-use crate::service_process::*;
+use crate::support::*;
 
 fn admin_url() -> String {
     std::env::var("POSTGRES_URL")

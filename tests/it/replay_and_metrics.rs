@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn replaying_a_log_record_delivers_it_again_once() {
@@ -106,7 +106,7 @@ async fn metrics_expose_every_contract_series_and_move() {
         "webhook_deliveries_in_flight 0",
         "webhook_broker_connected 1",
     ] {
-        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+        assert_metric(&metrics, line);
     }
     assert!(
         metrics.contains("webhook_delivery_duration_seconds_bucket{event=\"purchase\""),

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use webhook_dispatcher::store::{LogFilter, Store, Trust};
 
-use crate::helpers::*;
-use crate::private_broker::PrivateBroker;
-use crate::service_process::*;
+use crate::support::*;
 
 /// How many records read as replayed.
 async fn replayed(store: &Store) -> usize {

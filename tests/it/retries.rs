@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// How far a retry may arrive after its nominal delay. Measured on this 2-core machine with
 /// RabbitMQ 3.10.8 quorum queues: +6..8 ms when the test runs alone, up to +190 ms while the
@@ -108,22 +108,15 @@ async fn a_500_then_a_200_is_two_attempts_and_no_log_record() {
     let (_, body) = app.get("/v1/delivery-logs").await;
     assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains(
-            r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="http_error"} 1"#
-        ),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="http_error"} 1"#,
     );
-    assert!(
-        metrics.contains(
-            r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="success"} 1"#
-        ),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"webhook_delivery_attempts_total{event="goal_achieved",outcome="success"} 1"#,
     );
-    assert!(
-        metrics.contains(r#"webhook_retries_scheduled_total{delay="2s"} 1"#),
-        "{metrics}"
-    );
+    assert_metric(&metrics, r#"webhook_retries_scheduled_total{delay="2s"} 1"#);
     app.stop().await.unwrap();
 }
 
@@ -191,15 +184,13 @@ async fn connection_errors_and_redirects_are_failed_attempts() {
     );
     assert_eq!(redirecting.count(), 2);
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains(
-            r#"webhook_delivery_attempts_total{event="purchase",outcome="connect_error"} 2"#
-        ),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"webhook_delivery_attempts_total{event="purchase",outcome="connect_error"} 2"#,
     );
-    assert!(
-        metrics.contains(r#"webhook_retries_scheduled_total{delay="100ms"} 2"#),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"webhook_retries_scheduled_total{delay="100ms"} 2"#,
     );
     app.stop().await.unwrap();
 }

@@ -5,8 +5,8 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
-use crate::service_process::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
+use crate::support::*;
+use crate::support::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
 
 #[tokio::test]
 async fn private_targets_are_refused_on_create_and_update() {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A validator for the schema the API serves for `event`, formats asserted.
 async fn schema_of(app: &TestApp, event: &str) -> jsonschema::Validator {

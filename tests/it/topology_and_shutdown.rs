@@ -8,7 +8,7 @@ use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::{App, Config};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn the_contract_queues_exist_with_their_arguments_and_restarts_are_idempotent() {

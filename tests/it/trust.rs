@@ -12,8 +12,8 @@ use webhook_dispatcher::broker::dead_letter_message;
 use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
 
-use crate::helpers::*;
-use crate::service_process::{ServiceProcess, sqlite_url};
+use crate::support::*;
+use crate::support::{ServiceProcess, sqlite_url};
 
 /// Publishes `body` with `props` (persistent, confirmed) to `exchange`/`routing_key`.
 pub async fn publish(exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) {

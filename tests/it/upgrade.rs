@@ -13,8 +13,7 @@ use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
 use webhook_dispatcher::wire::{DeliveryTask, TaskKind};
 
-use crate::helpers::*;
-use crate::service_process::*;
+use crate::support::*;
 use crate::trust::{headers, publish};
 
 #[tokio::test]

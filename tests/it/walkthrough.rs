@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{PATIENCE, amqp_url, delete_topology, free_port, test_config, unique};
+use crate::support::{PATIENCE, amqp_url, delete_topology, free_port, test_config, unique};
 
 const BEGIN: &str = "<!-- walkthrough:begin -->";
 const END: &str = "<!-- walkthrough:end -->";

@@ -9,8 +9,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 use super::read;
-use crate::helpers::{PATIENCE, Receiver, amqp_url, metric_sum, test_config, unique, wait_until};
-use crate::service_process::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
+use crate::support::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
+use crate::support::{PATIENCE, Receiver, amqp_url, metric_sum, test_config, unique, wait_until};
 
 /// `rabbitmqctl` against the shared node, failing with the command's output.
 fn rabbitmqctl(args: &[&str]) -> Output {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{read, repo_file};
-use crate::helpers::test_config;
+use crate::support::test_config;
 
 /// The value of the first `key: value` line (trimmed, unquoted) of a YAML file written as block
 /// mappings.

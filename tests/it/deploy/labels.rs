@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use webhook_dispatcher::metrics::Metrics;
 
 use super::read;
-use crate::helpers::{fixture, metric_sum, spawn_app};
+use crate::support::{fixture, metric_sum, spawn_app};
 
 #[tokio::test]
 async fn a_dead_letter_naming_an_unknown_event_is_counted_as_unknown() {

@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::promql::{alerts, dashboard_queries, metric_names};
 use super::{read, repo_file};
-use crate::helpers::{PATIENCE, free_port, wait_until};
-use crate::private_broker::PrivateBroker;
-use crate::service_process::ServiceProcess;
+use crate::support::PrivateBroker;
+use crate::support::ServiceProcess;
+use crate::support::{PATIENCE, free_port, wait_until};
 
 /// A real Prometheus server, killed on drop.
 struct Prometheus {

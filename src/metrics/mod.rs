@@ -1,12 +1,14 @@
 //! The Prometheus registry and the small functions that count and log together, so a failure
 //! is one call. Each `App` owns its registry: several apps in one test process do not collide.
 
+mod registry;
+
+use prometheus::{
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+};
+
 use crate::event::EventKind;
 use crate::seal::Forgery;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
 
 /// The `outcome` labels of `webhook_delivery_attempts_total`.
 pub const OUTCOMES: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
@@ -43,132 +45,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
-        };
-        let events_consumed = counter_vec(
-            "webhook_events_consumed_total",
-            "Valid events consumed from the events queue.",
-            &["event"],
-        );
-        let events_rejected = counter_vec(
-            "webhook_events_rejected_total",
-            "Inbound messages rejected as invalid and dead-lettered.",
-            &["reason"],
-        );
-        let delivery_attempts = counter_vec(
-            "webhook_delivery_attempts_total",
-            "HTTP delivery attempts by outcome.",
-            &["event", "outcome"],
-        );
-        let retries_scheduled = counter_vec(
-            "webhook_retries_scheduled_total",
-            "Failed deliveries published to a delay queue.",
-            &["delay"],
-        );
-        let dead_letters = counter_vec(
-            "webhook_dead_letters_total",
-            "Deliveries and messages published to the dead-letter queue.",
-            &["event", "reason"],
-        );
-        let forged_messages = counter_vec(
-            "webhook_forged_messages_total",
-            "Messages that claimed to be the service's own (a delivery task on the events queue, a dead letter on the dead-letter queue) but whose seal did not verify; none was believed.",
-            &["queue", "why"],
-        );
-        let delivery_duration = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "webhook_delivery_duration_seconds",
-                    "Duration of one HTTP delivery attempt.",
-                )
-                // 8 s: the latency alert counts the attempts over 8 s (of the 10 s timeout)
-                // from this bucket exactly; without it the share between 5 and 10 s is a guess.
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 8.0,
-                    10.0, 30.0,
-                ]),
-                &["event"],
-            ),
-        );
-        let dead_letters_persisted = register(
-            &registry,
-            IntCounter::new(
-                "webhook_dead_letters_persisted_total",
-                "Dead letters committed to the delivery log.",
-            ),
-        );
-        let ack_failures = register(
-            &registry,
-            IntCounter::new(
-                "webhook_ack_failures_total",
-                "Acks that failed or did not complete in time; the broker delivers those messages again (a duplicate, never a loss).",
-            ),
-        );
-        let deliveries_deferred = register(
-            &registry,
-            IntCounter::new(
-                "webhook_deliveries_deferred_total",
-                "Deliveries put back in a delay queue, no attempt spent, because their endpoint was at MAX_IN_FLIGHT_PER_ENDPOINT.",
-            ),
-        );
-        let in_flight = register(
-            &registry,
-            IntGauge::new(
-                "webhook_deliveries_in_flight",
-                "HTTP delivery attempts under way.",
-            ),
-        );
-        let broker_connected = register(
-            &registry,
-            IntGauge::new(
-                "webhook_broker_connected",
-                "1 while the broker connection is up, else 0.",
-            ),
-        );
-        let queue_messages = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "webhook_queue_messages",
-                    "Messages ready in each queue, sampled.",
-                ),
-                &["queue"],
-            ),
-        );
-        let queue_consumers = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "webhook_queue_consumers",
-                    "Consumers on each queue as the broker reports them (every instance's), sampled.",
-                ),
-                &["queue"],
-            ),
-        );
-
-        Metrics {
-            registry,
-            events_consumed,
-            events_rejected,
-            delivery_attempts,
-            delivery_duration,
-            retries_scheduled,
-            dead_letters,
-            dead_letters_persisted,
-            forged_messages,
-            ack_failures,
-            deliveries_deferred,
-            in_flight,
-            broker_connected,
-            queue_messages,
-            queue_consumers,
-        }
-    }
-
     /// Creates the series every dashboard and alert expects at zero, so a rate over a counter
     /// that has not moved yet is 0 rather than absent. `delays` are the retry delay labels.
     pub fn init_series(&self, delays: &[String]) {
@@ -291,18 +167,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Registers a metric built from constant names and labels (so neither step can fail at run time).
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: prometheus::Result<M>,
-) -> M {
-    let metric = metric.expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
 }
 
 impl Default for Metrics {

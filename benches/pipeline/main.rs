@@ -1,0 +1,178 @@
+//! End-to-end benchmark: the service (release binary, as a child process) against the ceiling of
+//! the same machine and broker, measured in the same run.
+//!
+//! `cargo bench --bench pipeline [-- --events N] [-- --quick] [-- --classic]`
+//!
+//! The service runs through the tests' own harness (`tests/it/support`: the child process, the
+//! broker helpers, bounded waits); what is here is only what measures.
+//!
+//! Scenarios (one Markdown row each):
+//! 1. ceiling    — a bare loop in this process: consume persistent messages, POST each body to
+//!    the receiver, ack; same prefetch and concurrency as the service.
+//! 2. throughput — the service: N preloaded events, one matching subscription each.
+//! 3. latency    — the service: 2,000 events/s paced for 30 s, publish → receipt percentiles.
+//! 4. fan-out    — the service: each event matches 50 subscriptions.
+//! 5. isolation  — the service: 10 % of events go to an endpoint that hangs past the timeout;
+//!    throughput to the healthy endpoint as a ratio of scenario 2.
+//! 6. memory     — peak RSS (VmHWM) of the service process over scenarios 2 and 3.
+//!
+//! `--quick` runs everything small (under a minute) and only checks that every delivery arrives:
+//! CI runs it as a smoke test.
+
+mod ceiling;
+mod receiver;
+mod scenarios;
+// The benchmark uses part of the tests' harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../../tests/it/support/mod.rs"]
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::{Connection, ConnectionProperties};
+
+use receiver::start_receiver;
+use scenarios::{fan_out, isolation, latency, preloaded_run, start_service};
+
+const MAX_IN_FLIGHT: usize = 512;
+const FAN_OUT: usize = 50;
+
+pub struct Options {
+    pub events: usize,
+    pub quick: bool,
+    pub classic: bool,
+    pub latency_rate: u64,
+    pub latency_secs: u64,
+    /// Scenarios to run (`--only 1,2`); all by default. Memory needs 2 and 3.
+    pub only: Vec<u32>,
+    /// AMQP prefetch of the ceiling loop and the service (`--prefetch N`, default: the service's).
+    pub prefetch: u16,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let quick = args.iter().any(|a| a == "--quick");
+        let classic = args.iter().any(|a| a == "--classic");
+        let default_events = if quick { 2_000 } else { 50_000 };
+        let events = value("--events").map_or(default_events, |n| {
+            n.parse().expect("--events takes a number")
+        });
+        let only = value("--only").map_or_else(
+            || vec![1, 2, 3, 4, 5, 6],
+            |list| {
+                list.split(',')
+                    .map(|n| n.trim().parse().expect("--only takes 1,2,…"))
+                    .collect()
+            },
+        );
+        let prefetch =
+            value("--prefetch").map_or(512, |n| n.parse().expect("--prefetch takes a number"));
+        let latency_secs = if quick { 3 } else { 30 };
+        Options {
+            events,
+            quick,
+            classic,
+            latency_rate: 2_000,
+            latency_secs,
+            only,
+            prefetch,
+        }
+    }
+
+    pub fn runs(&self, scenario: u32) -> bool {
+        self.only.contains(&scenario)
+    }
+
+    pub fn queue_type(&self) -> &'static str {
+        if self.classic { "classic" } else { "quorum" }
+    }
+}
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A ~400-byte event shaped like `visitor_enriched.json`, carrying its sequence number and send time.
+pub fn event(account: &str, seq: usize) -> Vec<u8> {
+    format!(
+        r#"{{"event":"visitor_enriched","timestamp":"2026-03-23T14:30:00Z","account_id":"{account}","data":{{"visitor_id":"v_{seq:08}","company":{{"name":"Acme Corp","domain":"acme.com","industry":"Software","size":"201-500","revenue":"$50M-$100M","location":"San Francisco, CA"}},"enterprise_score":75,"enrichment_source":"peopledatalabs","seq":{seq},"sent_us":{}}}}}"#,
+        unix_micros()
+    )
+    .into_bytes()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let o = Options::parse();
+    let conn = Connection::connect(&support::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at AMQP_URL (docker compose up -d rabbitmq)");
+    let (receiver, counters) = start_receiver().await;
+    let ok_url = format!("http://{receiver}/ok");
+    let n = o.events;
+
+    println!(
+        "\nwebhook-dispatcher pipeline benchmark — {} events, {} queues, prefetch {}{}\n",
+        n,
+        o.queue_type(),
+        o.prefetch,
+        if o.quick { ", quick" } else { "" }
+    );
+    println!("| scenario | measured | result | target |");
+    println!("|---|---|---|---|");
+
+    // 1. ceiling
+    let mut ceiling_rate = f64::NAN;
+    if o.runs(1) {
+        ceiling_rate = ceiling::ceiling(&o, &conn, receiver, &counters).await;
+        println!(
+            "| 1. ceiling (bare consume → POST → ack) | {n} messages | {ceiling_rate:.0} deliveries/s | — |"
+        );
+    }
+
+    // 2. throughput, then 3 on the same service process (6 is its peak RSS over both)
+    let mut service = start_service(&o).await;
+    service.subscribe("bench", &ok_url).await;
+    let mut throughput = f64::NAN;
+    if o.runs(2) {
+        let bodies = (0..n).map(|i| event("bench", i)).collect();
+        throughput = preloaded_run(&mut service, &conn, &counters, bodies, n).await;
+        let deferred = service
+            .metric_sum("webhook_deliveries_deferred_total", "")
+            .await;
+        println!(
+            "| 2. throughput | {n} events → 1 subscription | {throughput:.0} deliveries/s = {:.2} × ceiling (deferred {deferred}) | ≥ 0.8 × ceiling |",
+            throughput / ceiling_rate
+        );
+    }
+    if o.runs(3) {
+        latency(&o, &service, &conn, &counters, receiver).await;
+    }
+    let peak_kib = service.peak_rss_kib();
+    drop(service);
+
+    if o.runs(4) {
+        fan_out(&o, &conn, &counters, &ok_url, ceiling_rate).await;
+    }
+    if o.runs(5) {
+        isolation(&o, &conn, &counters, receiver, throughput).await;
+    }
+    if o.runs(6) {
+        println!(
+            "| 6. memory | peak RSS of the service over scenarios 2–3 | {:.1} MiB | ≤ 64 MiB |",
+            peak_kib as f64 / 1024.0
+        );
+    }
+    println!();
+    let _ = conn.close(200, "done".into()).await;
+}

@@ -1,0 +1,88 @@
+//! The benchmark's receiver: answers 200 at once on `/ok` (counting, and recording publish →
+//! receipt latency when asked), hangs past the delivery timeout on `/hang`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+
+use crate::unix_micros;
+
+/// Past the service's 10 s `DELIVERY_TIMEOUT`.
+const HANG: Duration = Duration::from_secs(11);
+
+#[derive(Default)]
+pub struct Counters {
+    pub ok: AtomicU64,
+    hang: AtomicU64,
+    first_us: AtomicU64,
+    last_us: AtomicU64,
+    pub latencies: Mutex<Option<Vec<u64>>>,
+}
+
+impl Counters {
+    pub fn reset(&self) {
+        self.ok.store(0, Ordering::SeqCst);
+        self.hang.store(0, Ordering::SeqCst);
+        self.first_us.store(0, Ordering::SeqCst);
+        self.last_us.store(0, Ordering::SeqCst);
+        *self.latencies.lock().unwrap() = None;
+    }
+
+    /// Seconds between the first and the last `/ok` receipt.
+    pub fn span_secs(&self) -> f64 {
+        let (first, last) = (
+            self.first_us.load(Ordering::SeqCst),
+            self.last_us.load(Ordering::SeqCst),
+        );
+        (last.saturating_sub(first)) as f64 / 1e6
+    }
+}
+
+async fn ok(State(c): State<Arc<Counters>>, body: Bytes) -> &'static str {
+    let now = unix_micros();
+    let _ = c
+        .first_us
+        .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    c.last_us.fetch_max(now, Ordering::SeqCst);
+    c.ok.fetch_add(1, Ordering::SeqCst);
+    if let Some(lat) = c.latencies.lock().unwrap().as_mut()
+        && let Some(sent) = sent_us(&body)
+    {
+        lat.push(now.saturating_sub(sent));
+    }
+    "ok"
+}
+
+async fn hang(State(c): State<Arc<Counters>>) -> &'static str {
+    c.hang.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(HANG).await;
+    "late"
+}
+
+fn sent_us(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"sent_us\":")? + 10;
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+pub async fn start_receiver() -> (SocketAddr, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let app = Router::new()
+        .route("/ok", post(ok))
+        .route("/hang", post(hang))
+        .with_state(counters.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, counters)
+}

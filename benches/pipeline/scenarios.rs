@@ -1,0 +1,228 @@
+//! Scenarios 2–5: the service (release binary, through the tests' `ServiceProcess`) over
+//! preloaded or paced events.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection};
+
+use crate::ceiling::{bare_loop, bare_queue, channel, drop_queue, publish_all};
+use crate::receiver::Counters;
+use crate::support::{PATIENCE, ServiceProcess, wait_until_every};
+use crate::{FAN_OUT, Options, event};
+
+/// The service for one scenario: its own prefix, exchange and store; `QUEUE_TYPE` and
+/// `PREFETCH` from the options, `RUST_LOG` from `BENCH_RUST_LOG` (default `info`), and every
+/// other service setting set in this environment passed on (`MAX_IN_FLIGHT_PER_ENDPOINT`, …).
+pub async fn start_service(o: &Options) -> ServiceProcess {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        _config: webhook_dispatcher::Config,
+    }
+    let mut env: Vec<(String, String)> = Serve::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env()?.to_str().map(str::to_string))
+        .filter_map(|name| Some((name.clone(), std::env::var(&name).ok()?)))
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "AMQP_URL" | "DATABASE_URL" | "LISTEN_ADDR" | "QUEUE_PREFIX" | "EVENTS_EXCHANGE"
+            )
+        })
+        .collect();
+    env.push(("QUEUE_TYPE".into(), o.queue_type().into()));
+    env.push(("PREFETCH".into(), o.prefetch.to_string()));
+    env.push((
+        "RUST_LOG".into(),
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+    ));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ServiceProcess::start(&pairs).await
+}
+
+/// Waits (polling every 5 ms) until `done`.
+async fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    wait_until_every(what, limit, Duration::from_millis(5), || async { done() }).await;
+}
+
+/// Preloads `events` while the service is stopped, restarts it and measures deliveries/s over
+/// the span between the first and the last receipt at `/ok`.
+pub async fn preloaded_run(
+    service: &mut ServiceProcess,
+    conn: &Connection,
+    counters: &Arc<Counters>,
+    bodies: Vec<Vec<u8>>,
+    expected_ok: usize,
+) -> f64 {
+    service.stop(PATIENCE).await;
+    let ch = channel(conn).await;
+    publish_all(
+        &ch,
+        &service.exchange,
+        "visitor_enriched",
+        bodies.into_iter(),
+    )
+    .await;
+    counters.reset();
+    service.restart().await;
+    wait_for("deliveries", Duration::from_secs(900), || {
+        counters.ok.load(Ordering::SeqCst) as usize >= expected_ok
+    })
+    .await;
+    expected_ok as f64 / counters.span_secs()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Scenario 3: paced publishing, publish → receipt percentiles.
+/// Publishes `rate` events/s for `secs` seconds to `exchange`/`routing_key` and returns the
+/// publish → receipt latencies (µs), sorted.
+async fn paced(
+    o: &Options,
+    conn: &Connection,
+    counters: &Arc<Counters>,
+    exchange: &str,
+    routing_key: &str,
+) -> Vec<u64> {
+    counters.reset();
+    *counters.latencies.lock().unwrap() = Some(Vec::new());
+    let total = (o.latency_rate * o.latency_secs) as usize;
+    let ch = channel(conn).await;
+    let start = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / o.latency_rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &event("bench", i),
+                props,
+            )
+            .await
+            .unwrap();
+        pending.push(confirm);
+        if pending.len() >= 500 {
+            let batch = std::mem::take(&mut pending);
+            tokio::spawn(async move { join_all(batch).await });
+        }
+    }
+    join_all(pending).await;
+    wait_for("paced deliveries", Duration::from_secs(120), || {
+        counters.ok.load(Ordering::SeqCst) as usize >= total
+    })
+    .await;
+    let mut lat = counters.latencies.lock().unwrap().take().unwrap();
+    lat.sort_unstable();
+    lat
+}
+
+fn latency_cells(lat: &[u64]) -> String {
+    format!(
+        "p50 {:.1} ms · p95 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
+        percentile(lat, 0.50),
+        percentile(lat, 0.95),
+        percentile(lat, 0.99),
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    )
+}
+
+/// Scenario 3: the service under a paced load, with the bare loop under the same load for
+/// reference (what the broker and this machine add on their own).
+pub async fn latency(
+    o: &Options,
+    service: &ServiceProcess,
+    conn: &Connection,
+    counters: &Arc<Counters>,
+    receiver: SocketAddr,
+) {
+    let (queue, consumer_ch, consumer) = bare_queue(o, conn, "latency", 0).await;
+    let worker = bare_loop(consumer, format!("http://{receiver}/ok"), Arc::default());
+    let reference = paced(o, conn, counters, "", &queue).await;
+    let _ = consumer_ch.close(200, "done".into()).await;
+    let _ = worker.await;
+    drop_queue(conn, &queue).await;
+
+    let lat = paced(o, conn, counters, &service.exchange, "visitor_enriched").await;
+    let total = lat.len();
+    println!(
+        "| 3. latency | {} events/s for {} s ({total} events) | {} (bare loop, same load: {}) | p99 ≤ 25 ms |",
+        o.latency_rate,
+        o.latency_secs,
+        latency_cells(&lat),
+        latency_cells(&reference)
+    );
+}
+
+pub async fn fan_out(
+    o: &Options,
+    conn: &Connection,
+    counters: &Arc<Counters>,
+    ok_url: &str,
+    ceiling_rate: f64,
+) {
+    let n = o.events;
+    let mut service = start_service(o).await;
+    for _ in 0..FAN_OUT {
+        service.subscribe("fan", ok_url).await;
+    }
+    let fan_events = (n / FAN_OUT).max(1);
+    let bodies = (0..fan_events).map(|i| event("fan", i)).collect();
+    let fan_rate = preloaded_run(&mut service, conn, counters, bodies, fan_events * FAN_OUT).await;
+    let deferred = service
+        .metric_sum("webhook_deliveries_deferred_total", "")
+        .await;
+    println!(
+        "| 4. fan-out | {fan_events} events → {FAN_OUT} subscriptions ({} deliveries) | {fan_rate:.0} deliveries/s = {:.2} × ceiling (deferred {deferred}) | ≥ 0.8 × ceiling |",
+        fan_events * FAN_OUT,
+        fan_rate / ceiling_rate
+    );
+}
+
+pub async fn isolation(
+    o: &Options,
+    conn: &Connection,
+    counters: &Arc<Counters>,
+    receiver: SocketAddr,
+    throughput: f64,
+) {
+    let n = o.events;
+    let mut service = start_service(o).await;
+    service
+        .subscribe("healthy", &format!("http://{receiver}/ok"))
+        .await;
+    service
+        .subscribe("hanging", &format!("http://{receiver}/hang"))
+        .await;
+    let healthy = n - n / 10;
+    let bodies = (0..n)
+        .map(|i| {
+            if i % 10 == 9 {
+                event("hanging", i)
+            } else {
+                event("healthy", i)
+            }
+        })
+        .collect();
+    let iso_rate = preloaded_run(&mut service, conn, counters, bodies, healthy).await;
+    let deferred = service
+        .metric_sum("webhook_deliveries_deferred_total", "")
+        .await;
+    println!(
+        "| 5. isolation | {healthy} healthy + {} to an endpoint hanging past the 10 s timeout | {iso_rate:.0} healthy deliveries/s = {:.2} × scenario 2 (deferred {deferred}) | ≥ 0.9 × scenario 2 |",
+        n - healthy,
+        iso_rate / throughput
+    );
+}

@@ -1,0 +1,59 @@
+//! Shipped fixture events, what receivers get for them, and stored dead letters.
+
+use std::path::Path;
+
+/// The text of a fixture event, as shipped in `shared/fixtures/events/`.
+pub fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/events/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// What a receiver gets for a fixture: the producer's text without `account_id`.
+pub fn expected_body(fixture_text: &str) -> String {
+    let without = fixture_text.replacen(r#""account_id":"acct_acme","#, "", 1);
+    assert_ne!(without, fixture_text, "fixture has the expected account_id");
+    without
+}
+
+pub const EVENTS: [&str; 6] = [
+    "purchase",
+    "identify",
+    "goal_achieved",
+    "enterprise_alert",
+    "visitor_enriched",
+    "high_intent_visitor",
+];
+
+/// A dead letter as the dispatcher writes one for an exhausted `purchase` delivery of
+/// `event_id` to `subscription_id` of `account`, dead-lettered now.
+pub fn exhausted_purchase(
+    event_id: &str,
+    account: &str,
+    subscription_id: &str,
+) -> webhook_dispatcher::wire::DeadLetter {
+    webhook_dispatcher::wire::DeadLetter {
+        id: webhook_dispatcher::wire::new_dead_letter_id(),
+        event_id: event_id.to_string(),
+        account_id: Some(account.into()),
+        subscription_id: Some(subscription_id.into()),
+        url: Some("https://example.com/hooks".into()),
+        event: Some("purchase".into()),
+        payload: webhook_dispatcher::wire::raw_payload(
+            br#"{"event":"purchase","timestamp":"2026-02-12T14:30:00Z","data":{"visitor_id":"v"}}"#,
+        ),
+        reason: "exhausted".into(),
+        detail: None,
+        attempts: Vec::new(),
+        dead_lettered_at: webhook_dispatcher::time::now_rfc3339(),
+    }
+}
+/// The `DATABASE_URL` of a SQLite file, for a test's own connection to a service's store.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}

@@ -1,0 +1,30 @@
+//! What the tests stand on: the service in-process (`app`) or as a child process (`process`,
+//! `process_api`, `cli_run`), a private RabbitMQ node (`private_broker`), the test's own side of
+//! the shared broker (`broker`, `proxy`), HTTP receivers (`receiver`), fixtures, metrics and
+//! bounded waits (`env`). The benchmark reuses them.
+
+mod app;
+mod broker;
+mod cli_run;
+mod env;
+mod fixtures;
+mod metrics;
+mod private_broker;
+mod private_node;
+mod process;
+mod process_api;
+mod proxy;
+mod receiver;
+mod report;
+
+pub use app::*;
+pub use broker::*;
+pub use cli_run::*;
+pub use env::*;
+pub use fixtures::*;
+pub use metrics::*;
+pub use private_broker::*;
+pub use process::*;
+pub use proxy::*;
+pub use receiver::*;
+pub use report::*;
