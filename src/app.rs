@@ -53,7 +53,7 @@ impl App {
             .await
             .context("creating the message key")?;
         let keys = Arc::new(
-            Keyring::load(&store)
+            Keyring::load(Arc::new(store.clone()))
                 .await
                 .context("loading the message keys")?,
         );

@@ -5,7 +5,7 @@
 //! message carries `x-webhook-key` (the key id) and `x-webhook-mac`, HMAC-SHA256 over its kind
 //! and its body, and nothing in it is believed before the MAC verifies.
 //!
-//! The keys live in the store ([`crate::store::StoredKey`]): every instance and the operator CLI
+//! The keys live in the store (a [`KeySource`]): every instance and the operator CLI
 //! already share it, so they share the keys with nothing to configure, and a rotation reaches
 //! them all. The newest key signs; older ones keep verifying for the rotation's overlap, so
 //! messages already in the queues stay valid.
@@ -19,8 +19,6 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-
-use crate::store::{Store, StoreError, StoredKey};
 
 /// Header carrying the id of the key a message is sealed with.
 pub const KEY_HEADER: &str = "x-webhook-key";
@@ -69,10 +67,40 @@ impl Forgery {
     }
 }
 
+/// One message key as kept where the keys live.
+#[derive(Clone)]
+pub struct StoredKey {
+    pub id: i64,
+    pub secret: Vec<u8>,
+    pub created_at: String,
+    /// When it stops verifying; `None` while it is the newest.
+    pub retires_at: Option<String>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the keys live (the store implements it).
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync {
+    /// Every key that still verifies at `now`, newest first.
+    async fn message_keys(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredKey>, Box<dyn std::error::Error + Send + Sync>>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("reading the message keys failed: {0}")]
+    Source(Box<dyn std::error::Error + Send + Sync>),
     #[error(
         "the store has no message key: start the service (serve) once with this DATABASE_URL; it creates one"
     )]
@@ -135,17 +163,17 @@ impl KeySet {
 /// elsewhere).
 pub struct Keyring {
     keys: RwLock<Arc<KeySet>>,
-    store: Option<Store>,
+    source: Option<Arc<dyn KeySource>>,
     last_reload: Mutex<Option<Instant>>,
 }
 
 impl Keyring {
-    /// The keys in `store`, which must have one (see [`Store::ensure_message_key`]).
-    pub async fn load(store: &Store) -> Result<Keyring, KeyError> {
-        let keys = KeySet::new(&store.message_keys(chrono::Utc::now()).await?)?;
+    /// The keys in `source`, which must have one (the store makes the first at start).
+    pub async fn load(source: Arc<dyn KeySource>) -> Result<Keyring, KeyError> {
+        let keys = KeySet::new(&read(source.as_ref()).await?)?;
         Ok(Keyring {
             keys: RwLock::new(Arc::new(keys)),
-            store: Some(store.clone()),
+            source: Some(source),
             last_reload: Mutex::new(Some(Instant::now())),
         })
     }
@@ -154,17 +182,17 @@ impl Keyring {
     pub fn fixed(keys: &[StoredKey]) -> Result<Keyring, KeyError> {
         Ok(Keyring {
             keys: RwLock::new(Arc::new(KeySet::new(keys)?)),
-            store: None,
+            source: None,
             last_reload: Mutex::new(None),
         })
     }
 
     /// Reads the keys from the store again (a rotation made by another process).
     pub async fn reload(&self) -> Result<(), KeyError> {
-        let Some(store) = &self.store else {
+        let Some(source) = &self.source else {
             return Ok(());
         };
-        let keys = KeySet::new(&store.message_keys(chrono::Utc::now()).await?)?;
+        let keys = KeySet::new(&read(source.as_ref()).await?)?;
         *self.keys.write().expect("keyring lock") = Arc::new(keys);
         Ok(())
     }
@@ -212,7 +240,7 @@ impl Keyring {
     }
 
     fn may_reload(&self) -> bool {
-        if self.store.is_none() {
+        if self.source.is_none() {
             return false;
         }
         let mut last = self.last_reload.lock().expect("reload lock");
@@ -222,6 +250,13 @@ impl Keyring {
         *last = Some(Instant::now());
         true
     }
+}
+
+async fn read(source: &dyn KeySource) -> Result<Vec<StoredKey>, KeyError> {
+    source
+        .message_keys(Utc::now())
+        .await
+        .map_err(KeyError::Source)
 }
 
 /// A header value from outside, fit for a log line.

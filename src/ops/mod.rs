@@ -58,10 +58,10 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Store, OpsError> {
 /// The message keys in `store` (the CLI seals the tasks it enqueues and checks the dead letters
 /// it drains with the service's own keys).
 pub async fn load_keys(store: &Store) -> Result<Arc<Keyring>, OpsError> {
-    match Keyring::load(store).await {
+    match Keyring::load(Arc::new(store.clone())).await {
         Ok(keys) => Ok(Arc::new(keys)),
         Err(KeyError::NoKey) => Err(OpsError::BadInput(KeyError::NoKey.to_string())),
-        Err(KeyError::Store(e)) => Err(OpsError::Store(e)),
+        Err(e @ KeyError::Source(_)) => Err(OpsError::Failed(e.to_string())),
     }
 }
 

@@ -9,31 +9,12 @@ use rand::RngCore;
 use sqlx::Row;
 
 use super::{Store, StoreError};
+use crate::seal::{KeySource, StoredKey};
 use crate::time::rfc3339;
 
 /// Random bytes in a message key (HMAC-SHA256's block-sized key would be 64; 32 is its output
 /// size and all the strength it has).
 const KEY_BYTES: usize = 32;
-
-/// One key as stored.
-#[derive(Clone)]
-pub struct StoredKey {
-    pub id: i64,
-    pub secret: Vec<u8>,
-    pub created_at: String,
-    /// When it stops verifying; `None` while it is the newest.
-    pub retires_at: Option<String>,
-}
-
-impl std::fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("id", &self.id)
-            .field("created_at", &self.created_at)
-            .field("retires_at", &self.retires_at)
-            .finish_non_exhaustive()
-    }
-}
 
 fn new_secret() -> String {
     let mut bytes = [0u8; KEY_BYTES];
@@ -131,5 +112,15 @@ impl Store {
             created_at: now_text,
             retires_at: None,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for Store {
+    async fn message_keys(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredKey>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Store::message_keys(self, now).await?)
     }
 }

@@ -16,7 +16,6 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
 pub use delivery_logs::{DeliveryLog, LogFilter, Trust};
-pub use keys::StoredKey;
 pub use log_counts::{GroupBy, LogGroup};
 pub use replays::{ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};

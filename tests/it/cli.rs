@@ -65,7 +65,7 @@ async fn sealed(
     let store = Store::open_existing(&sqlite_url(service.db_path()))
         .await
         .expect("the service's store");
-    let keys = Keyring::load(&store)
+    let keys = Keyring::load(std::sync::Arc::new(store.clone()))
         .await
         .expect("the service's message key");
     store.close().await;

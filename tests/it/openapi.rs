@@ -39,7 +39,11 @@ async fn served_paths() -> BTreeSet<String> {
         .unwrap();
     store.ensure_message_key().await.unwrap();
     let state = ApiState {
-        keys: Arc::new(Keyring::load(&store).await.unwrap()),
+        keys: Arc::new(
+            Keyring::load(std::sync::Arc::new(store.clone()))
+                .await
+                .unwrap(),
+        ),
         directory: Arc::new(Directory::new(Arc::new(store.clone()))),
         store,
         publisher: Publisher::default(),

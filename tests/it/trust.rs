@@ -207,7 +207,12 @@ async fn forged_dead_letters_are_kept_as_untrusted_and_never_replayed() {
     let store = Store::open_existing(&sqlite_url(service.db_path()))
         .await
         .unwrap();
-    let (body, props) = dead_letter_message(&genuine, &Keyring::load(&store).await.unwrap());
+    let (body, props) = dead_letter_message(
+        &genuine,
+        &Keyring::load(std::sync::Arc::new(store.clone()))
+            .await
+            .unwrap(),
+    );
     store.close().await;
     publish("", &dead, &body, props).await;
 
@@ -329,7 +334,9 @@ async fn a_sealed_task_the_broker_dead_letters_becomes_a_replayable_record() {
     let store = Store::open_existing(&sqlite_url(service.db_path()))
         .await
         .unwrap();
-    let keys = Keyring::load(&store).await.unwrap();
+    let keys = Keyring::load(std::sync::Arc::new(store.clone()))
+        .await
+        .unwrap();
     store.close().await;
     let task = webhook_dispatcher::wire::DeliveryTask::first_attempt(
         "evt_limit",

@@ -236,7 +236,9 @@ async fn a_key_rotation_keeps_retries_under_way_valid_and_new_keys_are_learned_a
     let store = Store::open_existing(&sqlite_url(service.db_path()))
         .await
         .unwrap();
-    let keys = Keyring::load(&store).await.unwrap();
+    let keys = Keyring::load(std::sync::Arc::new(store.clone()))
+        .await
+        .unwrap();
     store.close().await;
     let task = DeliveryTask::first_attempt(
         "evt_new_key",
