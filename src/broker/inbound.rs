@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::ShortString;
+use tokio_util::sync::CancellationToken;
 
 use super::BrokerError;
 use super::frame::{Death, death, header_text};
@@ -110,6 +111,23 @@ impl Consumer {
             .next()
             .await
             .map(|next| next.map(Inbound::new).map_err(BrokerError::from))
+    }
+
+    /// The next message, or `None` once `stop` fires, the consumer ends (its channel or
+    /// connection closed) or fails (logged, naming `what` the consumer is).
+    pub async fn next_until(&mut self, stop: &CancellationToken, what: &str) -> Option<Inbound> {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            next = self.next() => next,
+        };
+        match next? {
+            Ok(message) => Some(message),
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = what, "consumer failed");
+                None
+            }
+        }
     }
 
     pub(super) fn tag(&self) -> lapin::types::ShortString {

@@ -81,22 +81,8 @@ impl Dispatcher {
         tracker: TaskTracker,
         stop: CancellationToken,
     ) {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                next = consumer.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    tracker.spawn(self.clone().settle(message, session.clone()));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "events consumer failed");
-                    return;
-                }
-                None => return,
-            }
+        while let Some(message) = consumer.next_until(&stop, "events").await {
+            tracker.spawn(self.clone().settle(message, session.clone()));
         }
     }
 

@@ -30,24 +30,10 @@ pub struct Logger {
 }
 
 pub async fn run(mut consumer: Consumer, logger: Logger, stop: CancellationToken) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(message)) => {
-                logger
-                    .store_and_ack(&message, &stop, Patience::UNTIL_STOPPED)
-                    .await;
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "dead-letter consumer failed");
-                return;
-            }
-            None => return,
-        }
+    while let Some(message) = consumer.next_until(&stop, "dead letters").await {
+        logger
+            .store_and_ack(&message, &stop, Patience::UNTIL_STOPPED)
+            .await;
     }
 }
 
