@@ -1,6 +1,7 @@
 //! The benchmark's receiver: answers 200 at once on `/ok` (counting, and recording publish →
 //! receipt latency when asked), hangs past the delivery timeout on `/hang`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ pub struct Counters {
     first_us: AtomicU64,
     last_us: AtomicU64,
     pub latencies: Mutex<Option<Vec<u64>>>,
+    /// `/ok` receipts per event (its `seq`), to find duplicates and gaps.
+    seen: Mutex<HashMap<u64, u32>>,
 }
 
 impl Counters {
@@ -32,6 +35,27 @@ impl Counters {
         self.first_us.store(0, Ordering::SeqCst);
         self.last_us.store(0, Ordering::SeqCst);
         *self.latencies.lock().unwrap() = None;
+        self.seen.lock().unwrap().clear();
+    }
+
+    /// Checks that `/ok` got exactly `each` receipts of every one of `events` events (by their
+    /// `seq`) and nothing else: no duplicate slips through a count that only says "enough".
+    pub fn assert_exactly(&self, what: &str, events: impl Iterator<Item = u64>, each: u32) {
+        let seen = self.seen.lock().unwrap();
+        let mut expected = 0;
+        for seq in events {
+            expected += 1;
+            let got = seen.get(&seq).copied().unwrap_or(0);
+            assert_eq!(
+                got, each,
+                "{what}: event {seq} was received {got} times, not {each}"
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            expected,
+            "{what}: receipts of events that were not sent"
+        );
     }
 
     /// Seconds between the first and the last `/ok` receipt.
@@ -50,9 +74,12 @@ async fn ok(State(c): State<Arc<Counters>>, body: Bytes) -> &'static str {
         .first_us
         .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     c.last_us.fetch_max(now, Ordering::SeqCst);
+    if let Some(seq) = number_after(&body, "\"seq\":") {
+        *c.seen.lock().unwrap().entry(seq).or_default() += 1;
+    }
     c.ok.fetch_add(1, Ordering::SeqCst);
     if let Some(lat) = c.latencies.lock().unwrap().as_mut()
-        && let Some(sent) = sent_us(&body)
+        && let Some(sent) = number_after(&body, "\"sent_us\":")
     {
         lat.push(now.saturating_sub(sent));
     }
@@ -65,9 +92,10 @@ async fn hang(State(c): State<Arc<Counters>>) -> &'static str {
     "late"
 }
 
-fn sent_us(body: &[u8]) -> Option<u64> {
+/// The number that follows `key` in the body (`"seq":` or `"sent_us":`).
+fn number_after(body: &[u8], key: &str) -> Option<u64> {
     let text = std::str::from_utf8(body).ok()?;
-    let start = text.find("\"sent_us\":")? + 10;
+    let start = text.find(key)? + key.len();
     let digits: String = text[start..]
         .chars()
         .take_while(char::is_ascii_digit)

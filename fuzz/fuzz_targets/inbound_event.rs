@@ -5,7 +5,8 @@
 //! contains a raw NUL, so the event fixtures are seeds as they are.
 //!
 //! Beyond "doesn't panic" it checks what the dispatcher relies on: an accepted event's body is
-//! valid JSON of exactly `{"event","timestamp","data"}` and its id is usable as `webhook-id`;
+//! valid JSON of exactly `{"event","timestamp","data"}` and its id is usable as `webhook-id` and
+//! the one the rules choose (the body's, else the message id, else derived from the bytes);
 //! a rejection carries one of the four known reasons.
 #![no_main]
 
@@ -28,6 +29,13 @@ struct Body<'a> {
 #[derive(Deserialize)]
 struct DataHead {
     visitor_id: String,
+}
+
+/// The `id` field of an accepted envelope, as the producer wrote it (`None`: absent or null).
+#[derive(Deserialize)]
+struct IdField {
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// What a receiver can take as `webhook-id`: 1 to 200 visible ASCII characters.
@@ -75,8 +83,15 @@ fuzz_target!(|input: &[u8]| {
             assert!(!ev.account_id.trim().is_empty());
 
             // The id is usable as `webhook-id`, and comes from the body, the message id or
-            // the bytes, in that order.
+            // the bytes, in that order: the one the parser chose is the first that exists.
             assert!(usable_id(&ev.id), "unusable id {:?}", ev.id);
+            let field: IdField = serde_json::from_slice(raw).expect("an accepted envelope reads");
+            let chosen = match (&field.id, message_id.filter(|m| usable_id(m))) {
+                (Some(id), _) => id.clone(),
+                (None, Some(m)) => m.to_string(),
+                (None, None) => event::derived_id(raw),
+            };
+            assert_eq!(ev.id, chosen, "the parser chose another id");
             let fallback = event::fallback_id(message_id, raw);
             if let Some(m) = message_id.filter(|m| usable_id(m)) {
                 assert_eq!(fallback, m);

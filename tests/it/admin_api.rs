@@ -67,6 +67,23 @@ async fn subscriptions_can_be_created_read_listed_changed_and_deleted() {
     assert_eq!(status, 200);
     assert!(cleared["description"].is_null());
     assert_eq!(cleared["enabled"], false);
+    // Disabled means no deliveries…
+    app.publish_fixture("purchase").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 1, "a disabled subscription gets nothing");
+    // …and enabled again, deliveries resume: the subscription is live when it is deleted below,
+    // so only the delete can stop the next delivery.
+    let (status, enabled) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(enabled["enabled"], true);
+    app.publish_fixture("identify").await;
+    receiver.wait_for(2, PATIENCE).await;
 
     let (status, body) = app
         .request(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
@@ -84,7 +101,7 @@ async fn subscriptions_can_be_created_read_listed_changed_and_deleted() {
     // Deleted means no more deliveries (acct_other's subscription is another account).
     app.publish_fixture("purchase").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.count(), 1);
+    assert_eq!(receiver.count(), 2);
     app.stop().await.unwrap();
 }
 

@@ -4,8 +4,9 @@
 //!
 //! It prints the fault tests' report line (see `faults.rs`), where `recover_ms` runs from the
 //! node accepting connections again until `/readyz` says 200 and `drain_ms` from the same moment
-//! until every event arrived, followed by `delivered_at_stop` (distinct events delivered when the
-//! node was stopped), `stop_ms` (the node's graceful stop), `restart_boot_ms` (its second boot)
+//! until every event arrived, followed by `delivered_at_stop` and `delivered_when_down` (distinct
+//! events delivered when the node's stop began and when it was down: fewer than all, or the
+//! fault hit nothing), `stop_ms` (the node's graceful stop), `restart_boot_ms` (its second boot)
 //! and `deferred` (`webhook_deliveries_deferred_total`). `FAULT_EVENTS` sets the load (default
 //! 2000); `FAULT_KEEP_LOG=FILE` keeps the service's log.
 
@@ -19,9 +20,12 @@ use crate::support::{PATIENCE, wait_until};
 
 /// How soon after the node accepts connections the service must be consuming again.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(5);
-/// The service's PREFETCH (its default): the broker has at most this many messages out to the
-/// service unacked, and only those can be delivered twice when the node goes away.
-const UNACKED_WINDOW: usize = 512;
+/// The service's PREFETCH here: the broker has at most this many messages out to the service
+/// unacked, and only those can be delivered twice when the node goes away.
+const UNACKED_WINDOW: usize = 64;
+/// How long the receiver takes to answer: with 64 in flight, about 640 deliveries a second, so
+/// the load is still under way when the node has stopped (which takes a second or two).
+const RECEIVER_LATENCY: Duration = Duration::from_millis(100);
 /// How long the restarted node may take to see every event delivered.
 const DRAIN: Duration = Duration::from_secs(120);
 
@@ -29,8 +33,10 @@ const DRAIN: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_load_loses_nothing() {
     let mut broker = PrivateBroker::start().await;
-    let mut svc = ServiceProcess::start_on(&broker.amqp_url(), &[]).await;
-    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
+    let window = UNACKED_WINDOW.to_string();
+    let mut svc =
+        ServiceProcess::start_on(&broker.amqp_url(), &[("PREFETCH", window.as_str())]).await;
+    let receiver = CountingReceiver::start(200, RECEIVER_LATENCY).await;
     svc.subscribe(LOAD_ACCOUNT, &receiver.url).await;
 
     // Publish everything with confirms before the fault.
@@ -50,6 +56,7 @@ async fn broker_restart_mid_load_loses_nothing() {
     let stop_began = Instant::now();
     broker.stop().await;
     let stop_ms = stop_began.elapsed().as_millis();
+    let delivered_when_down = receiver.distinct();
     wait_until("/readyz to say 503", PATIENCE, || async {
         svc.readyz_status().await == Some(503)
     })
@@ -87,11 +94,16 @@ async fn broker_restart_mid_load_loses_nothing() {
     let counts = receiver.counts();
     let report = Report::new("broker_restart", &ids, &counts, reconnect, drain)
         .with("delivered_at_stop", delivered_at_stop)
+        .with("delivered_when_down", delivered_when_down)
         .with("stop_ms", stop_ms)
         .with("restart_boot_ms", broker.boot_time().as_millis())
         .with("deferred", deferred);
     println!("{report}");
 
+    assert!(
+        delivered_when_down < n,
+        "the node was down before every event had been delivered (else the test shows nothing): {report}"
+    );
     assert!(
         reconnect <= RECONNECT_LIMIT,
         "the service took {reconnect:?} to reconnect (limit {RECONNECT_LIMIT:?}): {report}"

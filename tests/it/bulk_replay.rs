@@ -347,9 +347,11 @@ async fn later_pages_do_not_replay_what_the_run_itself_dead_lettered_again() {
 #[tokio::test]
 async fn concurrent_bulk_replays_send_each_record_once() {
     let n = 300;
-    let (app, receiver, store, record_ids, _dir) = app_with_stored_letters(n).await;
-    // Both requests start together and work through the same records, oldest first.
-    let start = tokio::sync::Barrier::new(2);
+    let (app, receiver, store, record_ids, dir) = app_with_stored_letters(n).await;
+    // Both requests start together and work through the same records, oldest first. The store
+    // is held meanwhile, so both wait at their first claim: they really run at the same time.
+    let lock = StoreLock::take(&dir.path().join("bulk.db")).await;
+    let start = tokio::sync::Barrier::new(3);
     let send = |body: Value| {
         let start = &start;
         let app = &app;
@@ -358,11 +360,28 @@ async fn concurrent_bulk_replays_send_each_record_once() {
             app.post(BULK, body).await
         }
     };
-    let (a, b) = tokio::join!(
+    let release = async {
+        start.wait().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lock.release().await;
+    };
+    let (a, b, ()) = tokio::join!(
         send(json!({"account_id": "acct_a"})),
-        send(json!({"all": true}))
+        send(json!({"all": true})),
+        release
     );
     assert_eq!((a.0.as_u16(), b.0.as_u16()), (202, 202), "{a:?} {b:?}");
+    // They overlapped: each looked at records, and one found the other had taken some.
+    assert!(
+        a.1["matched"].as_u64() > Some(0) && b.1["matched"].as_u64() > Some(0),
+        "both requests worked on the records: {a:?} {b:?}"
+    );
+    let skipped =
+        a.1["skipped"].as_array().unwrap().len() + b.1["skipped"].as_array().unwrap().len();
+    assert!(
+        skipped > 0,
+        "the requests raced for the same records: {a:?} {b:?}"
+    );
     let mut replayed = ids(&a.1["replayed"]);
     replayed.extend(ids(&b.1["replayed"]));
     replayed.sort();

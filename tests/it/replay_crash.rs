@@ -59,7 +59,12 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         .cli_command(&["replay", "--account", "acct_alarm", "--yes"])
         .spawn()
         .expect("spawning replay");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill only once the claim is held (its transaction has the store's write lock): a kill
+    // before it would prove nothing.
+    wait_until("the replay to hold its claim", PATIENCE, || async {
+        write_lock_taken(service.db_path()).await
+    })
+    .await;
     assert!(
         replay.try_wait().expect("replay status").is_none(),
         "the replay waits for the broker"

@@ -6,10 +6,12 @@ use crate::support::*;
 
 /// How far a retry may arrive after its nominal delay. Measured on this 2-core machine with
 /// RabbitMQ 3.10.8 quorum queues: +6..8 ms when the test runs alone, up to +190 ms while the
-/// whole suite runs in parallel, up to +530 ms with a release build hogging both cores. 1.5 s
-/// keeps a wide margin over that and still tells the schedule apart (neighbouring delays differ
-/// by at least 2 s). A retry can never come early: its TTL starts after the failed response.
-const LATE_ALLOWANCE: Duration = Duration::from_millis(1500);
+/// whole suite runs in parallel, up to +530 ms with a release build hogging both cores. A retry
+/// can never come early: its TTL starts after the failed response.
+const LATE_ALLOWANCE: Duration = Duration::from_millis(750);
+/// How far the growth from one gap to the next may stray from the schedule's (2 s, then 4 s):
+/// whatever slows one hop slows its neighbour alike, so the difference is tighter than each gap.
+const STEP_TOLERANCE: Duration = Duration::from_millis(250);
 
 #[tokio::test]
 async fn an_endpoint_that_always_fails_gets_four_attempts_at_2_4_8_s_then_one_log_record() {
@@ -32,6 +34,16 @@ async fn an_endpoint_that_always_fails_gets_four_attempts_at_2_4_8_s_then_one_lo
         assert!(
             *gap <= nominal + LATE_ALLOWANCE,
             "retry came late: {gap:?} vs {nominal:?}"
+        );
+    }
+    // The schedule's shape: each gap longer than the last by 2 s, then by 4 s.
+    for (pair, step) in gaps.windows(2).zip([2, 4].map(Duration::from_secs)) {
+        let grew = pair[1].saturating_sub(pair[0]);
+        assert!(
+            grew.abs_diff(step) <= STEP_TOLERANCE,
+            "gap {:?} → {:?} grew by {grew:?}, not {step:?} (± {STEP_TOLERANCE:?})",
+            pair[0],
+            pair[1]
         );
     }
     let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();

@@ -16,6 +16,7 @@ mod process_api;
 mod proxy;
 mod receiver;
 mod report;
+mod store_lock;
 
 pub use app::*;
 pub use broker::*;
@@ -28,3 +29,4 @@ pub use process::*;
 pub use proxy::*;
 pub use receiver::*;
 pub use report::*;
+pub use store_lock::*;

@@ -43,6 +43,11 @@ impl ServiceProcess {
         run_cli(&self.env, args, stdin).await
     }
 
+    /// The environment the operator CLI runs with for this service (its settings).
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     /// [`cli`](Self::cli) with `extra` environment variables added (or replaced).
     pub async fn cli_with(&self, extra: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> CliRun {
         let mut env = self.env.clone();

@@ -165,6 +165,8 @@ pub struct CountingReceiver {
 struct Counts {
     per_id: Mutex<HashMap<String, u32>>,
     total: AtomicUsize,
+    /// Requests received and not answered yet.
+    in_progress: AtomicUsize,
     status: StatusCode,
     delay: Duration,
 }
@@ -175,6 +177,7 @@ impl CountingReceiver {
         let state = Arc::new(Counts {
             per_id: Mutex::default(),
             total: AtomicUsize::new(0),
+            in_progress: AtomicUsize::new(0),
             status: StatusCode::from_u16(status).expect("status"),
             delay,
         });
@@ -193,6 +196,11 @@ impl CountingReceiver {
     /// Requests received.
     pub fn total(&self) -> usize {
         self.state.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received and not answered yet: deliveries in flight right now.
+    pub fn in_progress(&self) -> usize {
+        self.state.in_progress.load(Ordering::SeqCst)
     }
 
     pub fn counts(&self) -> HashMap<String, u32> {
@@ -218,9 +226,11 @@ async fn count(State(state): State<Arc<Counts>>, headers: HeaderMap) -> StatusCo
         .to_string();
     *state.per_id.lock().unwrap().entry(id).or_default() += 1;
     state.total.fetch_add(1, Ordering::SeqCst);
+    state.in_progress.fetch_add(1, Ordering::SeqCst);
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
+    state.in_progress.fetch_sub(1, Ordering::SeqCst);
     state.status
 }
 
