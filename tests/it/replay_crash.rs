@@ -59,10 +59,11 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         .cli_command(&["replay", "--account", "acct_alarm", "--yes"])
         .spawn()
         .expect("spawning replay");
-    // Kill only once the claim is held (its transaction has the store's write lock): a kill
-    // before it would prove nothing.
-    wait_until("the replay to hold its claim", PATIENCE, || async {
-        write_lock_taken(service.db_path()).await
+    // Kill only once the replay has claimed its first record (its claim transaction holds the
+    // store's write lock — or, were the claim committed before the confirm, the record reads as
+    // replayed already): a kill before the claim would prove nothing.
+    wait_until("the replay to claim a record", PATIENCE, || async {
+        write_lock_taken(service.db_path()).await || replayed(&store).await > 0
     })
     .await;
     assert!(
