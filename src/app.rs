@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::Activity;
 use crate::api::{self, ApiState};
 use crate::broker::{Broker, CLOSE_TIMEOUT, Session, TASK_CONFIRM_TIMEOUT, Topology};
 use crate::config::Config;
@@ -21,6 +22,7 @@ use crate::delivery::Deliverer;
 use crate::dispatcher::{self, Dispatcher};
 use crate::dlq;
 use crate::metrics::Metrics;
+use crate::portal::{self, Portal};
 use crate::seal::Keyring;
 use crate::store::Store;
 use crate::subscriptions::Directory;
@@ -36,6 +38,8 @@ pub struct App {
     broker: Broker,
     directory: Arc<Directory>,
     keys: Arc<Keyring>,
+    activity: Arc<Activity>,
+    portal: Arc<Portal>,
     metrics: Metrics,
     dispatcher: Arc<Dispatcher>,
 }
@@ -73,8 +77,10 @@ impl App {
             cfg.allow_private_targets,
             cfg.max_in_flight_per_endpoint as usize,
         )?;
+        let activity = Arc::new(Activity::default());
         let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
             directory: directory.clone(),
+            activity: activity.clone(),
             deliverer,
             publisher: broker.publisher.clone(),
             topology: broker.topology.clone(),
@@ -86,6 +92,23 @@ impl App {
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
+        let public_url = match &cfg.portal.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let url = portal::default_public_url(listener.local_addr()?);
+                if cfg.listen_addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        public_url = %url,
+                        "PUBLIC_URL is not set: portal links point at {url}, which only this machine reaches; set PUBLIC_URL to the origin customers reach the service at"
+                    );
+                }
+                url
+            }
+        };
+        let portal_key = portal::key(&cfg.portal, &store)
+            .await
+            .context("reading the portal key")?;
+        let portal = Arc::new(Portal::new(portal_key, &public_url));
         Ok(App {
             cfg,
             listener: Some(listener),
@@ -93,9 +116,16 @@ impl App {
             broker,
             directory,
             keys,
+            activity,
+            portal,
             metrics,
             dispatcher,
         })
+    }
+
+    /// Where portal links point: `PUBLIC_URL`, or the admin API's own address.
+    pub fn public_url(&self) -> &str {
+        &self.portal.public_url
     }
 
     /// The address the admin API listens on (useful with port 0).
@@ -117,6 +147,8 @@ impl App {
             topology: self.broker.topology.clone(),
             metrics: self.metrics.clone(),
             keys: self.keys.clone(),
+            activity: self.activity.clone(),
+            portal: self.portal.clone(),
             admin_token: self.cfg.admin_token.clone(),
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
@@ -259,6 +291,7 @@ impl App {
     }
 }
 
+/// `http://` and the address the API listens on (its real port when `LISTEN_ADDR` asks for 0).
 /// Samples every queue's ready messages and consumers. The consumer count is the broker's, so
 /// it includes other instances: 0 on the events queue means nobody delivers.
 async fn sample_queues(broker: Broker, metrics: Metrics) {

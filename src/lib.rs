@@ -29,6 +29,8 @@
 //! - `store`: SQLite/PostgreSQL behind one interface: subscriptions, delivery log, keys.
 //! - `catalog`: the six event types, their JSON Schemas and examples.
 //! - `api`: the admin HTTP API, its server and its OpenAPI document.
+//! - `portal`: the customer portal (Integrations, Delivery Logs), HTML from the server.
+//! - `activity`: what this instance's deliveries came to, for the portal.
 //! - `ops`: operator tasks shared by the API and the CLI (replay, stats, drain, publish,
 //!   queue migration).
 //! - `cli`: the operator CLI's terminal side (subcommands, tables, prompts, progress bars).
@@ -36,6 +38,7 @@
 //! - `time`: timestamps as stored and shown.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod api;
 pub mod app;
 pub mod broker;
@@ -48,6 +51,7 @@ mod dlq;
 pub mod event;
 pub mod metrics;
 mod ops;
+pub mod portal;
 mod retry;
 pub mod seal;
 pub mod store;

@@ -13,10 +13,11 @@ mod error;
 mod event_types;
 mod health;
 mod openapi;
+mod portal_links;
 mod serve;
-mod subscription_bodies;
-mod subscriptions;
-mod test_event;
+pub(crate) mod subscription_bodies;
+pub(crate) mod subscriptions;
+pub(crate) mod test_event;
 
 use std::sync::Arc;
 
@@ -32,10 +33,12 @@ pub use error::ApiError;
 pub use serve::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, serve};
 pub use subscription_bodies::{parse_create_body, parse_patch_body};
 
+use crate::activity::Activity;
 use crate::broker::{Publisher, Topology};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::ops::replay::Replayer;
+use crate::portal::Portal;
 use crate::seal::Keyring;
 use crate::store::Store;
 use crate::subscriptions::Directory;
@@ -51,6 +54,10 @@ pub struct ApiState {
     pub topology: Arc<Topology>,
     pub metrics: Metrics,
     pub keys: Arc<Keyring>,
+    /// What this instance's deliveries came to (the portal's last delivery and test outcomes).
+    pub activity: Arc<Activity>,
+    /// The customer portal's key and address.
+    pub portal: Arc<Portal>,
     pub admin_token: Option<Secret>,
     /// Off: endpoint URLs are checked by the SSRF guard on create and update.
     pub allow_private_targets: bool,
@@ -88,6 +95,7 @@ fn api(admin_token: Option<Secret>) -> OpenApiRouter<ApiState> {
         .routes(routes!(delivery_logs::replay))
         .routes(routes!(event_types::list))
         .routes(routes!(event_types::read))
+        .routes(routes!(portal_links::create))
         .route_layer(middleware::from_fn_with_state(admin_token, require_token));
     OpenApiRouter::with_openapi(openapi::base())
         .nest("/v1", v1)
@@ -105,6 +113,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: ApiState) -> Router {
     let (routes, _doc) = api(state.admin_token.clone()).split_for_parts();
     routes
+        .merge(crate::portal::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -56,13 +56,14 @@ pub struct Readiness {
 #[openapi(
     info(
         title = "webhook-dispatcher admin API",
-        description = "Subscriptions, the delivery log and replay, the event-type catalogue and test events under `/v1` (bearer `ADMIN_TOKEN` when one is set); `/metrics`, `/healthz`, `/readyz` and this document are open. Errors are `{\"error\":{\"code\",\"message\"}}`."
+        description = "Subscriptions, the delivery log and replay, the event-type catalogue, test events and customer portal links under `/v1` (bearer `ADMIN_TOKEN` when one is set); `/metrics`, `/healthz`, `/readyz` and this document are open; the customer portal (HTML, under `/portal`) is not part of this API. Errors are `{\"error\":{\"code\",\"message\"}}`."
     ),
     components(schemas(ErrorBody)),
     tags(
         (name = "subscriptions", description = "Webhook endpoints and the events they receive"),
         (name = "delivery-logs", description = "Dead-lettered deliveries and replay"),
         (name = "event-types", description = "The six events, with JSON Schemas of their bodies"),
+        (name = "portal", description = "Links into the customer portal"),
         (name = "operations", description = "Metrics, health and this document"),
     )
 )]

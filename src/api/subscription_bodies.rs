@@ -61,49 +61,139 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 
 impl CreateBody {
     pub(super) fn validate(self) -> Result<NewSubscription, ApiError> {
-        validate_account(&self.account_id).map_err(ApiError::Unprocessable)?;
-        let url = validate_url(&self.url).map_err(ApiError::Unprocessable)?;
-        let events = EventSet::parse(&self.events).map_err(ApiError::Unprocessable)?;
-        if let Some(d) = &self.description {
-            validate_description(d).map_err(ApiError::Unprocessable)?;
-        }
-        Ok(NewSubscription {
-            account_id: self.account_id,
-            url,
-            events,
-            enabled: self.enabled,
-            description: self.description,
-        })
+        check_new(
+            self.account_id,
+            &self.url,
+            &self.events,
+            self.enabled,
+            self.description,
+        )
+        .map_err(FieldErrors::into_api_error)
     }
 }
 
 impl PatchBody {
     pub(super) fn validate(self) -> Result<SubscriptionPatch, ApiError> {
-        let mut patch = SubscriptionPatch::default();
-        if let Some(url) = &self.url {
-            patch.url = Some(validate_url(url).map_err(ApiError::Unprocessable)?);
-        }
-        if let Some(events) = &self.events {
-            patch.events = Some(EventSet::parse(events).map_err(ApiError::Unprocessable)?);
-        }
-        patch.enabled = self.enabled;
-        if let Some(description) = self.description {
-            if let Some(d) = &description {
-                validate_description(d).map_err(ApiError::Unprocessable)?;
-            }
-            patch.description = Some(description);
-        }
-        if patch.url.is_none()
-            && patch.events.is_none()
-            && patch.enabled.is_none()
-            && patch.description.is_none()
-        {
-            return Err(ApiError::Unprocessable(
-                "nothing to change: send at least one of url, events, enabled, description".into(),
-            ));
-        }
-        Ok(patch)
+        check_change(
+            self.url.as_deref(),
+            self.events.as_deref(),
+            self.enabled,
+            self.description,
+        )
+        .map_err(FieldErrors::into_api_error)
     }
+}
+
+/// What is wrong with a subscription's fields, field by field (`account_id`, `url`, `events`,
+/// `description`; `form` for the whole), in the order they are checked. The API answers with
+/// the first; the portal shows each beside its field.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<(&'static str, String)>);
+
+impl FieldErrors {
+    /// One field's error.
+    pub fn single(field: &'static str, message: String) -> FieldErrors {
+        FieldErrors(vec![(field, message)])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push(&mut self, field: &'static str, message: String) {
+        self.0.push((field, message));
+    }
+
+    /// The message for `field`, if it has one.
+    pub fn get(&self, field: &str) -> Option<&String> {
+        self.0.iter().find(|(f, _)| *f == field).map(|(_, m)| m)
+    }
+
+    pub fn into_api_error(self) -> ApiError {
+        let message = self
+            .0
+            .into_iter()
+            .next()
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        ApiError::Unprocessable(message)
+    }
+
+    fn result<T>(self, ok: impl FnOnce() -> T) -> Result<T, FieldErrors> {
+        if self.0.is_empty() {
+            Ok(ok())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// A new subscription's fields, checked: every rule of every way to create one (API, portal).
+pub fn check_new(
+    account_id: String,
+    url: &str,
+    events: &[String],
+    enabled: bool,
+    description: Option<String>,
+) -> Result<NewSubscription, FieldErrors> {
+    let mut errors = FieldErrors::default();
+    if let Err(e) = validate_account(&account_id) {
+        errors.push("account_id", e);
+    }
+    let url = validate_url(url).map_err(|e| errors.push("url", e)).ok();
+    let events = EventSet::parse(events)
+        .map_err(|e| errors.push("events", e))
+        .ok();
+    if let Some(Err(e)) = description.as_deref().map(validate_description) {
+        errors.push("description", e);
+    }
+    errors.result(|| NewSubscription {
+        account_id,
+        url: url.expect("checked"),
+        events: events.expect("checked"),
+        enabled,
+        description,
+    })
+}
+
+/// A change's fields, checked (absent: unchanged; `description: Some(None)` clears it).
+pub fn check_change(
+    url: Option<&str>,
+    events: Option<&[String]>,
+    enabled: Option<bool>,
+    description: Option<Option<String>>,
+) -> Result<SubscriptionPatch, FieldErrors> {
+    let mut errors = FieldErrors::default();
+    let mut patch = SubscriptionPatch {
+        enabled,
+        ..SubscriptionPatch::default()
+    };
+    if let Some(url) = url {
+        patch.url = validate_url(url).map_err(|e| errors.push("url", e)).ok();
+    }
+    if let Some(events) = events {
+        patch.events = EventSet::parse(events)
+            .map_err(|e| errors.push("events", e))
+            .ok();
+    }
+    if let Some(description) = description {
+        if let Some(Err(e)) = description.as_deref().map(validate_description) {
+            errors.push("description", e);
+        }
+        patch.description = Some(description);
+    }
+    if errors.0.is_empty()
+        && patch.url.is_none()
+        && patch.events.is_none()
+        && patch.enabled.is_none()
+        && patch.description.is_none()
+    {
+        errors.push(
+            "form",
+            "nothing to change: send at least one of url, events, enabled, description".into(),
+        );
+    }
+    errors.result(|| patch)
 }
 
 /// A create body as the API reads it (JSON, then validation) without the HTTP around it: the
@@ -117,12 +207,16 @@ pub fn parse_patch_body(bytes: &[u8]) -> Result<SubscriptionPatch, ApiError> {
     read_json_object::<PatchBody>(bytes)?.validate()
 }
 
-/// Refuses an endpoint that is not a public address (unless private targets are allowed).
-pub(super) async fn vet(state: &ApiState, url: &url::Url) -> Result<(), ApiError> {
+/// Refuses an endpoint that is not a public address (unless private targets are allowed); the
+/// error is the message for the `url` field.
+pub async fn vet(state: &ApiState, url: &url::Url) -> Result<(), guard::Blocked> {
     if state.allow_private_targets {
         return Ok(());
     }
-    guard::vet_url(url)
-        .await
-        .map_err(|blocked| ApiError::Unprocessable(format!("url is not allowed: {blocked}")))
+    guard::vet_url(url).await
+}
+
+/// What the admin API says about a refused URL: with the setting that lifts the guard.
+pub fn refused_for_operator(blocked: guard::Blocked) -> String {
+    format!("url is not allowed: {blocked}")
 }

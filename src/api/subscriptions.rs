@@ -10,7 +10,7 @@ use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::subscription_bodies::{CreateBody, PatchBody, vet};
+use super::subscription_bodies::{CreateBody, PatchBody, refused_for_operator, vet};
 use super::{ApiError, ApiJson, ApiState, OptionalJson};
 use crate::config::MAX_SECRET_OVERLAP;
 use crate::store::{Page, page_limit};
@@ -68,10 +68,10 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SubscriptionWithSecret>), ApiError> {
     let new = body.validate()?;
-    vet(&state, &new.url).await?;
-    let sub = state.store.create_subscription(new).await?;
-    refresh(&state).await?;
-    tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
+    vet(&state, &new.url)
+        .await
+        .map_err(|b| ApiError::Unprocessable(refused_for_operator(b)))?;
+    let sub = create_subscription(&state, new).await?;
     Ok((StatusCode::CREATED, Json(sub.into())))
 }
 
@@ -150,15 +150,13 @@ pub async fn update(
 ) -> Result<Json<Subscription>, ApiError> {
     let patch = body.validate()?;
     if let Some(url) = &patch.url {
-        vet(&state, url).await?;
+        vet(&state, url)
+            .await
+            .map_err(|b| ApiError::Unprocessable(refused_for_operator(b)))?;
     }
-    let sub = state
-        .store
-        .update_subscription(&id, patch)
+    let sub = update_subscription(&state, &id, patch)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    refresh(&state).await?;
-    tracing::info!(subscription_id = %sub.id, "subscription updated");
     Ok(Json(sub))
 }
 
@@ -178,11 +176,9 @@ pub async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.delete_subscription(&id).await? {
+    if !delete_subscription(&state, &id).await? {
         return Err(not_found(&id));
     }
-    refresh(&state).await?;
-    tracing::info!(subscription_id = %id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -229,17 +225,9 @@ pub async fn rotate_secret(
             )));
         }
     };
-    let sub = state
-        .store
-        .rotate_secret(&id, overlap)
+    let sub = rotate_subscription_secret(&state, &id, overlap)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    refresh(&state).await?;
-    tracing::info!(
-        subscription_id = %sub.id,
-        overlap = %humantime::format_duration(overlap),
-        "subscription secret rotated"
-    );
     Ok(Json(sub.into()))
 }
 
@@ -251,4 +239,59 @@ pub(super) fn not_found(id: &str) -> ApiError {
 async fn refresh(state: &ApiState) -> Result<(), ApiError> {
     state.directory.refresh().await?;
     Ok(())
+}
+
+// The changes themselves, shared with the portal: each stored, then applied to matching at once.
+
+/// Stores a checked new subscription.
+pub(crate) async fn create_subscription(
+    state: &ApiState,
+    new: crate::store::NewSubscription,
+) -> Result<Subscription, ApiError> {
+    let sub = state.store.create_subscription(new).await?;
+    refresh(state).await?;
+    tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
+    Ok(sub)
+}
+
+/// Applies a checked change; `None` if there is no such subscription.
+pub(crate) async fn update_subscription(
+    state: &ApiState,
+    id: &str,
+    patch: crate::store::SubscriptionPatch,
+) -> Result<Option<Subscription>, ApiError> {
+    let Some(sub) = state.store.update_subscription(id, patch).await? else {
+        return Ok(None);
+    };
+    refresh(state).await?;
+    tracing::info!(subscription_id = %sub.id, "subscription updated");
+    Ok(Some(sub))
+}
+
+/// Deletes a subscription; `false` if there was none.
+pub(crate) async fn delete_subscription(state: &ApiState, id: &str) -> Result<bool, ApiError> {
+    if !state.store.delete_subscription(id).await? {
+        return Ok(false);
+    }
+    refresh(state).await?;
+    tracing::info!(subscription_id = %id, "subscription deleted");
+    Ok(true)
+}
+
+/// Gives a subscription a new secret, the old one signing beside it for `overlap`.
+pub(crate) async fn rotate_subscription_secret(
+    state: &ApiState,
+    id: &str,
+    overlap: Duration,
+) -> Result<Option<Subscription>, ApiError> {
+    let Some(sub) = state.store.rotate_secret(id, overlap).await? else {
+        return Ok(None);
+    };
+    refresh(state).await?;
+    tracing::info!(
+        subscription_id = %sub.id,
+        overlap = %humantime::format_duration(overlap),
+        "subscription secret rotated"
+    );
+    Ok(Some(sub))
 }

@@ -79,11 +79,40 @@ pub async fn send(
             ))
         })?),
     };
+    let (event_id, kind, payload) =
+        send_test_event(&state, &sub, requested, new_test_event_id()).await?;
+    let payload = RawValue::from_string(payload).expect("the sample body is JSON");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TestEventSent {
+            event_id,
+            event: kind.as_str(),
+            subscription_id: sub.id,
+            payload,
+        }),
+    ))
+}
+
+/// A fresh test event id (`evt_test_…`).
+pub(crate) fn new_test_event_id() -> String {
+    format!("evt_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Queues a test event for `sub` (the `requested` event, else its first) under `event_id`
+/// ([`new_test_event_id`]): the catalogue's example, through the normal path. Returns the event id, the
+/// event and the body sent. Shared with the portal.
+pub(crate) async fn send_test_event(
+    state: &ApiState,
+    sub: &crate::subscriptions::Subscription,
+    requested: Option<EventKind>,
+    event_id: String,
+) -> Result<(String, EventKind, String), ApiError> {
     if !sub.enabled {
         return Err(ApiError::Conflict {
             code: "subscription_disabled",
             message: format!(
-                "subscription {id} is disabled; enable it (PATCH {{\"enabled\":true}}) before sending it a test event"
+                "subscription {} is disabled; enable it (PATCH {{\"enabled\":true}}) before sending it a test event",
+                sub.id
             ),
         });
     }
@@ -97,14 +126,14 @@ pub async fn send(
         _ => {
             let names: Vec<&str> = subscribed.iter().map(|k| k.as_str()).collect();
             return Err(ApiError::Unprocessable(format!(
-                "subscription {id} does not receive {}; send one of its events: {}",
+                "subscription {} does not receive {}; send one of its events: {}",
+                sub.id,
                 requested.map_or("any event", EventKind::as_str),
                 names.join(", ")
             )));
         }
     };
 
-    let event_id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
     let payload = catalog::sample_body(kind, &now_rfc3339());
     let task = DeliveryTask::first_attempt(
         &event_id,
@@ -118,14 +147,5 @@ pub async fn send(
         .enqueue_task(&state.topology.events, &task, TaskKind::Test, &state.keys)
         .await?;
     tracing::info!(subscription_id = %sub.id, event_id = %event_id, event = %kind, "test event queued");
-    let payload = RawValue::from_string(payload).expect("the sample body is JSON");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TestEventSent {
-            event_id,
-            event: kind.as_str(),
-            subscription_id: sub.id,
-            payload,
-        }),
-    ))
+    Ok((event_id, kind, payload))
 }

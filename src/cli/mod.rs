@@ -1,5 +1,5 @@
 //! The operator CLI's terminal side: subcommands (`publish`, `dlq stats`, `dlq drain`,
-//! `replay`, `migrate-queues`, `keys`), printing, prompts and progress bars. The work itself is
+//! `replay`, `migrate-queues`, `keys`, `portal-link`), printing, prompts and progress bars. The work itself is
 //! in [`crate::ops`].
 //!
 //! Each subcommand takes (and documents) only the settings it uses, from flags or the same
@@ -9,6 +9,7 @@
 
 mod dlq;
 mod keys;
+mod portal;
 mod publish;
 mod replay;
 mod terminal;
@@ -23,6 +24,7 @@ use crate::config::{LogSettings, QueueAccess, StoreSettings};
 use crate::ops::OpsError;
 
 pub use keys::{KeysArgs, KeysCommand, MigrateArgs};
+pub use portal::PortalLinkArgs;
 pub use publish::PublishArgs;
 pub use replay::ReplayArgs;
 
@@ -44,6 +46,9 @@ pub enum OpsCommand {
     /// The keys that seal the service's own messages (delivery tasks, dead letters), kept in
     /// the store and shared by every instance.
     Keys(KeysArgs),
+    /// Print a link that signs one account into the customer portal (its webhooks and
+    /// delivery logs), valid for --expires-in. Uses PORTAL_KEY, or the key kept in the store.
+    PortalLink(PortalLinkArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +115,7 @@ impl OpsCommand {
             OpsCommand::Replay(args) => &args.settings.log,
             OpsCommand::MigrateQueues(args) => &args.log,
             OpsCommand::Keys(args) => &args.log,
+            OpsCommand::PortalLink(args) => &args.log,
         }
     }
 }
@@ -126,6 +132,7 @@ pub async fn run(command: OpsCommand, stop: CancellationToken) -> ExitCode {
         OpsCommand::Replay(args) => replay::run(args, &stop).await,
         OpsCommand::MigrateQueues(args) => keys::migrate_queues(&args).await,
         OpsCommand::Keys(args) => keys::run(args).await,
+        OpsCommand::PortalLink(args) => portal::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use clap::Args;
 
 pub use settings::{
-    AmqpSettings, ExchangeSettings, LogSettings, QueueAccess, QueueSettings, StoreSettings,
+    AmqpSettings, ExchangeSettings, LogSettings, MIN_PORTAL_KEY, PortalSettings, QueueAccess,
+    QueueSettings, StoreSettings,
 };
 pub use values::{
     LogFormat, QueueType, RetryDelays, Secret, SecretUrl, delay_label, parse_duration,
@@ -84,6 +85,9 @@ pub struct Config {
     #[arg(long, env = "SUBSCRIPTION_REFRESH", default_value = "10s", value_parser = parse_positive_duration)]
     pub subscription_refresh: Duration,
 
+    #[command(flatten)]
+    pub portal: PortalSettings,
+
     /// After `POST /v1/subscriptions/{id}/rotate-secret`, how long the old secret keeps signing
     /// next to the new one (a request may ask for another overlap, up to 30 days).
     #[arg(long, env = "SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
@@ -119,6 +123,15 @@ impl Config {
             Some(_) if self.weak_token() && !loopback => {
                 return Err(ConfigError::Invalid(format!(
                     "ADMIN_TOKEN must be at least {MIN_PUBLIC_TOKEN} characters when LISTEN_ADDR ({}) is not a loopback address",
+                    self.listen_addr
+                )));
+            }
+            _ => {}
+        }
+        match &self.portal.portal_key {
+            None if !loopback => {
+                return Err(ConfigError::Invalid(format!(
+                    "PORTAL_KEY is required when LISTEN_ADDR ({}) is not a loopback address: set one of {MIN_PORTAL_KEY} or more random characters, the same on every instance",
                     self.listen_addr
                 )));
             }
@@ -172,8 +185,10 @@ mod tests {
             "0.0.0.0:8080",
             "--admin-token",
             "a-long-enough-token",
+            "--portal-key",
+            PORTAL_KEY,
         ]);
-        assert!(guarded.validate().is_ok());
+        assert!(guarded.validate().is_ok(), "{:?}", guarded.validate());
         assert!(
             parse(&["--listen-addr", "127.0.0.1:8080"])
                 .validate()
@@ -192,6 +207,8 @@ mod tests {
             "0.0.0.0:8080",
             "--admin-token",
             "REPLACE_ME",
+            "--portal-key",
+            PORTAL_KEY,
         ])
         .validate()
         .unwrap_err();
@@ -199,6 +216,48 @@ mod tests {
         let short_local = parse(&["--listen-addr", "127.0.0.1:8080", "--admin-token", "short"]);
         assert!(short_local.validate().is_ok() && short_local.weak_token());
         assert!(parse(&["--listen-addr", "[::1]:8080"]).validate().is_ok());
+    }
+
+    const PORTAL_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_public_listen_address_needs_a_portal_key_of_32_characters() {
+        let err = parse(&[
+            "--listen-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "a-long-enough-token",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("PORTAL_KEY is required"), "{err}");
+        // On loopback the key kept in the store does.
+        assert!(
+            parse(&["--listen-addr", "127.0.0.1:8080"])
+                .validate()
+                .is_ok()
+        );
+        // A short key (the Secret template's REPLACE_ME) is refused everywhere, before anything
+        // is signed with it.
+        let err = try_parse(&["--portal-key", "REPLACE_ME"]).err().unwrap();
+        assert!(err.to_string().contains("at least 32 characters"), "{err}");
+        assert!(try_parse(&["--portal-key", PORTAL_KEY]).is_ok());
+    }
+
+    #[test]
+    fn the_public_url_is_an_http_origin() {
+        for good in ["https://hooks.example.com", "http://localhost:8080/"] {
+            assert!(try_parse(&["--public-url", good]).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            ("https://hooks.example.com/webhooks", "origin only"),
+            ("ftp://hooks.example.com", "http(s) URL"),
+            ("https://u:p@hooks.example.com", "credentials"),
+            ("hooks.example.com", "not a URL"),
+        ] {
+            let err = try_parse(&["--public-url", bad]).err().unwrap();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -210,9 +269,16 @@ mod tests {
             "amqp://svc:broker-password@rabbit:5672/%2f",
             "--database-url",
             "postgres://svc:db-password@db/webhooks",
+            "--portal-key",
+            "portal-key-that-must-not-leak-000",
         ]);
         let printed = format!("{cfg:?}");
-        for secret in ["token-that-must-not-leak", "broker-password", "db-password"] {
+        for secret in [
+            "token-that-must-not-leak",
+            "broker-password",
+            "db-password",
+            "portal-key-that",
+        ] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
     }

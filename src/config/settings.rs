@@ -4,7 +4,9 @@
 
 use clap::Args;
 
-use super::values::{LogFormat, QueueType, RetryDelays, SecretUrl, name_of_at_most, parse_delays};
+use super::values::{
+    LogFormat, QueueType, RetryDelays, Secret, SecretUrl, name_of_at_most, parse_delays,
+};
 
 /// The broker.
 #[derive(Clone, Debug, Args)]
@@ -66,6 +68,52 @@ pub struct LogSettings {
     /// Log format: `json` or `pretty`. `RUST_LOG` filters.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+}
+
+/// The customer portal's links.
+#[derive(Clone, Debug, Args)]
+pub struct PortalSettings {
+    /// Origin the portal's links use, e.g. `https://hooks.example.com` (the portal is under
+    /// `/portal`); default `http://` + the address the admin API listens on (`localhost` for
+    /// an unspecified address such as 0.0.0.0).
+    #[arg(long, env = "PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<url::Url>,
+
+    /// Key that signs portal links and sessions, 32 characters or more; every instance must
+    /// use the same. Required unless LISTEN_ADDR is a loopback address, where a key kept in the
+    /// store is used instead.
+    #[arg(long, env = "PORTAL_KEY", hide_env_values = true, value_parser = parse_portal_key)]
+    pub portal_key: Option<Secret>,
+}
+
+/// Shortest `PORTAL_KEY` accepted.
+pub const MIN_PORTAL_KEY: usize = 32;
+
+fn parse_portal_key(raw: &str) -> Result<Secret, String> {
+    if raw.chars().count() < MIN_PORTAL_KEY {
+        return Err(format!(
+            "PORTAL_KEY must be at least {MIN_PORTAL_KEY} characters"
+        ));
+    }
+    Ok(Secret::from(raw.to_string()))
+}
+
+fn parse_public_url(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{raw:?} must be an http(s) URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "{raw:?} must have no query, fragment or credentials"
+        ));
+    }
+    if url.path() != "/" {
+        return Err(format!(
+            "{raw:?} must be an origin only (scheme, host, port): the portal is served at /portal"
+        ));
+    }
+    Ok(url)
 }
 
 /// What a command that works on the service's queues needs: the broker and the queue names.

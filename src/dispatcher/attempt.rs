@@ -60,8 +60,10 @@ impl Dispatcher {
                 record.duration_ms as f64 / 1000.0,
             );
             log_outcome(&outcome, &record);
-            attempts.push(record);
             let next = retry::next_step(&outcome, number, self.topology.retries.len());
+            let will_retry = matches!(next, retry::Next::Retry(_));
+            self.activity.attempted(&sub.id, ev.id, &record, will_retry);
+            attempts.push(record);
             self.hand_off(next, ev, sub, attempts, 0).await
         }
         .instrument(span)

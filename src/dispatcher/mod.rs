@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::Activity;
 use crate::broker::{BrokerError, Consumer, Inbound, Publisher, Session, Topology};
 use crate::delivery::Deliverer;
 use crate::delivery::limit::EndpointLimiter;
@@ -24,6 +25,7 @@ use crate::subscriptions::{Directory, LookupError};
 
 pub struct Dispatcher {
     directory: Arc<Directory>,
+    activity: Arc<Activity>,
     deliverer: Deliverer,
     publisher: Publisher,
     topology: Arc<Topology>,
@@ -39,6 +41,7 @@ pub struct Dispatcher {
 /// What the dispatcher works with, built by the app.
 pub struct Parts {
     pub directory: Arc<Directory>,
+    pub activity: Arc<Activity>,
     pub deliverer: Deliverer,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
@@ -61,6 +64,7 @@ impl Dispatcher {
     pub fn new(parts: Parts) -> Dispatcher {
         Dispatcher {
             directory: parts.directory,
+            activity: parts.activity,
             deliverer: parts.deliverer,
             publisher: parts.publisher,
             topology: parts.topology,

@@ -115,6 +115,33 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The store's portal key (used when `PORTAL_KEY` is not set), made on first use. Safe when
+    /// several processes ask at once: one insert wins and all read it back.
+    pub async fn portal_key(&self) -> Result<Vec<u8>, StoreError> {
+        let read =
+            || sqlx::query_scalar::<_, String>("SELECT secret FROM portal_keys WHERE id = 1");
+        let secret = match read().fetch_optional(&self.pool).await? {
+            Some(secret) => secret,
+            None => {
+                sqlx::query(
+                    "INSERT INTO portal_keys (id, secret, created_at) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(new_secret())
+                .bind(rfc3339(Utc::now()))
+                .execute(&self.pool)
+                .await?;
+                read().fetch_one(&self.pool).await?
+            }
+        };
+        STANDARD.decode(secret).map_err(|e| StoreError::Corrupt {
+            id: "portal key".into(),
+            detail: e.to_string(),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl KeySource for Store {
     async fn message_keys(

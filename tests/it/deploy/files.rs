@@ -180,6 +180,70 @@ fn the_secret_template_token_is_one_the_service_refuses() {
         refused.to_string().contains("ADMIN_TOKEN must be at least"),
         "{refused}"
     );
+    // The portal key's placeholder too: refused before the service signs anything with it.
+    let key = yaml_value(&template, "PORTAL_KEY");
+    assert!(key.contains("REPLACE_ME"), "{key}");
+    let refused = crate::support::try_test_config("p", "x", dir.path(), &["--portal-key", &key])
+        .expect_err("the placeholder portal key is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("PORTAL_KEY must be at least 32"),
+        "{refused}"
+    );
+}
+
+/// The service's `environment:` in docker-compose.yml, each `${NAME:-default}` as its default.
+fn compose_environment() -> Vec<(String, String)> {
+    let compose = read("docker-compose.yml");
+    let service = compose
+        .split_once("\n  webhook-dispatcher:\n")
+        .expect("a webhook-dispatcher service")
+        .1;
+    let block = service
+        .split_once("\n    environment:\n")
+        .expect("its environment")
+        .1;
+    block
+        .lines()
+        .take_while(|line| line.starts_with("      "))
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| {
+            let (key, value) = line.trim().split_once(':').expect("KEY: value");
+            let value = value.trim().trim_matches('"');
+            let value = match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+                Some(reference) => reference.split_once(":-").expect("${NAME:-default}").1,
+                None => value,
+            };
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn compose_starts_the_service_with_settings_it_accepts() {
+    // `docker compose up` cannot run here: read its environment as the service would and check
+    // the service takes it (a LISTEN_ADDR off loopback needs a long enough ADMIN_TOKEN and a
+    // PORTAL_KEY; every name is a setting).
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = Vec::new();
+    for (key, value) in compose_environment() {
+        if key == "RUST_LOG" {
+            continue; // read by the log filter, not a flag
+        }
+        args.push(format!("--{}", key.to_lowercase().replace('_', "-")));
+        args.push(value);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cfg = crate::support::try_test_config("p", "x", dir.path(), &args)
+        .unwrap_or_else(|e| panic!("compose's environment is not the service's: {e}"));
+    cfg.validate()
+        .unwrap_or_else(|e| panic!("the service refuses compose's environment: {e}"));
+    assert!(!cfg.listen_addr.ip().is_loopback());
+    assert_eq!(
+        cfg.portal.public_url.as_ref().map(url::Url::as_str),
+        Some("http://localhost:8080/")
+    );
 }
 
 /// `deploy/kubernetes/prometheusrule.yaml`: its own lines up to `spec:`, then `alerts.yml` from

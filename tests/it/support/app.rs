@@ -41,6 +41,16 @@ pub struct TestApp {
 /// port 0, private targets allowed (receivers are on loopback). `extra` are more `--flag value`
 /// pairs; a flag given there replaces the default.
 pub fn test_config(prefix: &str, exchange: &str, dir: &std::path::Path, extra: &[&str]) -> Config {
+    try_test_config(prefix, exchange, dir, extra).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`test_config`], with clap's error when the arguments do not parse.
+pub fn try_test_config(
+    prefix: &str,
+    exchange: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<Config, clap::Error> {
     let defaults = [
         ("--amqp-url", amqp_url()),
         (
@@ -60,7 +70,7 @@ pub fn test_config(prefix: &str, exchange: &str, dir: &std::path::Path, extra: &
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Cli::parse_from(args).cfg
+    Cli::try_parse_from(args).map(|cli| cli.cfg)
 }
 
 /// The service with test defaults (see [`test_config`]): its own prefix/exchange/SQLite file, port 0, private targets

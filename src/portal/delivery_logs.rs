@@ -1,0 +1,499 @@
+//! Delivery Logs: the account's dead-lettered deliveries, newest first, filtered by event,
+//! endpoint and time; each record with its attempts and payload; replay one, or every record the
+//! filters show (after a confirmation) — the same replay as the API and the CLI.
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+
+use super::views::{Nav, Problem, csrf_field, notice, page, problem, when};
+use super::{Change, Form, Session};
+use crate::api::ApiState;
+use crate::event::EventKind;
+use crate::ops::replay::{Limit, ReplayError, detached};
+use crate::ops::select::Filters;
+use crate::store::{DeliveryLog, LogFilter, ReplaySelection};
+
+/// Records a page shows.
+const PAGE: i64 = 50;
+/// Most records one "Replay all shown" replays.
+const MAX_BULK: usize = 1000;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/portal/delivery-logs", get(list))
+        .route(
+            "/portal/delivery-logs/replay",
+            get(confirm_replay_all).post(replay_all),
+        )
+        .route("/portal/delivery-logs/{id}", get(read))
+        .route("/portal/delivery-logs/{id}/replay", post(replay))
+}
+
+/// The filters as the form sends them (empty means "any"), from a query string or a body.
+#[derive(Default, Clone)]
+struct LogQuery {
+    event: String,
+    endpoint: String,
+    since: String,
+    until: String,
+    cursor: String,
+    done: String,
+}
+
+impl LogQuery {
+    fn from_form(form: &Form) -> LogQuery {
+        let get = |name| form.get(name).unwrap_or_default().to_string();
+        LogQuery {
+            event: get("event"),
+            endpoint: get("endpoint"),
+            since: get("since"),
+            until: get("until"),
+            cursor: get("cursor"),
+            done: get("done"),
+        }
+    }
+
+    fn some(value: &str) -> Option<String> {
+        let v = value.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    }
+
+    /// The store filter, always scoped to the session's account; a time that does not read is
+    /// the message to show.
+    fn filter(&self, session: &Session) -> Result<LogFilter, String> {
+        let times = Filters::times(
+            LogQuery::some(&self.since),
+            LogQuery::some(&self.until),
+            chrono::Utc::now(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(LogFilter {
+            account_id: Some(session.account_id.clone()),
+            subscription_id: LogQuery::some(&self.endpoint),
+            event: LogQuery::some(&self.event).filter(|e| EventKind::parse(e).is_some()),
+            ..times
+        })
+    }
+
+    /// These filters as query parameters (for links that keep them).
+    fn params(&self) -> String {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("event", &self.event),
+            ("endpoint", &self.endpoint),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !v.trim().is_empty() {
+                out.append_pair(k, v.trim());
+            }
+        }
+        out.finish()
+    }
+}
+
+fn failed(error: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "portal request failed");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "The service could not complete this. Nothing was changed; try again in a moment.",
+    )
+}
+
+/// The account's webhooks, for the endpoint filter: (id, url).
+async fn endpoints(state: &ApiState, session: &Session) -> Vec<(String, String)> {
+    state
+        .store
+        .list_subscriptions(Some(&session.account_id), None, 500)
+        .await
+        .map(|page| page.items.into_iter().map(|s| (s.id, s.url)).collect())
+        .unwrap_or_default()
+}
+
+async fn list(State(state): State<ApiState>, session: Session, query: RawQuery) -> Response {
+    let q = LogQuery::from_form(&Form::query(&query));
+    let endpoints = endpoints(&state, &session).await;
+    let filter = q.filter(&session);
+    let (records, next, error) = match &filter {
+        Ok(filter) => {
+            let cursor = LogQuery::some(&q.cursor);
+            match state
+                .store
+                .list_delivery_logs(filter, cursor.as_deref(), PAGE)
+                .await
+            {
+                Ok(page) => (page.items, page.next_cursor, None),
+                Err(e) => return failed(e),
+            }
+        }
+        Err(message) => (Vec::new(), None, Some(message.clone())),
+    };
+    let done = match q.done.as_str() {
+        "replayed" => Some("Replayed: the delivery goes out again from its first attempt."),
+        _ => None,
+    };
+    let body = html! {
+        h1 { "Delivery Logs" }
+        p { "Deliveries that failed every attempt (and events that could not be delivered), newest first. Replay one once its endpoint works again." }
+        @if let Some(text) = done { (notice(text)) }
+        (filters_form(&q, &endpoints, error.as_deref()))
+        @if records.is_empty() {
+            section.card { p { "No records match." } }
+        } @else {
+            div.row.spread {
+                p.meta { (records.len()) " shown" @if next.is_some() { " (more on the next page)" } }
+                a.button.secondary href=(format!("/portal/delivery-logs/replay?{}", q.params())) { "Replay all shown" }
+            }
+            div.table-wrap role="region" aria-label="Failed deliveries" tabindex="0" {
+                table {
+                    caption.meta { "Failed deliveries" }
+                    thead { tr { th scope="col" { "Time" } th scope="col" { "Event" } th scope="col" { "URL" } th scope="col" { "Reason" } th scope="col" { "Attempts" } th scope="col" { "" } } }
+                    tbody {
+                        @for record in &records {
+                            tr {
+                                td { a href=(format!("/portal/delivery-logs/{}", record.id)) { (when(&record.dead_lettered_at)) } }
+                                td { (record.event.as_deref().unwrap_or("—")) }
+                                td.url { (record.url.as_deref().unwrap_or("—")) }
+                                td { (reason(&record.reason)) }
+                                td { (record.attempts.len()) }
+                                td { (replay_cell(&session, record)) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = next {
+                nav.pager aria-label="Pages" {
+                    a href="/portal/delivery-logs" { "Newest" }
+                    a href=(format!("/portal/delivery-logs?{}&cursor={}", q.params(), cursor)) { "Older" }
+                }
+            }
+        }
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    page(
+        status,
+        "Delivery Logs",
+        Some(&session),
+        Nav::DeliveryLogs,
+        body,
+    )
+}
+
+fn filters_form(q: &LogQuery, endpoints: &[(String, String)], error: Option<&str>) -> Markup {
+    html! {
+        form.card.filters method="get" action="/portal/delivery-logs" {
+            div {
+                label for="f-event" { "Event" }
+                select #f-event name="event" {
+                    option value="" { "All events" }
+                    @for kind in EventKind::ALL {
+                        option value=(kind.as_str()) selected[q.event == kind.as_str()] { (kind.as_str()) }
+                    }
+                }
+            }
+            div {
+                label for="f-endpoint" { "Endpoint" }
+                select #f-endpoint name="endpoint" {
+                    option value="" { "All endpoints" }
+                    @for (id, url) in endpoints {
+                        option value=(id) selected[&q.endpoint == id] { (url) }
+                    }
+                }
+            }
+            div {
+                label for="f-since" { "Since" }
+                input #f-since type="text" name="since" value=(q.since) placeholder="2h, 2026-12-01 or 10:00" aria-describedby="f-time-hint";
+            }
+            div {
+                label for="f-until" { "Until" }
+                input #f-until type="text" name="until" value=(q.until) placeholder="now" aria-describedby="f-time-hint";
+            }
+            div { button type="submit" { "Filter" } }
+            p.hint #f-time-hint { "Times: an age (2h), a date (2026-12-01), a time today in UTC (10:00) or RFC 3339." }
+            @if let Some(error) = error { p.field-error role="alert" { (error) } }
+        }
+    }
+}
+
+/// A record's reason in words, with its code (the API's and the CLI's filter value) under it.
+fn reason(code: &str) -> Markup {
+    let words = match code {
+        "exhausted" => "Every attempt failed",
+        "subscription_disabled" => "The webhook was disabled",
+        "subscription_deleted" => "The webhook was deleted",
+        "invalid_json" | "unknown_event" | "invalid_event" | "too_large" => {
+            "The event could not be read"
+        }
+        "delivery_limit" => "Delivery was interrupted too many times",
+        "expired" | "max_len" | "rejected" | "dead_lettered" => "Set aside by the message broker",
+        _ => "Not delivered",
+    };
+    html! { (words) br; small.meta { (code) } }
+}
+
+fn replay_cell(session: &Session, record: &DeliveryLog) -> Markup {
+    html! {
+        @if let Some(at) = &record.replayed_at {
+            span.badge.on title=(when(at)) { "Replayed" }
+        } @else if record.subscription_id.is_some() {
+            form method="post" action=(format!("/portal/delivery-logs/{}/replay", record.id)) {
+                (csrf_field(session))
+                button.secondary type="submit" aria-label=(format!("Replay the delivery of {}", when(&record.dead_lettered_at))) { "Replay" }
+            }
+        }
+    }
+}
+
+/// The session account's record `id`; another account's (or none) is the same 404.
+async fn owned(state: &ApiState, session: &Session, id: &str) -> Result<DeliveryLog, Response> {
+    match state.store.delivery_log(id).await {
+        Ok(Some(record)) if record.account_id.as_deref() == Some(session.account_id.as_str()) => {
+            Ok(record)
+        }
+        Ok(_) => Err(problem(
+            StatusCode::NOT_FOUND,
+            "No such record",
+            "This record does not exist, or it belongs to another account.",
+        )),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+async fn read(State(state): State<ApiState>, session: Session, Path(id): Path<String>) -> Response {
+    let record = match owned(&state, &session, &id).await {
+        Ok(record) => record,
+        Err(response) => return response,
+    };
+    page(
+        StatusCode::OK,
+        "Delivery record",
+        Some(&session),
+        Nav::DeliveryLogs,
+        record_view(&session, &record, None),
+    )
+}
+
+fn record_view(session: &Session, record: &DeliveryLog, message: Option<Markup>) -> Markup {
+    let payload = serde_json::from_str::<serde_json::Value>(record.payload.get())
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| record.payload.get().to_string());
+    html! {
+        p { a href="/portal/delivery-logs" { "← Delivery Logs" } }
+        h1 { "Delivery record" }
+        @if let Some(message) = message { (message) }
+        section.card {
+            dl {
+                dt { "Event" } dd { (record.event.as_deref().unwrap_or("—")) " · webhook-id " code { (record.event_id) } }
+                dt { "Endpoint" } dd.url { (record.url.as_deref().unwrap_or("—")) }
+                dt { "Reason" } dd { (reason(&record.reason)) @if let Some(detail) = &record.detail { p.meta { (detail) } } }
+                dt { "Failed at" } dd { (when(&record.dead_lettered_at)) }
+                dt { "Replayed" } dd { @match &record.replayed_at { Some(at) => { (when(at)) } None => { "not yet" } } }
+            }
+            (replay_cell(session, record))
+        }
+        h2 { "Attempts" }
+        @if record.attempts.is_empty() {
+            p { "None: it was refused before any delivery." }
+        } @else {
+            div.table-wrap role="region" aria-label="Attempts" tabindex="0" {
+                table {
+                    thead { tr { th scope="col" { "#" } th scope="col" { "Started" } th scope="col" { "Duration" } th scope="col" { "Status" } th scope="col" { "Error" } } }
+                    tbody {
+                        @for attempt in &record.attempts {
+                            tr {
+                                td { (attempt.attempt) }
+                                td { (when(&attempt.started_at)) }
+                                td { (attempt.duration_ms) " ms" }
+                                td { @match attempt.status { Some(s) => { (s) } None => { "—" } } }
+                                td { (attempt.error.as_deref().unwrap_or("—")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Payload" }
+        pre { code { (payload) } }
+    }
+}
+
+async fn replay(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Change { session, .. }: Change,
+) -> Response {
+    let record = match owned(&state, &session, &id).await {
+        Ok(record) => record,
+        Err(response) => return response,
+    };
+    let replayer = state.replayer();
+    let target = record.clone();
+    let result = detached(async move { replayer.replay(&target).await }).await;
+    match result {
+        Ok(_) => {
+            axum::response::Redirect::to("/portal/delivery-logs?done=replayed").into_response()
+        }
+        Err(e) => {
+            let (status, text) = replay_refusal(&e);
+            let message = html! { p.problem role="alert" { (text) } };
+            page(
+                status,
+                "Delivery record",
+                Some(&session),
+                Nav::DeliveryLogs,
+                record_view(&session, &record, Some(message)),
+            )
+        }
+    }
+}
+
+/// What a replay that did not happen says, in the portal's words.
+fn replay_refusal(error: &ReplayError) -> (StatusCode, String) {
+    match error {
+        ReplayError::Skipped(skip) => (StatusCode::CONFLICT, skip.to_string()),
+        ReplayError::Broker(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "It could not be sent right now; it stays replayable. Try again in a moment.".into(),
+        ),
+        other => {
+            tracing::error!(error = %other, "portal replay failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The replay failed; it stays replayable. Try again in a moment.".into(),
+            )
+        }
+    }
+}
+
+/// The records "Replay all shown" takes: the filters' records not replayed yet; a page saying
+/// what is wrong with the filters.
+fn selection(q: &LogQuery, session: &Session) -> Result<ReplaySelection, Problem> {
+    let mut filter = q.filter(session).map_err(|message| Problem {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        title: "Check the filters",
+        message,
+    })?;
+    filter.until.get_or_insert_with(crate::time::now_rfc3339);
+    Ok(ReplaySelection {
+        filter,
+        ids: Vec::new(),
+    })
+}
+
+async fn confirm_replay_all(
+    State(state): State<ApiState>,
+    session: Session,
+    query: RawQuery,
+) -> Response {
+    let q = LogQuery::from_form(&Form::query(&query));
+    let selection = match selection(&q, &session) {
+        Ok(selection) => selection,
+        Err(refused) => return refused.into_response(),
+    };
+    let plan = state
+        .replayer()
+        .run(
+            &selection,
+            None,
+            Limit::Replayed(MAX_BULK),
+            true,
+            &mut |_| {},
+        )
+        .await;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => return failed(e),
+    };
+    let n = plan.replayed.len();
+    let body = html! {
+        section.card.narrow {
+            @if n == 0 {
+                h1 { "Nothing to replay" }
+                p { "None of the records shown can be replayed now (already replayed, or their webhook was deleted or disabled)." }
+                div.actions { a.button.secondary href=(format!("/portal/delivery-logs?{}", q.params())) { "Back" } }
+            } @else {
+                h1 { "Replay " (deliveries(n)) "?" }
+                p { "Each goes out again from its first attempt, under its original webhook-id." }
+                @if plan.more { p.hint { "At most " (MAX_BULK) " at a time: replay again for the rest." } }
+                div.actions {
+                    form method="post" action="/portal/delivery-logs/replay" {
+                        (csrf_field(&session))
+                        input type="hidden" name="event" value=(q.event);
+                        input type="hidden" name="endpoint" value=(q.endpoint);
+                        input type="hidden" name="since" value=(q.since);
+                        input type="hidden" name="until" value=(q.until);
+                        button type="submit" { "Replay " (deliveries(n)) }
+                    }
+                    a.button.secondary href=(format!("/portal/delivery-logs?{}", q.params())) { "Cancel" }
+                }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        "Replay deliveries",
+        Some(&session),
+        Nav::DeliveryLogs,
+        body,
+    )
+}
+
+/// "1 delivery", "2 deliveries".
+fn deliveries(n: usize) -> String {
+    if n == 1 {
+        "1 delivery".into()
+    } else {
+        format!("{n} deliveries")
+    }
+}
+
+async fn replay_all(State(state): State<ApiState>, Change { session, form }: Change) -> Response {
+    let q = LogQuery::from_form(&form);
+    let selection = match selection(&q, &session) {
+        Ok(selection) => selection,
+        Err(refused) => return refused.into_response(),
+    };
+    let replayer = state.replayer();
+    let report = detached(async move {
+        replayer
+            .run(
+                &selection,
+                None,
+                Limit::Replayed(MAX_BULK),
+                false,
+                &mut |_| {},
+            )
+            .await
+    })
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => return failed(e),
+    };
+    let body = html! {
+        section.card.narrow {
+            h1 { "Replayed " (deliveries(report.replayed.len())) }
+            @if !report.skipped.is_empty() { p { (report.skipped.len()) " could not be replayed (already replayed, or their webhook was deleted or disabled)." } }
+            @if !report.failed.is_empty() || report.broker_failed { p.problem role="alert" { "Some could not be sent right now; they stay replayable. Try again in a moment." } }
+            div.actions { a.button href=(format!("/portal/delivery-logs?{}", q.params())) { "Back to Delivery Logs" } }
+        }
+    };
+    page(
+        StatusCode::OK,
+        "Replayed",
+        Some(&session),
+        Nav::DeliveryLogs,
+        body,
+    )
+}
