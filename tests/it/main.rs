@@ -16,6 +16,8 @@ mod hostile_endpoints;
 mod hostile_input;
 mod invalid_input;
 mod openapi;
+mod portal;
+mod portal_browser;
 mod postgres_store;
 mod private_broker;
 mod reconnect;

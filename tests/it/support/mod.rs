@@ -5,10 +5,12 @@
 
 mod app;
 mod broker;
+mod browser;
 mod cli_run;
 mod env;
 mod fixtures;
 mod metrics;
+mod portal;
 mod private_broker;
 mod private_node;
 mod process;
@@ -20,10 +22,12 @@ mod store_lock;
 
 pub use app::*;
 pub use broker::*;
+pub use browser::*;
 pub use cli_run::*;
 pub use env::*;
 pub use fixtures::*;
 pub use metrics::*;
+pub use portal::*;
 pub use private_broker::*;
 pub use process::*;
 pub use proxy::*;
