@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
 use crate::api::{self, ApiState};
-use crate::broker::{Broker, CLOSE_TIMEOUT, Session, TASK_CONFIRM_TIMEOUT, Topology};
+use crate::broker::{Broker, CLOSE_TIMEOUT, Consuming, Session, TASK_CONFIRM_TIMEOUT, Topology};
+use crate::changes::{self, Announcer};
 use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::dispatcher::{self, Dispatcher};
@@ -41,7 +42,8 @@ pub struct App {
     activity: Arc<Activity>,
     portal: Arc<Portal>,
     metrics: Metrics,
-    dispatcher: Arc<Dispatcher>,
+    /// With the `dispatcher` role.
+    dispatcher: Option<Arc<Dispatcher>>,
 }
 
 impl App {
@@ -49,9 +51,12 @@ impl App {
     /// binds the API port. Does not need the broker: that connection is made (and remade) by `run`.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         cfg.validate()?;
-        let store = Store::connect(cfg.store.database_url.expose())
-            .await
-            .with_context(|| format!("opening the store at {}", cfg.store.database_url))?;
+        let store = Store::connect_with(
+            cfg.store.database_url.expose(),
+            cfg.store.database_pool_size,
+        )
+        .await
+        .with_context(|| format!("opening the store at {}", cfg.store.database_url))?;
         store
             .ensure_message_key()
             .await
@@ -78,17 +83,19 @@ impl App {
             cfg.max_in_flight_per_endpoint as usize,
         )?;
         let activity = Arc::new(Activity::default());
-        let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
-            directory: directory.clone(),
-            activity: activity.clone(),
-            deliverer,
-            publisher: broker.publisher.clone(),
-            topology: broker.topology.clone(),
-            metrics: metrics.clone(),
-            keys: keys.clone(),
-            max_in_flight: cfg.max_in_flight as usize,
-            max_in_flight_per_endpoint: cfg.max_in_flight_per_endpoint as usize,
-        }));
+        let dispatcher = cfg.roles.dispatcher.then(|| {
+            Arc::new(Dispatcher::new(dispatcher::Parts {
+                directory: directory.clone(),
+                activity: activity.clone(),
+                deliverer,
+                publisher: broker.publisher.clone(),
+                topology: broker.topology.clone(),
+                metrics: metrics.clone(),
+                keys: keys.clone(),
+                max_in_flight: cfg.max_in_flight as usize,
+                max_in_flight_per_endpoint: cfg.max_in_flight_per_endpoint as usize,
+            }))
+        });
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
@@ -140,6 +147,11 @@ impl App {
     /// within `SHUTDOWN_GRACE` and closes everything. Fails only on a fatal broker error (a
     /// topology mismatch).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let announcer = Announcer {
+            publisher: self.broker.publisher.clone(),
+            exchange: self.broker.topology.control.clone(),
+            metrics: self.metrics.clone(),
+        };
         let api_state = ApiState {
             store: self.store.clone(),
             directory: self.directory.clone(),
@@ -149,6 +161,8 @@ impl App {
             keys: self.keys.clone(),
             activity: self.activity.clone(),
             portal: self.portal.clone(),
+            announcer,
+            roles: self.cfg.roles,
             admin_token: self.cfg.admin_token.clone(),
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
@@ -160,8 +174,8 @@ impl App {
             let listener = self.listener.take().expect("run is called once");
             tokio::spawn(api::serve(listener, router, stop))
         };
-        tracing::info!(addr = %self.cfg.listen_addr, config = ?self.cfg, "webhook-dispatcher started");
-        if self.cfg.weak_token() {
+        tracing::info!(addr = %self.cfg.listen_addr, roles = ?self.cfg.roles, config = ?self.cfg, "webhook-dispatcher started");
+        if self.cfg.roles.api && self.cfg.weak_token() {
             tracing::warn!("ADMIN_TOKEN is shorter than 16 characters; use a long random token");
         }
 
@@ -223,10 +237,15 @@ impl App {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Arc<Session>>> {
         let mut backoff = Duration::from_millis(100);
+        let consuming = Consuming {
+            events: self.cfg.roles.dispatcher,
+            dead: self.cfg.roles.dlq_logger,
+        };
+        let mut reconnecting = false;
         loop {
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
-                opened = self.broker.open_session() => opened,
+                opened = self.broker.open_session(consuming) => opened,
             };
             let session = match opened {
                 Ok(session) => Arc::new(session),
@@ -243,8 +262,15 @@ impl App {
                 }
             };
             backoff = Duration::from_millis(100);
+            if reconnecting {
+                // Changes announced while this replica was away were not heard: read everything.
+                if let Err(e) = self.directory.refresh().await {
+                    tracing::warn!(error = %e, "reloading subscriptions after reconnecting failed; the periodic refresh retries");
+                }
+            }
+            reconnecting = true;
             self.metrics.broker_up(true);
-            tracing::info!("connected to the broker; consuming");
+            tracing::info!(node = %self.broker.node(), roles = ?self.cfg.roles, "connected to the broker; consuming");
             self.run_session(&session, tracker, shutdown).await;
             if shutdown.is_cancelled() {
                 // The consumers stay registered until the in-flight deliveries have acked (see
@@ -266,24 +292,48 @@ impl App {
         shutdown: &CancellationToken,
     ) {
         let stop = shutdown.child_token();
-        let dispatch = self.dispatcher.clone().consume(
-            session.events.clone(),
-            session.clone(),
-            tracker.clone(),
+        let dispatch = async {
+            match (&session.events, &self.dispatcher) {
+                (Some(events), Some(dispatcher)) => {
+                    dispatcher
+                        .clone()
+                        .consume(
+                            events.clone(),
+                            session.clone(),
+                            tracker.clone(),
+                            stop.clone(),
+                        )
+                        .await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        let log = async {
+            match &session.dead {
+                Some(dead) => {
+                    let logger = dlq::Logger {
+                        store: self.store.clone(),
+                        keys: self.keys.clone(),
+                        metrics: self.metrics.clone(),
+                        events_queue: self.broker.topology.events.clone(),
+                    };
+                    dlq::run(dead.clone(), logger, stop.clone()).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let follow = changes::follow(
+            session.control.clone(),
+            self.directory.clone(),
+            self.metrics.clone(),
             stop.clone(),
         );
-        let logger = dlq::Logger {
-            store: self.store.clone(),
-            keys: self.keys.clone(),
-            metrics: self.metrics.clone(),
-            events_queue: self.broker.topology.events.clone(),
-        };
-        let log = dlq::run(session.dead.clone(), logger, stop.clone());
         let publisher = self.broker.publisher.clone();
         let sampler = tokio::spawn(sample_queues(self.broker.clone(), self.metrics.clone()));
         tokio::select! {
             _ = dispatch => {}
             _ = log => {}
+            _ = follow => {}
             _ = publisher.lost() => tracing::warn!("the publish channel closed"),
         }
         stop.cancel();
@@ -291,7 +341,6 @@ impl App {
     }
 }
 
-/// `http://` and the address the API listens on (its real port when `LISTEN_ADDR` asks for 0).
 /// Samples every queue's ready messages and consumers. The consumer count is the broker's, so
 /// it includes other instances: 0 on the events queue means nobody delivers.
 async fn sample_queues(broker: Broker, metrics: Metrics) {

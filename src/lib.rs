@@ -22,6 +22,7 @@
 //! - `text`: the rules for ids people read (account ids, event ids).
 //! - `subscriptions`: the domain type, its validation, the directory the dispatcher and API
 //!   find subscriptions in (no store import: the store is a `SubscriptionSource`).
+//! - `changes`: a subscription change announced to every replica and applied within a second.
 //! - `dispatcher`: consume `P.events`, route, attempt, hand off (retry, defer, dead-letter).
 //! - `delivery`: one HTTP attempt: client, SSRF guard, signing, per-endpoint limit, outcome.
 //! - `retry`: what comes next after an attempt, or when an endpoint is full.
@@ -43,6 +44,7 @@ pub mod api;
 pub mod app;
 pub mod broker;
 mod catalog;
+pub mod changes;
 pub mod cli;
 pub mod config;
 mod delivery;

@@ -74,6 +74,7 @@ fn queue_args(o: &Options) -> FieldTable {
         queue_prefix: "bench".into(),
         queue_type: kind,
         retry_delays: RetryDelays(Vec::new()),
+        delivery_limit: 20,
     };
     Topology::queues_only(&queues).plain_args()
 }

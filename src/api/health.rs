@@ -36,7 +36,8 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the broker connection is up and the store answers.
+/// Ready when the broker connection is up (with the consumers of this replica's roles) and the
+/// store answers.
 #[utoipa::path(
     operation_id = "readyz",
     get,
@@ -59,8 +60,11 @@ pub async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     (
         status,
-        Json(
-            json!({ "status": word(broker && store), "broker": word(broker), "store": word(store) }),
-        ),
+        Json(json!({
+            "status": word(broker && store),
+            "broker": word(broker),
+            "store": word(store),
+            "roles": state.roles.names(),
+        })),
     )
 }

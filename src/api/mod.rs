@@ -35,7 +35,8 @@ pub use subscription_bodies::{parse_create_body, parse_patch_body};
 
 use crate::activity::Activity;
 use crate::broker::{Publisher, Topology};
-use crate::config::Secret;
+use crate::changes::Announcer;
+use crate::config::{Roles, Secret};
 use crate::metrics::Metrics;
 use crate::ops::replay::Replayer;
 use crate::portal::Portal;
@@ -58,6 +59,10 @@ pub struct ApiState {
     pub activity: Arc<Activity>,
     /// The customer portal's key and address.
     pub portal: Arc<Portal>,
+    /// Tells the other replicas about subscription changes.
+    pub announcer: Announcer,
+    /// What this replica runs (readiness says it).
+    pub roles: Roles,
     pub admin_token: Option<Secret>,
     /// Off: endpoint URLs are checked by the SSRF guard on create and update.
     pub allow_private_targets: bool,
@@ -110,7 +115,21 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi::finish(api(None).into_openapi())
 }
 
+/// What LISTEN_ADDR serves: with the `api` role, the admin API, the portal and the operations
+/// routes; without it, only `/metrics`, `/healthz` and `/readyz` (every replica is watched).
 pub fn router(state: ApiState) -> Router {
+    if !state.roles.api {
+        return Router::new()
+            .route("/metrics", axum::routing::get(health::metrics))
+            .route("/healthz", axum::routing::get(health::healthz))
+            .route("/readyz", axum::routing::get(health::readyz))
+            .fallback(|| async {
+                ApiError::NotFound(
+                    "no such route: this replica does not run the api role (ROLES)".into(),
+                )
+            })
+            .with_state(state);
+    }
     let (routes, _doc) = api(state.admin_token.clone()).split_for_parts();
     routes
         .merge(crate::portal::routes())

@@ -50,6 +50,9 @@ pub struct Readiness {
     broker: String,
     #[schema(example = "ok")]
     store: String,
+    /// The parts this replica runs (`ROLES`).
+    #[schema(example = json!(["dispatcher", "dlq-logger", "api"]))]
+    roles: Vec<String>,
 }
 
 #[derive(utoipa::OpenApi)]

@@ -15,6 +15,7 @@ use super::{ApiError, ApiJson, ApiState, OptionalJson};
 use crate::config::MAX_SECRET_OVERLAP;
 use crate::store::{Page, page_limit};
 use crate::subscriptions::Subscription;
+use crate::wire::control::Change;
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -231,17 +232,25 @@ pub async fn rotate_secret(
     Ok(Json(sub.into()))
 }
 
-/// The SSRF guard's check of a new or changed endpoint, unless private targets are allowed.
 pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no subscription {id:?}"))
 }
 
-async fn refresh(state: &ApiState) -> Result<(), ApiError> {
-    state.directory.refresh().await?;
-    Ok(())
+/// After the store committed a change to subscription `id`: applies it to this replica's index
+/// at once and announces it to the others ([`crate::changes`]). Never fails the change, which is
+/// made: a failure here only delays it to the periodic refresh, and is logged.
+async fn changed(state: &ApiState, id: &str) {
+    if let Err(e) = state.directory.reload(id).await {
+        tracing::warn!(error = %e, subscription_id = %id, "applying a change to this replica's index failed; the periodic refresh retries");
+    }
+    state
+        .announcer
+        .announce(Change::Subscription(id.to_string()))
+        .await;
 }
 
-// The changes themselves, shared with the portal: each stored, then applied to matching at once.
+// The changes themselves, shared with the portal: each stored, then applied to matching at once
+// here and within a second on every other replica.
 
 /// Stores a checked new subscription.
 pub(crate) async fn create_subscription(
@@ -249,7 +258,7 @@ pub(crate) async fn create_subscription(
     new: crate::store::NewSubscription,
 ) -> Result<Subscription, ApiError> {
     let sub = state.store.create_subscription(new).await?;
-    refresh(state).await?;
+    changed(state, &sub.id).await;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
     Ok(sub)
 }
@@ -263,7 +272,7 @@ pub(crate) async fn update_subscription(
     let Some(sub) = state.store.update_subscription(id, patch).await? else {
         return Ok(None);
     };
-    refresh(state).await?;
+    changed(state, id).await;
     tracing::info!(subscription_id = %sub.id, "subscription updated");
     Ok(Some(sub))
 }
@@ -273,7 +282,7 @@ pub(crate) async fn delete_subscription(state: &ApiState, id: &str) -> Result<bo
     if !state.store.delete_subscription(id).await? {
         return Ok(false);
     }
-    refresh(state).await?;
+    changed(state, id).await;
     tracing::info!(subscription_id = %id, "subscription deleted");
     Ok(true)
 }
@@ -287,7 +296,7 @@ pub(crate) async fn rotate_subscription_secret(
     let Some(sub) = state.store.rotate_secret(id, overlap).await? else {
         return Ok(None);
     };
-    refresh(state).await?;
+    changed(state, id).await;
     tracing::info!(
         subscription_id = %sub.id,
         overlap = %humantime::format_duration(overlap),

@@ -1,25 +1,41 @@
 //! The pooled connection (deadpool-lapin) and what is opened on it: sessions for the service,
-//! a publisher for the operator commands.
+//! a publisher for the operator commands. With several broker URLs (the nodes of a cluster) the
+//! connection is made to the first that answers, in the order given, and when that node goes
+//! away, to the next one, wrapping round: a replica never waits for a dead node while another
+//! answers, and does not go back to the node it just lost before trying the others.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, ConnectionProperties};
 
 use super::inbound::Consumer;
+use super::session::Consuming;
 use super::{BrokerError, EventsQueue, Publisher, Session, Topology};
 use crate::config::AmqpSettings;
 
 /// Longest wait for each step of closing the broker connection.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The connection pool plus everything needed to open a [`Session`].
+/// One broker node: its pool and its URL as logs show it.
+struct Node {
+    pool: Pool,
+    shown: String,
+}
+
+/// The connection pools (one per node) plus everything needed to open a [`Session`].
 #[derive(Clone)]
 pub struct Broker {
-    pool: Pool,
+    nodes: Arc<Vec<Node>>,
+    /// The node connections are taken from.
+    current: Arc<AtomicUsize>,
     pub topology: Arc<Topology>,
     pub publisher: Publisher,
     prefetch: u16,
@@ -33,92 +49,172 @@ impl Broker {
         topology: Topology,
         prefetch: u16,
     ) -> Result<Broker, BrokerError> {
-        let pool_cfg = deadpool_lapin::Config {
-            url: Some(amqp.amqp_url.expose().to_string()),
-            pool: Some(PoolConfig {
-                max_size: 2,
-                timeouts: Timeouts {
-                    wait: Some(Duration::from_secs(10)),
-                    create: Some(Duration::from_secs(10)),
-                    recycle: Some(Duration::from_secs(2)),
-                },
-                ..PoolConfig::default()
-            }),
-        };
-        let pool = pool_cfg
-            .create_pool(
-                || {
-                    ConnectionProperties::default()
-                        .with_connection_name("webhook-dispatcher".into())
-                },
-                Runtime::Tokio1,
-            )
-            .map_err(|e| BrokerError::Pool(e.to_string()))?;
+        let nodes = amqp
+            .amqp_url
+            .urls()
+            .iter()
+            .map(|url| {
+                Ok(Node {
+                    pool: node_pool(url.expose())?,
+                    shown: url.redacted(),
+                })
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
         Ok(Broker {
-            pool,
+            nodes: Arc::new(nodes),
+            current: Arc::new(AtomicUsize::new(0)),
             topology: Arc::new(topology),
             publisher: Publisher::default(),
             prefetch,
         })
     }
 
-    /// A fresh channel on the pooled connection (a dead connection is replaced first).
+    /// A fresh channel on the pooled connection of the current node (a dead connection is
+    /// replaced first); if that node does not answer, on the next one that does.
     pub(super) async fn channel(&self) -> Result<Channel, BrokerError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| BrokerError::Pool(e.to_string()))?;
-        Ok(conn.create_channel().await?)
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.nodes.len() {
+            let at = (start + step) % self.nodes.len();
+            let node = &self.nodes[at];
+            match node.pool.get().await {
+                Ok(conn) => {
+                    if at != start {
+                        self.current.store(at, Ordering::Relaxed);
+                        tracing::warn!(node = %node.shown, "moved to another broker node");
+                    }
+                    return Ok(conn.create_channel().await?);
+                }
+                Err(e) => failures.push(format!("{}: {e}", node.shown)),
+            }
+        }
+        // Next time, start after the node that failed first.
+        self.current
+            .store((start + 1) % self.nodes.len(), Ordering::Relaxed);
+        Err(BrokerError::Pool(failures.join("; ")))
     }
 
     /// Connects (or reuses the live pooled connection), declares the topology, installs a fresh
-    /// confirm channel in the publisher and starts both consumers.
-    pub async fn open_session(&self) -> Result<Session, BrokerError> {
-        if self.topology.declare(|| self.channel()).await? == EventsQueue::Legacy {
-            tracing::error!(
+    /// confirm channel in the publisher and starts the consumers `consuming` asks for, and the
+    /// control consumer.
+    pub async fn open_session(&self, consuming: Consuming) -> Result<Session, BrokerError> {
+        match self.topology.declare(|| self.channel()).await? {
+            EventsQueue::Current => {}
+            EventsQueue::Earlier("0.2") => tracing::warn!(
                 queue = %self.topology.events,
-                "the events queue was declared by an earlier version, without a dead-letter \
-                 target: RabbitMQ drops an event that expires in it. It works otherwise. Stop \
-                 every instance and run `webhook-dispatcher migrate-queues` to move it (README, \
-                 Upgrading)"
-            );
+                "the events queue was declared by an earlier version (0.2), without a delivery \
+                 limit: DELIVERY_LIMIT is not applied (RabbitMQ 4 applies its default of 20). \
+                 Stop every instance and run `webhook-dispatcher migrate-queues` to move it \
+                 (README, Upgrading)"
+            ),
+            EventsQueue::Earlier(_) => tracing::error!(
+                queue = %self.topology.events,
+                "the events queue was declared by an earlier version (0.1), without a dead-letter \
+                 target: RabbitMQ drops an event that expires in it (and on RabbitMQ 4 one handed \
+                 back 20 times). It works otherwise. Stop every instance and run \
+                 `webhook-dispatcher migrate-queues` to move it (README, Upgrading)"
+            ),
         }
 
         let publish = self.confirm_channel().await?;
-
-        let events_channel = self.channel().await?;
-        events_channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await?;
-        let events = events_channel
-            .basic_consume(
-                self.topology.events.as_str().into(),
-                "webhook-dispatcher".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-
-        let dead_channel = self.channel().await?;
-        dead_channel
-            .basic_qos(64, BasicQosOptions::default())
-            .await?;
-        let dead = dead_channel
-            .basic_consume(
-                self.topology.dead.as_str().into(),
-                "webhook-dispatcher-dlq".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut channels = Vec::new();
+        let events = if consuming.events {
+            let (channel, consumer) = self
+                .consume(&self.topology.events, self.prefetch, "webhook-dispatcher")
+                .await?;
+            channels.push((channel, Some(consumer.clone())));
+            Some(consumer)
+        } else {
+            None
+        };
+        let dead = if consuming.dead {
+            let (channel, consumer) = self
+                .consume(&self.topology.dead, 64, "webhook-dispatcher-dlq")
+                .await?;
+            channels.push((channel, Some(consumer.clone())));
+            Some(consumer)
+        } else {
+            None
+        };
+        let control = self.follow_control(&mut channels).await?;
         self.publisher.set(Some(publish));
         Ok(Session {
-            events: Consumer::new(events),
-            dead: Consumer::new(dead),
-            events_channel,
-            dead_channel,
+            events,
+            dead,
+            control,
+            channels,
         })
+    }
+
+    /// A consumer on `queue` with `prefetch` on a channel of its own.
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, Consumer::new(consumer)))
+    }
+
+    /// This replica's queue on the control exchange, `P.control.<random>` (inside the service's
+    /// names, so the documented permissions cover it): exclusive (gone with the connection;
+    /// RabbitMQ 4 deprecates transient queues that are not), consumed without acks.
+    async fn follow_control(
+        &self,
+        channels: &mut Vec<(Channel, Option<Consumer>)>,
+    ) -> Result<Consumer, BrokerError> {
+        let channel = self.channel().await?;
+        let name = format!(
+            "{}.{}",
+            self.topology.control,
+            uuid::Uuid::new_v4().simple()
+        );
+        let queue = channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                self.topology.control.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "webhook-dispatcher-control".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = Consumer::new(consumer);
+        channels.push((channel, Some(consumer.clone())));
+        Ok(consumer)
     }
 
     /// A fresh channel in publisher-confirm mode.
@@ -153,10 +249,40 @@ impl Broker {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into()))
                 .await;
         }
-        if let Ok(Ok(conn)) = tokio::time::timeout(CLOSE_TIMEOUT, self.pool.get()).await {
+        let node = &self.nodes[self.current.load(Ordering::Relaxed)];
+        if let Ok(Ok(conn)) = tokio::time::timeout(CLOSE_TIMEOUT, node.pool.get()).await {
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutting down".into())).await;
         }
-        self.pool.close();
+        for node in self.nodes.iter() {
+            node.pool.close();
+        }
     }
+
+    /// The node connections are taken from now, as logs show it.
+    pub fn node(&self) -> &str {
+        &self.nodes[self.current.load(Ordering::Relaxed)].shown
+    }
+}
+
+/// The pool of one node's connection; connects lazily.
+fn node_pool(url: &str) -> Result<Pool, BrokerError> {
+    let pool_cfg = deadpool_lapin::Config {
+        url: Some(url.to_string()),
+        pool: Some(PoolConfig {
+            max_size: 2,
+            timeouts: Timeouts {
+                wait: Some(Duration::from_secs(10)),
+                create: Some(Duration::from_secs(10)),
+                recycle: Some(Duration::from_secs(2)),
+            },
+            ..PoolConfig::default()
+        }),
+    };
+    pool_cfg
+        .create_pool(
+            || ConnectionProperties::default().with_connection_name("webhook-dispatcher".into()),
+            Runtime::Tokio1,
+        )
+        .map_err(|e| BrokerError::Pool(e.to_string()))
 }

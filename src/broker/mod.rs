@@ -18,7 +18,7 @@ pub use frame::{Death, dead_letter_message, event_props, task_message};
 pub use inbound::{Consumer, Inbound};
 pub use publish::{Publisher, Route, TASK_CONFIRM_TIMEOUT};
 pub use queues::QueueCounts;
-pub use session::Session;
+pub use session::{Consuming, Session};
 pub use topology::{EventsQueue, Topology};
 
 use std::time::Duration;

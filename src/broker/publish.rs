@@ -119,6 +119,16 @@ impl Publisher {
             .map_err(|_| BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT))?
     }
 
+    /// Publishes a control message (JSON) to the fanout exchange `exchange`, with a confirm.
+    pub async fn publish_control(&self, exchange: &str, body: &[u8]) -> Result<(), BrokerError> {
+        let route = Route {
+            exchange,
+            routing_key: "",
+        };
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.publish(route, body, props).await
+    }
+
     /// [`publish`](Self::publish), tried again a few times over ~3 s while the broker is
     /// reachable: a nack under load should not push the whole message back to the queue.
     pub async fn publish_retrying(

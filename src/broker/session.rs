@@ -4,34 +4,46 @@ use lapin::Channel;
 
 use super::inbound::Consumer;
 
-/// One connected generation: consumers on the events and dead-letter queues. Dropping it closes its channels (lapin closes a channel when its last
-/// handle goes), so it must outlive every ack made on it.
+/// What a session consumes: the queues of the roles a replica runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consuming {
+    /// The events queue (the dispatcher).
+    pub events: bool,
+    /// The dead-letter queue (the DLQ logger).
+    pub dead: bool,
+}
+
+/// One connected generation: the consumers of the roles this replica runs, and the control
+/// consumer every replica has (its own exclusive queue on the control exchange). Dropping it
+/// closes its channels (lapin closes a channel when its last handle goes), so it must outlive
+/// every ack made on it.
 pub struct Session {
-    pub events: Consumer,
-    pub dead: Consumer,
-    pub(super) events_channel: Channel,
-    pub(super) dead_channel: Channel,
+    pub events: Option<Consumer>,
+    pub dead: Option<Consumer>,
+    /// Subscription changes announced by any replica (this one included). Consumed without
+    /// acks: a hint missed while disconnected is made up by the full refresh after reconnecting.
+    pub control: Consumer,
+    pub(super) channels: Vec<(Channel, Option<Consumer>)>,
 }
 
 impl Session {
-    /// Stops both consumers; unacked messages go back to the broker when the channels close. On
+    /// Stops the consumers; unacked messages go back to the broker when the channels close. On
     /// a quorum queue the cancel is a round trip through the queue, so acks sent before it are
     /// applied by the time it returns.
     pub async fn cancel_consumers(&self) {
         use lapin::options::BasicCancelOptions;
-        let _ = self
-            .events_channel
-            .basic_cancel(self.events.tag(), BasicCancelOptions::default())
-            .await;
-        let _ = self
-            .dead_channel
-            .basic_cancel(self.dead.tag(), BasicCancelOptions::default())
-            .await;
+        for (channel, consumer) in &self.channels {
+            if let Some(consumer) = consumer {
+                let _ = channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await;
+            }
+        }
     }
 
     /// Closes the channels; anything still unacked on them returns to its queue.
     pub async fn close(&self) {
-        for channel in [&self.events_channel, &self.dead_channel] {
+        for (channel, _) in &self.channels {
             let _ = channel.close(200, "shutting down".into()).await;
         }
     }

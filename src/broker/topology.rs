@@ -27,7 +27,11 @@ pub struct Topology {
     pub events: String,
     pub retries: Vec<RetryQueue>,
     pub dead: String,
+    /// Fanout exchange on which replicas announce subscription changes to each other; each
+    /// replica hears it on an exclusive queue of its own.
+    pub control: String,
     queue_type: QueueType,
+    delivery_limit: u32,
 }
 
 impl Topology {
@@ -56,7 +60,9 @@ impl Topology {
                 })
                 .collect(),
             dead: format!("{p}.dead"),
+            control: format!("{p}.control"),
             queue_type: queues.queue_type,
+            delivery_limit: queues.delivery_limit,
         }
     }
 
@@ -72,7 +78,9 @@ impl Topology {
             events: String::new(),
             retries: Vec::new(),
             dead: String::new(),
+            control: String::new(),
             queue_type: QueueType::Quorum,
+            delivery_limit: 20,
         }
     }
 
@@ -100,19 +108,39 @@ impl Topology {
     }
 
     /// Arguments of the events queue: what RabbitMQ itself dead-letters from it (an event whose
-    /// AMQP `expiration` passed before it was consumed, a message over the delivery limit that
-    /// RabbitMQ 4 puts on quorum queues) goes to `P.dead`, where the DLQ logger keeps it with
-    /// its reason, instead of being dropped.
+    /// AMQP `expiration` passed before it was consumed, a message handed back more than
+    /// `DELIVERY_LIMIT` times) goes to `P.dead`, where the DLQ logger keeps it with its reason,
+    /// instead of being dropped. The limit is set explicitly (quorum queues only): RabbitMQ 4
+    /// puts a default of 20 on every quorum queue, and what passes it with no dead-letter target
+    /// is dropped.
     pub fn events_args(&self) -> FieldTable {
+        let mut args = self.events_args_of_0_2();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+            );
+        }
+        args
+    }
+
+    /// The events queue's arguments as 0.2 declared it: a dead-letter target, no delivery limit.
+    fn events_args_of_0_2(&self) -> FieldTable {
         let mut args = self.base_args();
         self.dead_letter_into(&mut args, &self.dead);
         args
     }
 
-    /// The events queue's arguments as versions before 0.2 declared it, with no dead-letter
-    /// target. Such a queue is used as it is, with a warning, until `migrate-queues` moves it.
-    pub fn legacy_events_args(&self) -> FieldTable {
-        self.base_args()
+    /// The events queue's arguments as earlier versions declared it, newest first, each with the
+    /// version: 0.2 (no delivery limit: `DELIVERY_LIMIT` is not applied; RabbitMQ 4's default of
+    /// 20 dead-letters into `P.dead`), 0.1 (no dead-letter target either: RabbitMQ drops what
+    /// expires, and on RabbitMQ 4 what passes 20 deliveries). Such a queue is used as it is, with
+    /// a warning, until `migrate-queues` moves it.
+    pub fn earlier_events_args(&self) -> Vec<(&'static str, FieldTable)> {
+        vec![
+            ("0.2", self.events_args_of_0_2()),
+            ("0.1", self.base_args()),
+        ]
     }
 
     /// Where `migrate-queues` keeps the events queue's messages (and routes new events) while it
@@ -149,7 +177,7 @@ impl Topology {
 
     /// Declares the exchange, all queues and the events binding, each on a channel from `open`
     /// (a refused declare closes its channel). Idempotent. An events queue left by an earlier
-    /// version (no dead-letter target) is used as it is: [`EventsQueue::Legacy`].
+    /// version is used as it is: [`EventsQueue::Earlier`].
     pub async fn declare<F, Fut>(&self, open: F) -> Result<EventsQueue, BrokerError>
     where
         F: Fn() -> Fut,
@@ -169,6 +197,15 @@ impl Topology {
             )
             .await
             .map_err(|e| mismatch_or(e, "exchange", &self.exchange, &FieldTable::default()))?;
+        channel
+            .exchange_declare(
+                self.control.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| mismatch_or(e, "exchange", &self.control, &FieldTable::default()))?;
         for retry in &self.retries {
             declare_queue(&channel, &retry.name, self.retry_args(retry)).await?;
         }
@@ -177,11 +214,15 @@ impl Topology {
             match declare_queue(&channel, &self.events, self.events_args()).await {
                 Ok(()) => (channel, EventsQueue::Current),
                 Err(mismatch @ BrokerError::TopologyMismatch { .. }) => {
-                    let again = open().await?;
-                    match declare_queue(&again, &self.events, self.legacy_events_args()).await {
-                        Ok(()) => (again, EventsQueue::Legacy),
-                        Err(_) => return Err(mismatch),
+                    let mut found = None;
+                    for (version, args) in self.earlier_events_args() {
+                        let again = open().await?;
+                        if declare_queue(&again, &self.events, args).await.is_ok() {
+                            found = Some((again, EventsQueue::Earlier(version)));
+                            break;
+                        }
                     }
+                    found.ok_or(mismatch)?
                 }
                 Err(e) => return Err(e),
             };
@@ -204,9 +245,10 @@ impl Topology {
 pub enum EventsQueue {
     /// Declared with this version's arguments.
     Current,
-    /// Declared by a version before 0.2, without a dead-letter target: RabbitMQ drops what
-    /// expires in it. Works otherwise; `webhook-dispatcher migrate-queues` moves it.
-    Legacy,
+    /// Declared by an earlier version (`"0.1"`, `"0.2"`; see
+    /// [`Topology::earlier_events_args`]): it works, without this version's guarantees.
+    /// `webhook-dispatcher migrate-queues` moves it.
+    Earlier(&'static str),
 }
 
 pub(crate) async fn declare_queue(
@@ -314,9 +356,30 @@ mod tests {
         assert_eq!(
             describe(&t.events_args()),
             "{x-dead-letter-exchange=\"\", x-dead-letter-routing-key=p.dead, x-dead-letter-strategy=at-least-once, \
-             x-overflow=reject-publish, x-queue-type=quorum}"
+             x-delivery-limit=20, x-overflow=reject-publish, x-queue-type=quorum}"
         );
-        assert_eq!(describe(&t.legacy_events_args()), "{x-queue-type=quorum}");
+        let earlier: Vec<(&str, String)> = t
+            .earlier_events_args()
+            .iter()
+            .map(|(v, args)| (*v, describe(args)))
+            .collect();
+        assert_eq!(
+            earlier,
+            [
+                (
+                    "0.2",
+                    "{x-dead-letter-exchange=\"\", x-dead-letter-routing-key=p.dead, x-dead-letter-strategy=at-least-once, \
+                     x-overflow=reject-publish, x-queue-type=quorum}"
+                        .to_string()
+                ),
+                ("0.1", "{x-queue-type=quorum}".to_string())
+            ]
+        );
+        let limited = Topology::new(&cfg(&["--queue-prefix", "p", "--delivery-limit", "5"]));
+        assert!(describe(&limited.events_args()).contains("x-delivery-limit=5"));
+        // Classic queues have no delivery limit.
+        let classic = Topology::new(&cfg(&["--queue-prefix", "p", "--queue-type", "classic"]));
+        assert!(!describe(&classic.events_args()).contains("x-delivery-limit"));
         assert_eq!(t.holding_queue(), "p.events.migrating");
     }
 

@@ -16,8 +16,8 @@ pub use settings::{
     QueueSettings, StoreSettings,
 };
 pub use values::{
-    LogFormat, QueueType, RetryDelays, Secret, SecretUrl, delay_label, parse_duration,
-    parse_positive_duration, redact_url,
+    LogFormat, QueueType, RetryDelays, Roles, Secret, SecretUrl, UrlList, delay_label,
+    parse_amqp_urls, parse_duration, parse_positive_duration, parse_roles, redact_url,
 };
 
 /// Shortest admin token accepted on a non-loopback LISTEN_ADDR (shorter ones are only warned
@@ -30,6 +30,13 @@ pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Everything `webhook-dispatcher serve` needs. Field docs are the `--help` text.
 #[derive(Clone, Debug, Args)]
 pub struct Config {
+    /// What this replica runs: `all`, or a comma list of `dispatcher` (delivers: consumes the
+    /// events queue), `dlq-logger` (writes the delivery log: consumes the dead-letter queue) and
+    /// `api` (the admin API and the customer portal). Every replica serves `/metrics`,
+    /// `/healthz` and `/readyz`.
+    #[arg(long, env = "ROLES", default_value = "all", value_parser = parse_roles)]
+    pub roles: Roles,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -111,6 +118,11 @@ impl Config {
 
     /// Checks rules that involve more than one setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // The token and the portal key guard the admin API and the portal: a replica without
+        // the `api` role serves neither.
+        if !self.roles.api {
+            return Ok(());
+        }
         let loopback = self.listen_addr.ip().is_loopback();
         match &self.admin_token {
             None if !loopback => return Err(ConfigError::TokenRequired(self.listen_addr)),

@@ -5,21 +5,23 @@
 use clap::Args;
 
 use super::values::{
-    LogFormat, QueueType, RetryDelays, Secret, SecretUrl, name_of_at_most, parse_delays,
+    LogFormat, QueueType, RetryDelays, Secret, SecretUrl, UrlList, name_of_at_most,
+    parse_amqp_urls, parse_delays,
 };
 
 /// The broker.
 #[derive(Clone, Debug, Args)]
 pub struct AmqpSettings {
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL, or the comma-separated URLs of a cluster's nodes: the first that
+    /// answers is used, in the order given; when its node goes away, the next one (wrapping).
     #[arg(
         long,
         env = "AMQP_URL",
         hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        value_parser = |raw: &str| Ok::<SecretUrl, String>(SecretUrl::from(raw.to_string()))
+        value_parser = parse_amqp_urls
     )]
-    pub amqp_url: SecretUrl,
+    pub amqp_url: UrlList,
 }
 
 /// The exchange producers publish to.
@@ -44,6 +46,12 @@ pub struct QueueSettings {
     /// Comma-separated retry delays; one delay queue per entry, attempts = 1 + entries.
     #[arg(long, env = "RETRY_DELAYS", default_value = "2s,4s,8s", value_parser = parse_delays)]
     pub retry_delays: RetryDelays,
+
+    /// Times RabbitMQ hands a message of the events queue back (requeued, or its consumer gone)
+    /// before it dead-letters it into the dead-letter queue as `delivery_limit` (quorum queues:
+    /// `x-delivery-limit`). Part of the queue's arguments: changing it needs `migrate-queues`.
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub delivery_limit: u32,
 }
 
 /// The store.
@@ -60,6 +68,12 @@ pub struct StoreSettings {
         value_parser = |raw: &str| Ok::<SecretUrl, String>(SecretUrl::from(raw.to_string()))
     )]
     pub database_url: SecretUrl,
+
+    /// Most connections this process opens to the store (default: 10 on PostgreSQL, 4 on
+    /// SQLite, which takes one writer at a time). With several replicas on one PostgreSQL keep
+    /// replicas × this under the server's `max_connections`.
+    #[arg(long, env = "DATABASE_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: Option<u32>,
 }
 
 /// Logging.

@@ -62,6 +62,57 @@ impl fmt::Display for SecretUrl {
     }
 }
 
+/// `AMQP_URL`: one broker URL, or the comma-separated URLs of a cluster's nodes, in the order
+/// the service tries them. Printed with every password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlList(Vec<SecretUrl>);
+
+impl UrlList {
+    pub fn urls(&self) -> &[SecretUrl] {
+        &self.0
+    }
+
+    /// Every URL with its password masked, comma-separated.
+    pub fn redacted(&self) -> String {
+        self.0
+            .iter()
+            .map(SecretUrl::redacted)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Parses `AMQP_URL`: `amqp://` or `amqps://` URLs with a host, separated by commas.
+pub fn parse_amqp_urls(raw: &str) -> Result<UrlList, String> {
+    let mut urls = Vec::new();
+    for (n, part) in raw.split(',').enumerate() {
+        let part = part.trim();
+        let redacted = redact_url(part);
+        let url = url::Url::parse(part)
+            .map_err(|e| format!("URL {} ({redacted:?}) is not a URL: {e}", n + 1))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") || url.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "URL {} ({redacted:?}) must be amqp:// or amqps:// with a host",
+                n + 1
+            ));
+        }
+        urls.push(SecretUrl(part.to_string()));
+    }
+    Ok(UrlList(urls))
+}
+
+impl fmt::Debug for UrlList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for UrlList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// Replaces the password of a URL with `***` so it can be logged. A URL that does not parse
 /// (a password with an unencoded `/`, `#`, `?`…), or that parses without a password although
 /// it has an `@` (`amqp://u:12/cd@h` reads as host `u`, port 12), has everything between
@@ -81,6 +132,71 @@ pub fn redact_url(raw: &str) -> String {
             _ => raw.to_string(),
         },
     }
+}
+
+/// The parts a replica runs (`ROLES`): any of the dispatcher (consumes the events queue), the
+/// DLQ logger (consumes the dead-letter queue) and the API (the admin API and the customer
+/// portal). `/metrics`, `/healthz` and `/readyz` are served by every replica.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub dispatcher: bool,
+    pub dlq_logger: bool,
+    pub api: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        dispatcher: true,
+        dlq_logger: true,
+        api: true,
+    };
+
+    /// The roles' names, in a fixed order (`dispatcher,dlq-logger,api`).
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.dispatcher, "dispatcher"),
+            (self.dlq_logger, "dlq-logger"),
+            (self.api, "api"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+impl fmt::Debug for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join(","))
+    }
+}
+
+/// Parses `ROLES`: `all`, or a comma list of `dispatcher`, `dlq-logger`, `api`.
+pub fn parse_roles(raw: &str) -> Result<Roles, String> {
+    if raw.trim() == "all" {
+        return Ok(Roles::ALL);
+    }
+    let mut roles = Roles {
+        dispatcher: false,
+        dlq_logger: false,
+        api: false,
+    };
+    for name in raw.split(',').map(str::trim) {
+        let slot = match name {
+            "dispatcher" => &mut roles.dispatcher,
+            "dlq-logger" => &mut roles.dlq_logger,
+            "api" => &mut roles.api,
+            _ => {
+                return Err(format!(
+                    "unknown role {name:?}; expected all, or a comma list of dispatcher, dlq-logger, api"
+                ));
+            }
+        };
+        if *slot {
+            return Err(format!("role {name:?} is listed twice"));
+        }
+        *slot = true;
+    }
+    Ok(roles)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -20,6 +20,9 @@ pub const REJECT_REASONS: [&str; 4] = [
     "too_large",
 ];
 
+/// The `result` labels of `webhook_control_messages_total`.
+pub const CONTROL_RESULTS: [&str; 4] = ["applied", "announced", "announce_failed", "invalid"];
+
 /// The `queue` labels of `webhook_forged_messages_total`.
 pub const FORGED_QUEUES: [&str; 2] = ["events", "dead"];
 /// The `why` labels of `webhook_forged_messages_total` ([`Forgery::label`]).
@@ -36,6 +39,7 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     dead_letters_persisted: IntCounter,
     forged_messages: IntCounterVec,
+    control_messages: IntCounterVec,
     ack_failures: IntCounter,
     deliveries_deferred: IntCounter,
     in_flight: IntGauge,
@@ -67,6 +71,9 @@ impl Metrics {
             for why in FORGED_WHY {
                 self.forged_messages.with_label_values(&[queue, why]);
             }
+        }
+        for result in CONTROL_RESULTS {
+            self.control_messages.with_label_values(&[result]);
         }
     }
 
@@ -126,6 +133,11 @@ impl Metrics {
     }
 
     /// An ack that failed or timed out: `what` was settled, and its message comes back.
+    /// Counts a control message by `result` (one of [`CONTROL_RESULTS`]).
+    pub fn control_message(&self, result: &str) {
+        self.control_messages.with_label_values(&[result]).inc();
+    }
+
     pub fn ack_failed(&self, what: &str) {
         self.ack_failures.inc();
         tracing::warn!(

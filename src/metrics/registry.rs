@@ -42,6 +42,11 @@ impl Metrics {
             "Messages that claimed to be the service's own (a delivery task on the events queue, a dead letter on the dead-letter queue) but whose seal did not verify; none was believed.",
             &["queue", "why"],
         );
+        let control_messages = counter_vec(
+            "webhook_control_messages_total",
+            "Subscription-change messages heard on the control exchange: `applied` (the subscription read again from the store), `announced` (sent by this replica), `announce_failed` (other replicas catch up at their periodic refresh), `invalid` (not a control message; ignored).",
+            &["result"],
+        );
         let delivery_duration = register(
             &registry,
             HistogramVec::new(
@@ -124,6 +129,7 @@ impl Metrics {
             dead_letters,
             dead_letters_persisted,
             forged_messages,
+            control_messages,
             ack_failures,
             deliveries_deferred,
             in_flight,

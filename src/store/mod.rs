@@ -55,7 +55,14 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 impl Store {
     /// Opens (creating a SQLite file if missing) and migrates the store at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let store = Store::open(url, "rwc").await?;
+        Store::connect_with(url, None).await
+    }
+
+    /// [`Store::connect`] with at most `pool_size` connections (default: 10 on PostgreSQL, 4 on
+    /// SQLite). Replicas starting together migrate once: on PostgreSQL the migrator holds an
+    /// advisory lock while it runs, and the others find the schema done.
+    pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<Store, StoreError> {
+        let store = Store::open(url, "rwc", pool_size).await?;
         MIGRATOR.run(&store.pool).await?;
         Ok(store)
     }
@@ -64,7 +71,7 @@ impl Store {
     /// must exist (`mode=rw`) and nothing is created or migrated, so a wrong `DATABASE_URL`
     /// is an error ([`StoreError::NotMigrated`]) rather than a new, empty delivery log.
     pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
-        let store = Store::open(url, "rw").await.map_err(|e| match e {
+        let store = Store::open(url, "rw", None).await.map_err(|e| match e {
             // SQLITE_CANTOPEN: with mode=rw, the file is not there.
             StoreError::Db(sqlx::Error::Database(db)) if db.code().as_deref() == Some("14") => {
                 StoreError::NotMigrated("the database file does not exist".into())
@@ -97,7 +104,11 @@ impl Store {
     }
 
     /// Connects to `url`; a SQLite file is opened with `sqlite_mode` unless the URL sets one.
-    async fn open(url: &str, sqlite_mode: &str) -> Result<Store, StoreError> {
+    async fn open(
+        url: &str,
+        sqlite_mode: &str,
+        pool_size: Option<u32>,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") {
@@ -109,7 +120,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
         let pool = AnyPoolOptions::new()
             // SQLite takes one writer at a time; a small pool avoids lock contention.
-            .max_connections(if is_sqlite { 4 } else { 10 })
+            .max_connections(pool_size.unwrap_or(if is_sqlite { 4 } else { 10 }))
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {

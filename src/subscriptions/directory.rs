@@ -1,7 +1,8 @@
 //! The subscription directory: where the dispatcher and the API find subscriptions. It keeps
 //! every subscription in the in-memory index (matching never waits on the store), loads one it
 //! does not know yet from the source on a miss (created through another instance since the last
-//! refresh), and refreshes the whole index when told to and periodically.
+//! refresh), reads one subscription again when told it changed ([`crate::changes`]), and
+//! refreshes the whole index when told to and periodically.
 
 use std::sync::Arc;
 
@@ -51,5 +52,13 @@ impl Directory {
     /// Reloads the whole index from the source; returns how many subscriptions it holds.
     pub async fn refresh(&self) -> Result<usize, LookupError> {
         self.index.reload(|| self.source.all_subscriptions()).await
+    }
+
+    /// Reads subscription `id` again from the source: changed, added, or gone if the source has
+    /// it no more. Serialised with full reloads, so neither puts back an older read.
+    pub async fn reload(&self, id: &str) -> Result<(), LookupError> {
+        self.index
+            .reload_one(id, || self.source.subscription(id))
+            .await
     }
 }

@@ -34,10 +34,33 @@ impl SubscriptionIndex {
         Ok(count)
     }
 
+    /// Reads subscription `id` with `load` and puts it in the index, or takes it out when
+    /// `load` finds none. Holds the reload lock across the read, like [`Self::reload`].
+    pub async fn reload_one<F, Fut, E>(&self, id: &str, load: F) -> Result<(), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Subscription>, E>>,
+    {
+        let _guard = self.reload.lock().await;
+        let found = load().await?;
+        let current = self.current();
+        let all = current
+            .by_id
+            .values()
+            .filter(|s| s.id != id)
+            .cloned()
+            .chain(found.map(Arc::new));
+        self.replace_shared(all);
+        Ok(())
+    }
+
     pub fn replace(&self, subscriptions: Vec<Subscription>) {
+        self.replace_shared(subscriptions.into_iter().map(Arc::new));
+    }
+
+    fn replace_shared(&self, subscriptions: impl Iterator<Item = Arc<Subscription>>) {
         let mut next = Snapshot::default();
         for sub in subscriptions {
-            let sub = Arc::new(sub);
             next.by_account
                 .entry(sub.account_id.clone())
                 .or_default()

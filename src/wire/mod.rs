@@ -1,7 +1,9 @@
 //! Messages the service itself puts on the broker: delivery tasks (retries and replays, on the
-//! delay queues and back on `P.events`) and dead letters (on `P.dead`, [`dead_letter`]).
+//! delay queues and back on `P.events`), dead letters (on `P.dead`, [`dead_letter`]) and
+//! subscription changes (on `P.control`, [`control`]).
 //! Producers never see these.
 
+pub mod control;
 mod dead_letter;
 
 pub use dead_letter::{

@@ -23,6 +23,7 @@ mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
 mod replay_crash;
+mod replicas;
 mod retries;
 mod security;
 mod test_events;

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use webhook_dispatcher::activity::Activity;
 use webhook_dispatcher::api::{self, ApiState};
 use webhook_dispatcher::broker::{Publisher, Topology};
+use webhook_dispatcher::changes::Announcer;
+use webhook_dispatcher::config::Roles;
 use webhook_dispatcher::metrics::Metrics;
 use webhook_dispatcher::portal::{Portal, PortalKey};
 use webhook_dispatcher::seal::Keyring;
@@ -56,6 +58,12 @@ async fn served_paths() -> BTreeSet<String> {
             PortalKey::new(b"k".repeat(32)),
             &url::Url::parse("http://127.0.0.1:8080").unwrap(),
         )),
+        announcer: Announcer {
+            publisher: Publisher::default(),
+            exchange: String::new(),
+            metrics: Metrics::new(),
+        },
+        roles: Roles::ALL,
         admin_token: None,
         allow_private_targets: true,
         secret_rotation_overlap: cfg.secret_rotation_overlap,

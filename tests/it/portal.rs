@@ -172,7 +172,10 @@ async fn behind_https_the_session_cookie_is_secure() {
     let opened = PortalUser::new(&app).get(path).await;
     assert_eq!(opened.status, StatusCode::SEE_OTHER);
     let cookie = opened.header("set-cookie");
-    assert!(cookie.ends_with("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(
+        cookie.ends_with("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     app.stop().await.unwrap();
 }
 

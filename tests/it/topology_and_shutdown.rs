@@ -141,9 +141,11 @@ async fn a_queue_that_exists_with_other_arguments_stops_startup_with_a_clear_err
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = ch
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await;
+    for x in [exchange, format!("{prefix}.control")] {
+        let _ = ch
+            .exchange_delete(x.as_str().into(), Default::default())
+            .await;
+    }
     let _ = conn.close(200, "bye".into()).await;
 }
 

@@ -69,19 +69,20 @@ async fn messages_an_earlier_version_left_in_the_queues_are_kept_but_not_believe
 }
 
 /// Replaces the service's events queue (empty, the service stopped) with one declared as
-/// versions before 0.2 did: no dead-letter target.
-async fn declare_legacy_events_queue(service: &ServiceProcess) {
+/// `version` did (0.1: no dead-letter target; 0.2: no delivery limit).
+async fn declare_earlier_events_queue(service: &ServiceProcess, version: &str) {
     let (conn, channel) = confirm_channel(&amqp_url()).await;
     let events = service.events_queue();
     channel
         .queue_delete(events.as_str().into(), QueueDeleteOptions::default())
         .await
         .expect("delete the events queue");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(b"quorum".to_vec().into()),
-    );
+    let args = topology_of(service)
+        .earlier_events_args()
+        .into_iter()
+        .find(|(v, _)| *v == version)
+        .map(|(_, args)| args)
+        .unwrap_or_else(|| panic!("no arguments of version {version}"));
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -89,7 +90,7 @@ async fn declare_legacy_events_queue(service: &ServiceProcess) {
     channel
         .queue_declare(events.as_str().into(), durable, args)
         .await
-        .expect("declare the legacy events queue");
+        .expect("declare the earlier events queue");
     channel
         .queue_bind(
             events.as_str().into(),
@@ -103,11 +104,16 @@ async fn declare_legacy_events_queue(service: &ServiceProcess) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-/// Whether `queue` exists with the arguments this version declares for the events queue.
-async fn has_current_events_arguments(service: &ServiceProcess) -> bool {
+/// The topology the service declares.
+fn topology_of(service: &ServiceProcess) -> webhook_dispatcher::broker::Topology {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(&service.prefix, &service.exchange, dir.path(), &[]);
-    let topology = webhook_dispatcher::broker::Topology::new(&cfg);
+    webhook_dispatcher::broker::Topology::new(&cfg)
+}
+
+/// Whether `queue` exists with the arguments this version declares for the events queue.
+async fn has_current_events_arguments(service: &ServiceProcess) -> bool {
+    let topology = topology_of(service);
     let (conn, channel) = confirm_channel(&amqp_url()).await;
     let durable = QueueDeclareOptions {
         durable: true,
@@ -126,12 +132,21 @@ async fn has_current_events_arguments(service: &ServiceProcess) -> bool {
 }
 
 #[tokio::test]
-async fn an_events_queue_from_an_earlier_version_works_and_is_migrated_without_loss() {
+async fn an_events_queue_from_0_1_works_and_is_migrated_without_loss() {
+    an_earlier_events_queue_works_and_is_migrated_without_loss("0.1").await;
+}
+
+#[tokio::test]
+async fn an_events_queue_from_0_2_works_and_is_migrated_without_loss() {
+    an_earlier_events_queue_works_and_is_migrated_without_loss("0.2").await;
+}
+
+async fn an_earlier_events_queue_works_and_is_migrated_without_loss(version: &str) {
     let mut service = ServiceProcess::start(&[]).await;
     let receiver = CountingReceiver::start(204, Duration::ZERO).await;
     service.subscribe(LOAD_ACCOUNT, &receiver.url).await;
     service.stop(PATIENCE).await;
-    declare_legacy_events_queue(&service).await;
+    declare_earlier_events_queue(&service, version).await;
     assert!(!has_current_events_arguments(&service).await);
     let ids = event_ids("migrate", 400);
     let producer = Producer::connect(&service.exchange).await;
@@ -140,9 +155,11 @@ async fn an_events_queue_from_an_earlier_version_works_and_is_migrated_without_l
     // The new version runs on the old queue, and says what to do about it.
     service.restart().await;
     receiver.wait_distinct(50, PATIENCE).await;
+    let logs = service.current_logs();
     assert!(
-        service.current_logs().contains("migrate-queues"),
-        "the log names the command"
+        logs.contains(&format!("declared by an earlier version ({version})"))
+            && logs.contains("migrate-queues"),
+        "the log says which version and names the command"
     );
     let busy = service.cli(&["migrate-queues"], b"").await;
     busy.expect_code(1);
@@ -192,7 +209,7 @@ async fn an_events_queue_from_an_earlier_version_works_and_is_migrated_without_l
     let counts = receiver.counts();
     let lost = ids.iter().filter(|id| !counts.contains_key(*id)).count();
     let duplicates: u32 = counts.values().map(|n| n - 1).sum();
-    println!("migrate-queues: sent=400 lost={lost} duplicates={duplicates}");
+    println!("migrate-queues from {version}: sent=400 lost={lost} duplicates={duplicates}");
     assert_eq!(lost, 0);
     // An event published in one of the two instants when both queues are bound is in both, and
     // is delivered twice under its one id; never more.

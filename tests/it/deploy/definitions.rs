@@ -149,10 +149,17 @@ fn definitions_json_is_the_topology_the_service_declares_by_default() {
     }
 
     let exchanges = defs["exchanges"].as_array().unwrap();
-    assert_eq!(exchanges.len(), 1);
-    assert_eq!(exchanges[0]["name"], json!(topology.exchange));
-    assert_eq!(exchanges[0]["type"], "topic");
-    assert_eq!(exchanges[0]["durable"], true);
+    let kinds: Vec<(&Value, &Value, &Value)> = exchanges
+        .iter()
+        .map(|x| (&x["name"], &x["type"], &x["durable"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!(topology.exchange), &json!("topic"), &json!(true)),
+            (&json!(topology.control), &json!("fanout"), &json!(true)),
+        ]
+    );
     let bindings = defs["bindings"].as_array().unwrap();
     assert_eq!(bindings.len(), 1);
     assert_eq!(bindings[0]["source"], json!(topology.exchange));
@@ -227,10 +234,20 @@ async fn definitions_import_into_a_fresh_vhost_and_the_service_runs_on_them() {
         ],
     )
     .await;
-    assert_eq!(
-        list("list_queues", &vhost.0, &["name"]).len(),
-        queues.len(),
-        "the service declared no queue beyond the definitions"
+    // Beyond the definitions, only its own exclusive queue on the control exchange.
+    let declared = list("list_queues", &vhost.0, &["name", "exclusive"]);
+    let extra: Vec<&Value> = declared
+        .iter()
+        .filter(|q| !queues.iter().any(|d| d["name"] == q["name"]))
+        .collect();
+    assert_eq!(extra.len(), 1, "{declared:?}");
+    assert!(
+        extra[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("webhooks.control.")
+            && extra[0]["exclusive"] == json!(true),
+        "{extra:?}"
     );
 
     // The sampler reports the broker's consumer counts: this service's one on the events queue

@@ -82,6 +82,9 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let prefix = unique("q");
     let exchange = unique("x");
     let cfg = test_config(&prefix, &exchange, dir.path(), extra);
+    // The names in use (`extra` may have chosen them).
+    let prefix = cfg.queues.queue_prefix.clone();
+    let exchange = cfg.exchange.events_exchange.clone();
     let queues: Vec<String> = {
         let topology = webhook_dispatcher::broker::Topology::new(&cfg);
         topology.queues().into_iter().map(String::from).collect()
@@ -257,13 +260,13 @@ impl TestApp {
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = self
-            .publisher
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        let control = format!("{}.control", self.prefix);
+        for exchange in [&self.exchange, &control] {
+            let _ = self
+                .publisher
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         self.cleaned = true;
     }
 }

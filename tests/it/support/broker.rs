@@ -36,14 +36,24 @@ fn delete_topology_now(url: String, queues: Vec<String>, exchange: String) {
         let Ok(ch) = conn.create_channel().await else {
             return;
         };
-        for queue in queues {
+        // With the events queue `P.events` go what the service and `migrate-queues` make beside
+        // it: the control exchange `P.control` and the holding queue `P.events.migrating`.
+        let prefixes: Vec<String> = queues
+            .iter()
+            .filter_map(|q| q.strip_suffix(".events").map(str::to_string))
+            .collect();
+        let holding = prefixes.iter().map(|p| format!("{p}.events.migrating"));
+        for queue in queues.iter().cloned().chain(holding) {
             let _ = ch
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = ch
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+        let control = prefixes.iter().map(|p| format!("{p}.control"));
+        for exchange in std::iter::once(exchange).chain(control) {
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         let _ = conn.close(200, "bye".into()).await;
     };
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), delete).await });

@@ -103,6 +103,11 @@ impl PrivateBroker {
         &self.dir
     }
 
+    /// Whether the node runs (it was not stopped).
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
     /// How long the last (re)start took until the node accepted an AMQP connection.
     pub fn boot_time(&self) -> Duration {
         self.boot_time

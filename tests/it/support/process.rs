@@ -28,6 +28,9 @@ pub struct ServiceProcess {
     child: Option<Child>,
     exited: Option<ExitStatus>,
     starts: u32,
+    /// Whether dropping it deletes its queues and exchange (not a replica's: see
+    /// [`ServiceProcess::shares_topology`]).
+    owns_topology: bool,
     log_path: PathBuf,
     db_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -65,6 +68,14 @@ impl ServiceProcess {
             vars.retain(|(k, _)| k != key);
             vars.push((key.to_string(), value.to_string()));
         }
+        // Replicas of one service share a prefix and an exchange the test passes in `env`.
+        let var = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .expect("set above")
+        };
+        let (prefix, exchange) = (var("QUEUE_PREFIX"), var("EVENTS_EXCHANGE"));
         // The queue names come from the service's own topology for the same settings (every
         // setting's flag is its variable's name in lower case with dashes).
         let flags: Vec<String> = vars
@@ -95,6 +106,7 @@ impl ServiceProcess {
             child: None,
             exited: None,
             starts: 0,
+            owns_topology: true,
             log_path: dir.path().join("service.log"),
             db_path,
             _dir: dir,
@@ -135,6 +147,15 @@ impl ServiceProcess {
 
     fn start_marker(&self) -> String {
         format!("===== test harness: start #{} =====", self.starts)
+    }
+
+    /// Leaves its queues and exchange in place when it is dropped: a replica shares them with
+    /// others, and deleting a quorum queue with at-least-once dead-lettering while another
+    /// replica declares it again crashes RabbitMQ 3.10's dead-letter supervisor for good (every
+    /// later such queue then fails). Whoever owns the replicas deletes the topology once all are
+    /// gone.
+    pub fn shares_topology(&mut self) {
+        self.owns_topology = false;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -310,10 +331,12 @@ impl Drop for ServiceProcess {
                 self.log_tail()
             );
         }
-        delete_topology_at(
-            self.broker_url.clone(),
-            self.queues.clone(),
-            self.exchange.clone(),
-        );
+        if self.owns_topology {
+            delete_topology_at(
+                self.broker_url.clone(),
+                self.queues.clone(),
+                self.exchange.clone(),
+            );
+        }
     }
 }
