@@ -2,17 +2,23 @@
 """Validates the manifests in deploy/kubernetes (run by .ci/run).
 
 - Built-in kinds: kubernetes-validate's Kubernetes 1.37 schemas, strict (unknown fields fail).
-- ServiceMonitor and PrometheusRule (not in those schemas): the openAPIV3Schema of
-  prometheus-operator's CRDs, vendored in deploy/kubernetes/schemas/, made strict the same way (an
-  object with declared properties accepts no others, as the API server's strict field validation
-  does); their metadata against the Kubernetes ObjectMeta schema.
-- kustomization.yaml: every manifest in the folder is either a listed resource or the Secret
-  template, every listed resource exists, and its image name is the Deployment's.
+- Custom resources (not in those schemas): ServiceMonitor and PrometheusRule (prometheus-operator),
+  ScaledObject and TriggerAuthentication (KEDA, in autoscaling/) and RabbitmqCluster (the RabbitMQ
+  Cluster Operator, in rabbitmq/), against the openAPIV3Schema of their CRDs vendored in
+  deploy/kubernetes/schemas/, made strict the same way (an object with declared properties accepts
+  no others, as the API server's strict field validation does); their metadata against the
+  Kubernetes ObjectMeta schema.
+- Each folder's kustomization.yaml (the base, and the autoscaling component and the rabbitmq
+  kustomization beside it): every manifest in the folder is either a listed resource or the
+  Secret template, every listed resource exists; the base's image name is its Deployments'.
+- Across folders: the ScaledObject scales a Deployment of the base and watches the events queue
+  of the ConfigMap's QUEUE_PREFIX; the TriggerAuthentication reads the base's Secret.
 
 The validator also checks itself: a ServiceMonitor with an unknown endpoint field and one without
-its selector, and a PrometheusRule with an unknown rule field or a rule without `expr`, must be
-rejected, or this script fails. (That prometheusrule.yaml holds exactly alerts.yml's rules is a
-test, tests/it/deploy/files.rs.)
+its selector, a PrometheusRule with an unknown rule field or a rule without `expr`, a ScaledObject
+without its target and a RabbitmqCluster with an unknown field must be rejected, or this script
+fails. (That prometheusrule.yaml holds exactly alerts.yml's rules is a test,
+tests/it/deploy/files.rs.)
 """
 
 import copy
@@ -44,11 +50,17 @@ def strict(schema):
     return schema
 
 
-# (kind, vendored schema file, where it comes from) of the custom resources validated here.
+# (apiVersion, kind) → (vendored schema file, where it comes from) of the custom resources
+# validated here.
 CUSTOM = {
-    "ServiceMonitor": ("servicemonitor-v1.yaml", "prometheus-operator 0.84.1 CRD schema"),
-    "PrometheusRule": ("prometheusrule-v1.yaml", "prometheus-operator 0.82.2 CRD schema"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("servicemonitor-v1.yaml", "prometheus-operator 0.84.1 CRD schema"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheusrule-v1.yaml", "prometheus-operator 0.82.2 CRD schema"),
+    ("keda.sh/v1alpha1", "ScaledObject"): ("scaledobject-v1alpha1.yaml", "KEDA 2.20.1 CRD schema"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ("triggerauthentication-v1alpha1.yaml", "KEDA 2.20.1 CRD schema"),
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): ("rabbitmqcluster-v1beta1.yaml", "RabbitMQ Cluster Operator 2.22.3 CRD schema"),
 }
+# Folders beside the base, each with its own kustomization.yaml.
+EXTRA_FOLDERS = ["autoscaling", "rabbitmq"]
 
 
 def custom_errors(validator, doc):
@@ -68,34 +80,48 @@ def custom_errors(validator, doc):
     return errors
 
 
+def listing(folder, failures):
+    """The manifests of `folder` that its kustomization.yaml lists, checked both ways."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    resources = kustomization["resources"]
+    present = {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
+    for missing in sorted(set(resources) - present):
+        failures.append(f"{folder.name}/kustomization.yaml lists {missing}, which does not exist")
+    for unlisted in sorted(present - set(resources) - TEMPLATES):
+        failures.append(f"{folder.name}/{unlisted} is neither in kustomization.yaml nor a known template")
+    return kustomization, present
+
+
 def main(folder):
     root = pathlib.Path(folder)
     failures = []
-    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
-    resources = kustomization["resources"]
-    present = {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"}
-    for missing in sorted(set(resources) - present):
-        failures.append(f"kustomization.yaml lists {missing}, which does not exist")
-    for unlisted in sorted(present - set(resources) - TEMPLATES):
-        failures.append(f"{unlisted} is neither in kustomization.yaml nor a known template")
+    kustomization, present = listing(root, failures)
+    files = [(root, name) for name in sorted(present)]
+    for extra in EXTRA_FOLDERS:
+        _, names = listing(root / extra, failures)
+        files += [(root / extra, name) for name in sorted(names)]
 
     validators = {
-        kind: jsonschema.Draft202012Validator(
+        key: jsonschema.Draft202012Validator(
             strict(yaml.safe_load((root / "schemas" / file).read_text()))
         )
-        for kind, (file, _) in CUSTOM.items()
+        for key, (file, _) in CUSTOM.items()
     }
-    found = {kind: [] for kind in CUSTOM}
+    found = {key: [] for key in CUSTOM}
+    docs_by_kind = {}
     images = []
-    for name in sorted(present):
-        for doc in yaml.safe_load_all((root / name).read_text()):
+    for where, name in files:
+        for doc in yaml.safe_load_all((where / name).read_text()):
             if doc is None:
                 continue
-            what = f"{name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-            if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") in CUSTOM:
-                found[doc["kind"]].append(doc)
-                errors = custom_errors(validators[doc["kind"]], doc)
-                source = CUSTOM[doc["kind"]][1]
+            shown = name if where == root else f"{where.name}/{name}"
+            what = f"{shown}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            docs_by_kind.setdefault(doc.get("kind"), []).append((where, doc))
+            if key in CUSTOM:
+                found[key].append(doc)
+                errors = custom_errors(validators[key], doc)
+                source = CUSTOM[key][1]
             else:
                 try:
                     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -105,7 +131,7 @@ def main(folder):
                 except kubernetes_validate.SchemaNotFoundError as e:
                     errors = [e.message]
                 source = f"Kubernetes {K8S_VERSION} schemas"
-            if doc.get("kind") == "Deployment":
+            if doc.get("kind") == "Deployment" and where == root:
                 images += [c["image"] for c in doc["spec"]["template"]["spec"]["containers"]]
             if errors:
                 failures += [f"{what}: {error}" for error in errors]
@@ -116,25 +142,54 @@ def main(folder):
         if not any(i.split(":")[0] == image["name"] for i in images):
             failures.append(f"kustomization.yaml images: {image['name']} is no container's image {images}")
 
-    for kind, docs in found.items():
+    # The pieces refer to each other by name.
+    deployments = {d["metadata"]["name"] for w, d in docs_by_kind.get("Deployment", []) if w == root}
+    config = next(d for _, d in docs_by_kind["ConfigMap"])
+    events = f"{config['data']['QUEUE_PREFIX']}.events"
+    secret = yaml.safe_load((root / "secret.example.yaml").read_text())
+    for _, scaled in docs_by_kind.get("ScaledObject", []):
+        target = scaled["spec"]["scaleTargetRef"]["name"]
+        if target not in deployments:
+            failures.append(f"ScaledObject scales {target}, which is none of the Deployments {sorted(deployments)}")
+        for trigger in scaled["spec"]["triggers"]:
+            if trigger["metadata"].get("queueName") != events:
+                failures.append(f"ScaledObject watches {trigger['metadata'].get('queueName')}, not {events}")
+    for _, auth in docs_by_kind.get("TriggerAuthentication", []):
+        for ref in auth["spec"]["secretTargetRef"]:
+            if ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret["stringData"]:
+                failures.append(f"TriggerAuthentication reads {ref['name']}/{ref['key']}, which the Secret template lacks")
+
+    for key, docs in found.items():
         if not docs:
-            failures.append(f"no {kind} found")
+            failures.append(f"no {key[1]} found")
     bad = []
-    for monitor in found["ServiceMonitor"][:1]:
+    monitor_key = ("monitoring.coreos.com/v1", "ServiceMonitor")
+    rule_key = ("monitoring.coreos.com/v1", "PrometheusRule")
+    scaled_key = ("keda.sh/v1alpha1", "ScaledObject")
+    cluster_key = ("rabbitmq.com/v1beta1", "RabbitmqCluster")
+    for monitor in found[monitor_key][:1]:
         unknown = copy.deepcopy(monitor)
         unknown["spec"]["endpoints"][0]["portName"] = "http"
         no_selector = copy.deepcopy(monitor)
         del no_selector["spec"]["selector"]
-        bad += [("ServiceMonitor", "an unknown endpoint field", unknown), ("ServiceMonitor", "no selector", no_selector)]
-    for rule in found["PrometheusRule"][:1]:
+        bad += [(monitor_key, "an unknown endpoint field", unknown), (monitor_key, "no selector", no_selector)]
+    for rule in found[rule_key][:1]:
         unknown = copy.deepcopy(rule)
         unknown["spec"]["groups"][0]["rules"][0]["expression"] = "up == 0"
         no_expr = copy.deepcopy(rule)
         del no_expr["spec"]["groups"][0]["rules"][0]["expr"]
-        bad += [("PrometheusRule", "an unknown rule field", unknown), ("PrometheusRule", "a rule without expr", no_expr)]
-    for kind, label, doc in bad:
-        if not custom_errors(validators[kind], doc):
-            failures.append(f"the validator accepts a {kind} with {label}")
+        bad += [(rule_key, "an unknown rule field", unknown), (rule_key, "a rule without expr", no_expr)]
+    for scaled in found[scaled_key][:1]:
+        no_target = copy.deepcopy(scaled)
+        del no_target["spec"]["scaleTargetRef"]
+        bad += [(scaled_key, "no scaleTargetRef", no_target)]
+    for cluster in found[cluster_key][:1]:
+        unknown = copy.deepcopy(cluster)
+        unknown["spec"]["nodes"] = 3
+        bad += [(cluster_key, "an unknown field", unknown)]
+    for key, label, doc in bad:
+        if not custom_errors(validators[key], doc):
+            failures.append(f"the validator accepts a {key[1]} with {label}")
 
     for failure in failures:
         print(f"INVALID {failure}", file=sys.stderr)

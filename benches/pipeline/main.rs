@@ -17,6 +17,10 @@
 //! 5. isolation  — the service: 10 % of events go to an endpoint that hangs past the timeout;
 //!    throughput to the healthy endpoint as a ratio of scenario 2.
 //! 6. memory     — peak RSS (VmHWM) of the service process over scenarios 2 and 3.
+//! 7. replicas   — scenario 2 with 1, 2 and 3 replicas sharing the queues (the first runs every
+//!    role, the others only the dispatcher), on one SQLite file and on PostgreSQL (the server at
+//!    `POSTGRES_URL`). On a machine with two cores more replicas cannot go faster; the target is
+//!    that none goes much slower.
 //!
 //! Every scenario checks that each event arrived exactly as often as it should (once, or 50 times
 //! in the fan-out) after a settle. `--quick` runs everything small (a minute or two) and checks
@@ -24,6 +28,7 @@
 
 mod ceiling;
 mod receiver;
+mod replicas;
 mod scenarios;
 // The benchmark uses part of the tests' harness.
 #[allow(dead_code, unused_imports)]
@@ -69,7 +74,7 @@ impl Options {
             n.parse().expect("--events takes a number")
         });
         let only = value("--only").map_or_else(
-            || vec![1, 2, 3, 4, 5, 6],
+            || vec![1, 2, 3, 4, 5, 6, 7],
             |list| {
                 list.split(',')
                     .map(|n| n.trim().parse().expect("--only takes 1,2,…"))
@@ -178,6 +183,7 @@ async fn main() {
         let bodies = (0..n).map(|i| event("bench", i)).collect();
         throughput = preloaded_run(&mut service, &conn, &counters, bodies, n).await;
         counters.assert_exactly("throughput", 0..n as u64, 1);
+        let cpu_us = scenarios::LAST_CPU_PER_DELIVERY_US.load(std::sync::atomic::Ordering::SeqCst);
         let deferred = service
             .metric_sum("webhook_deliveries_deferred_total", "")
             .await;
@@ -186,8 +192,9 @@ async fn main() {
                 "2. throughput",
                 &format!("{n} events → 1 subscription"),
                 &format!(
-                    "{throughput:.0} deliveries/s = {:.2} × ceiling (deferred {deferred})",
-                    throughput / ceiling_rate
+                    "{throughput:.0} deliveries/s = {:.2} × ceiling (deferred {deferred}; service CPU {cpu_us} µs a delivery = {:.0} deliveries/s per core)",
+                    throughput / ceiling_rate,
+                    1e6 / cpu_us.max(1) as f64
                 ),
                 "≥ 0.8 × ceiling",
             ],
@@ -271,6 +278,27 @@ async fn main() {
             ],
             mib <= 64.0,
         );
+    }
+    if o.runs(7) {
+        for store in [replicas::StoreKind::Sqlite, replicas::StoreKind::Postgres] {
+            let mut rates = Vec::new();
+            for count in 1..=3 {
+                rates.push(replicas::run(&o, &conn, &counters, &ok_url, store, count).await);
+            }
+            let worst = rates[1..].iter().fold(f64::INFINITY, |a, &b| a.min(b)) / rates[0];
+            table.target(
+                [
+                    &format!("7. replicas ({})", store.name()),
+                    &format!("{n} events → 1 subscription, 1 / 2 / 3 replicas"),
+                    &format!(
+                        "{:.0} / {:.0} / {:.0} deliveries/s (2–3 replicas ≥ {worst:.2} × one)",
+                        rates[0], rates[1], rates[2]
+                    ),
+                    "≥ 0.8 × one replica",
+                ],
+                worst >= 0.8,
+            );
+        }
     }
     println!();
     let _ = conn.close(200, "done".into()).await;

@@ -71,15 +71,24 @@ pub async fn preloaded_run(
     .await;
     counters.reset();
     service.restart().await;
+    let cpu_before = service.cpu_seconds();
     wait_for("deliveries", Duration::from_secs(900), || {
         counters.ok.load(Ordering::SeqCst) as usize >= expected_ok
     })
     .await;
     let rate = expected_ok as f64 / counters.span_secs();
+    LAST_CPU_PER_DELIVERY_US.store(
+        ((service.cpu_seconds() - cpu_before) * 1e6 / expected_ok as f64) as u64,
+        Ordering::SeqCst,
+    );
     // Settle: a duplicate would arrive after the count was reached.
     tokio::time::sleep(Duration::from_millis(500)).await;
     rate
 }
+
+/// The service's CPU time per delivery (µs) in the last [`preloaded_run`]: what a core buys.
+pub static LAST_CPU_PER_DELIVERY_US: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 pub fn percentile(sorted: &[u64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;

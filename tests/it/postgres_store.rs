@@ -290,3 +290,82 @@ async fn the_cli_refuses_an_empty_postgresql_database_and_leaves_it_empty() {
     conn.close().await.unwrap();
     drop(db);
 }
+
+#[tokio::test]
+async fn a_postgresql_outage_holds_dead_letters_in_the_queue_until_it_is_back() {
+    // Like `faults::store_unavailable_holds_dead_letters` on SQLite: the store goes away (here
+    // the server, behind a proxy the test cuts) while dead letters arrive; none is acked unstored,
+    // and every one is stored once when it is back.
+    const N: usize = 50;
+    let db = TempDatabase::create().await;
+    let server = url::Url::parse(&db.url).unwrap();
+    let proxy = Proxy::start(format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    ))
+    .await;
+    let mut through_proxy = server.clone();
+    through_proxy.set_port(Some(proxy.addr.port())).unwrap();
+    let service = ServiceProcess::start(&[
+        ("DATABASE_URL", through_proxy.as_str()),
+        ("RETRY_DELAYS", "100ms,200ms,300ms"),
+    ])
+    .await;
+    let receiver = CountingReceiver::start(500, Duration::ZERO).await;
+    service.subscribe(LOAD_ACCOUNT, &receiver.url).await;
+
+    proxy.cut();
+    wait_until("readiness to say the store is gone", PATIENCE, || async {
+        service.readyz_status().await == Some(503)
+    })
+    .await;
+    let ids = event_ids("pg_outage", N);
+    let producer = Producer::connect(&service.exchange).await;
+    assert_eq!(producer.publish_events(&ids).await, N);
+    wait_until(&format!("{N} dead letters"), PATIENCE, || async {
+        service
+            .metric_sum("webhook_dead_letters_total", "reason=\"exhausted\"")
+            .await
+            == N as f64
+    })
+    .await;
+    wait_until("the DLQ logger to fail on the store", PATIENCE, || async {
+        service
+            .current_logs()
+            .contains("cannot persist dead letter")
+    })
+    .await;
+    assert_eq!(
+        service
+            .metric_sum("webhook_dead_letters_persisted_total", "")
+            .await,
+        0.0,
+        "nothing stored, nothing acked"
+    );
+
+    let restored = std::time::Instant::now();
+    proxy.restore();
+    wait_until("every dead letter stored", PATIENCE, || async {
+        service
+            .metric_sum("webhook_dead_letters_persisted_total", "")
+            .await
+            == N as f64
+    })
+    .await;
+    let recover = restored.elapsed();
+    let records = service.wait_for_logs("reason=exhausted", N).await;
+    let mut per_event: std::collections::HashMap<String, u32> = Default::default();
+    for record in &records {
+        *per_event
+            .entry(record["event_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        assert_eq!(record["attempts"].as_array().unwrap().len(), 4);
+    }
+    let report = Report::new("postgres_unavailable", &ids, &per_event, recover, recover);
+    println!("{report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.duplicates, 0, "each stored once: {report}");
+    assert_eq!(producer.ready(&service.dead_queue()).await, 0);
+    assert_eq!(service.readyz_status().await, Some(200));
+}

@@ -140,16 +140,20 @@ fn grace_periods_outlast_a_delivery_and_the_shutdown_grace() {
     };
     let needed = setting("DELIVERY_TIMEOUT", defaults.delivery_timeout)
         + setting("SHUTDOWN_GRACE", defaults.shutdown_grace);
+    // Every Deployment (one per role).
     let deployment = read("deploy/kubernetes/deployment.yaml");
-    let pod_grace = Duration::from_secs(
-        yaml_value(&deployment, "terminationGracePeriodSeconds")
-            .parse()
-            .unwrap(),
-    );
-    assert!(
-        pod_grace > needed,
-        "terminationGracePeriodSeconds {pod_grace:?} ≤ {needed:?}"
-    );
+    let graces: Vec<Duration> = deployment
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .map(|v| Duration::from_secs(v.trim().parse().unwrap()))
+        .collect();
+    assert_eq!(graces.len(), 3, "one per Deployment");
+    for pod_grace in graces {
+        assert!(
+            pod_grace > needed,
+            "terminationGracePeriodSeconds {pod_grace:?} ≤ {needed:?}"
+        );
+    }
     // Compose runs the defaults.
     let compose_grace = duration(&yaml_value(
         &read("docker-compose.yml"),
@@ -193,12 +197,13 @@ fn the_secret_template_token_is_one_the_service_refuses() {
     );
 }
 
-/// The service's `environment:` in docker-compose.yml, each `${NAME:-default}` as its default.
-fn compose_environment() -> Vec<(String, String)> {
-    let compose = read("docker-compose.yml");
+/// Service `service`'s `environment:` in compose file `file`, each `${NAME:-default}` as its
+/// default.
+fn compose_environment(file: &str, service: &str) -> Vec<(String, String)> {
+    let compose = read(file);
     let service = compose
-        .split_once("\n  webhook-dispatcher:\n")
-        .expect("a webhook-dispatcher service")
+        .split_once(&format!("\n  {service}:\n"))
+        .unwrap_or_else(|| panic!("no service {service} in {file}"))
         .1;
     let block = service
         .split_once("\n    environment:\n")
@@ -220,14 +225,11 @@ fn compose_environment() -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn compose_starts_the_service_with_settings_it_accepts() {
-    // `docker compose up` cannot run here: read its environment as the service would and check
-    // the service takes it (a LISTEN_ADDR off loopback needs a long enough ADMIN_TOKEN and a
-    // PORTAL_KEY; every name is a setting).
+/// The service's config from compose file `file`'s service `service`, as the service reads it.
+fn compose_config(file: &str, service: &str) -> webhook_dispatcher::Config {
     let dir = tempfile::tempdir().unwrap();
     let mut args = Vec::new();
-    for (key, value) in compose_environment() {
+    for (key, value) in compose_environment(file, service) {
         if key == "RUST_LOG" {
             continue; // read by the log filter, not a flag
         }
@@ -236,14 +238,67 @@ fn compose_starts_the_service_with_settings_it_accepts() {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cfg = crate::support::try_test_config("p", "x", dir.path(), &args)
-        .unwrap_or_else(|e| panic!("compose's environment is not the service's: {e}"));
+        .unwrap_or_else(|e| panic!("{file} {service}: its environment is not the service's: {e}"));
     cfg.validate()
-        .unwrap_or_else(|e| panic!("the service refuses compose's environment: {e}"));
+        .unwrap_or_else(|e| panic!("{file} {service}: the service refuses its environment: {e}"));
+    cfg
+}
+
+#[test]
+fn compose_starts_the_service_with_settings_it_accepts() {
+    // `docker compose up` cannot run here: read its environment as the service would and check
+    // the service takes it (a LISTEN_ADDR off loopback needs a long enough ADMIN_TOKEN and a
+    // PORTAL_KEY; every name is a setting).
+    let cfg = compose_config("docker-compose.yml", "webhook-dispatcher");
     assert!(!cfg.listen_addr.ip().is_loopback());
     assert_eq!(
         cfg.portal.public_url.as_ref().map(url::Url::as_str),
         Some("http://localhost:8080/")
     );
+}
+
+#[test]
+fn the_cluster_compose_file_splits_replicas_by_role_on_every_node() {
+    const FILE: &str = "deploy/compose/cluster.yml";
+    let mut roles = Vec::new();
+    for service in ["api", "dispatcher", "dlq-logger"] {
+        let cfg = compose_config(FILE, service);
+        roles.push(cfg.roles.names().join(","));
+        let nodes: Vec<String> = cfg
+            .amqp
+            .amqp_url
+            .urls()
+            .iter()
+            .map(|u| {
+                url::Url::parse(u.expose())
+                    .unwrap()
+                    .host_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            nodes,
+            ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"],
+            "{service}"
+        );
+        assert!(
+            cfg.store.database_url.expose().starts_with("postgres://"),
+            "{service}: replicas share PostgreSQL"
+        );
+    }
+    assert_eq!(roles, ["api", "dispatcher", "dlq-logger"]);
+    let compose = read(FILE);
+    for node in 1..=3 {
+        assert!(
+            compose.contains(&format!("hostname: rabbitmq-{node}\n")),
+            "rabbitmq-{node} has a fixed hostname (its node name and data)"
+        );
+    }
+    let conf = read("deploy/compose/rabbitmq-cluster.conf");
+    for node in 1..=3 {
+        assert!(conf.contains(&format!("nodes.{node} = rabbit@rabbitmq-{node}")));
+    }
 }
 
 /// `deploy/kubernetes/prometheusrule.yaml`: its own lines up to `spec:`, then `alerts.yml` from

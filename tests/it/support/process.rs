@@ -179,6 +179,26 @@ impl ServiceProcess {
             .unwrap_or(0)
     }
 
+    /// CPU time (user + system) the process has used so far, in seconds; 0 if it cannot be read.
+    #[allow(dead_code)] // the benchmark's
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at state; utime and stime
+        // are the 14th and 15th fields overall, in clock ticks (100 a second on Linux).
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     /// The SQLite file, shared by every start.
     pub fn db_path(&self) -> &Path {
         &self.db_path
