@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::dispatcher::{self, Dispatcher};
 use crate::dlq;
+use crate::endpoint_health::{EndpointHealth, Flusher, Rule};
 use crate::metrics::Metrics;
+use crate::operator::Notifier;
 use crate::portal::{self, Portal};
 use crate::seal::Keyring;
 use crate::store::Store;
@@ -40,6 +42,7 @@ pub struct App {
     directory: Arc<Directory>,
     keys: Arc<Keyring>,
     activity: Arc<Activity>,
+    health: Arc<EndpointHealth>,
     portal: Arc<Portal>,
     metrics: Metrics,
     /// With the `dispatcher` role.
@@ -66,7 +69,14 @@ impl App {
                 .await
                 .context("loading the message keys")?,
         );
-        let directory = Arc::new(Directory::new(Arc::new(store.clone())));
+        let operator = match (
+            &cfg.health.operator_webhook_url,
+            &cfg.health.operator_webhook_secret,
+        ) {
+            (Some(url), Some(secret)) => Some(crate::operator::subscription(url, secret)),
+            _ => None,
+        };
+        let directory = Arc::new(Directory::new(Arc::new(store.clone())).with_operator(operator));
         directory.refresh().await.context("loading subscriptions")?;
         let broker = Broker::new(&cfg.amqp, Topology::new(&cfg), cfg.prefetch)?;
         let metrics = Metrics::new();
@@ -83,10 +93,12 @@ impl App {
             cfg.max_in_flight_per_endpoint as usize,
         )?;
         let activity = Arc::new(Activity::default());
+        let health = Arc::new(EndpointHealth::default());
         let dispatcher = cfg.roles.dispatcher.then(|| {
             Arc::new(Dispatcher::new(dispatcher::Parts {
                 directory: directory.clone(),
                 activity: activity.clone(),
+                health: health.clone(),
                 deliverer,
                 publisher: broker.publisher.clone(),
                 topology: broker.topology.clone(),
@@ -94,6 +106,7 @@ impl App {
                 keys: keys.clone(),
                 max_in_flight: cfg.max_in_flight as usize,
                 max_in_flight_per_endpoint: cfg.max_in_flight_per_endpoint as usize,
+                prefetch: usize::from(cfg.prefetch),
             }))
         });
         let listener = TcpListener::bind(cfg.listen_addr)
@@ -124,6 +137,7 @@ impl App {
             directory,
             keys,
             activity,
+            health,
             portal,
             metrics,
             dispatcher,
@@ -152,6 +166,31 @@ impl App {
             exchange: self.broker.topology.control.clone(),
             metrics: self.metrics.clone(),
         };
+        let notifier = self
+            .cfg
+            .health
+            .operator_webhook_url
+            .as_ref()
+            .map(|_| Notifier {
+                publisher: self.broker.publisher.clone(),
+                events_queue: self.broker.topology.events.clone(),
+                keys: self.keys.clone(),
+            });
+        let flush_stop = CancellationToken::new();
+        let flusher = tokio::spawn(
+            Flusher {
+                health: self.health.clone(),
+                store: self.store.clone(),
+                rule: Rule {
+                    min_failures: self.cfg.health.auto_disable_min_failures,
+                    after: self.cfg.health.auto_disable_after,
+                },
+                announcer: announcer.clone(),
+                notifier: notifier.clone(),
+                metrics: self.metrics.clone(),
+            }
+            .run(flush_stop.clone()),
+        );
         let api_state = ApiState {
             store: self.store.clone(),
             directory: self.directory.clone(),
@@ -162,10 +201,12 @@ impl App {
             activity: self.activity.clone(),
             portal: self.portal.clone(),
             announcer,
+            notifier,
             roles: self.cfg.roles,
             admin_token: self.cfg.admin_token.clone(),
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
+            delivery_timeout: self.cfg.delivery_timeout,
         };
         let api_stop = CancellationToken::new();
         let mut api = {
@@ -212,6 +253,10 @@ impl App {
         {
             api.abort();
         }
+        // The last counts go to the store (the rule may disable and announce, so the broker is
+        // still open).
+        flush_stop.cancel();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, flusher).await;
         if let Some(session) = last_session {
             // Cancel only now, after the last ack: on a quorum queue basic.cancel is a round trip
             // through the queue, so the acks sent before it are applied before the channels

@@ -26,6 +26,8 @@
 //! - `dispatcher`: consume `P.events`, route, attempt, hand off (retry, defer, dead-letter).
 //! - `delivery`: one HTTP attempt: client, SSRF guard, signing, per-endpoint limit, outcome.
 //! - `retry`: what comes next after an attempt, or when an endpoint is full.
+//! - `endpoint_health`: each endpoint's figures across replicas, and the automatic-disable rule.
+//! - `operator`: operational webhooks (`endpoint.disabled`, `endpoint.enabled`).
 //! - `dlq`: the dead-letter logger: `P.dead` into the store, verified, committed before acked.
 //! - `store`: SQLite/PostgreSQL behind one interface: subscriptions, delivery log, keys.
 //! - `catalog`: the six event types, their JSON Schemas and examples.
@@ -50,8 +52,10 @@ pub mod config;
 mod delivery;
 mod dispatcher;
 mod dlq;
+pub mod endpoint_health;
 pub mod event;
 pub mod metrics;
+pub mod operator;
 mod ops;
 pub mod portal;
 mod retry;

@@ -15,6 +15,7 @@ mod health;
 mod openapi;
 mod portal_links;
 mod serve;
+pub(crate) mod stats;
 pub(crate) mod subscription_bodies;
 pub(crate) mod subscriptions;
 pub(crate) mod test_event;
@@ -38,6 +39,7 @@ use crate::broker::{Publisher, Topology};
 use crate::changes::Announcer;
 use crate::config::{Roles, Secret};
 use crate::metrics::Metrics;
+use crate::operator::Notifier;
 use crate::ops::replay::Replayer;
 use crate::portal::Portal;
 use crate::seal::Keyring;
@@ -61,12 +63,16 @@ pub struct ApiState {
     pub portal: Arc<Portal>,
     /// Tells the other replicas about subscription changes.
     pub announcer: Announcer,
+    /// Tells the operator's webhook (when one is set) about endpoints.
+    pub notifier: Option<Notifier>,
     /// What this replica runs (readiness says it).
     pub roles: Roles,
     pub admin_token: Option<Secret>,
     /// Off: endpoint URLs are checked by the SSRF guard on create and update.
     pub allow_private_targets: bool,
     pub secret_rotation_overlap: std::time::Duration,
+    /// `DELIVERY_TIMEOUT`: the longest an attempt takes (the stats' last latency bucket).
+    pub delivery_timeout: std::time::Duration,
 }
 
 impl ApiState {
@@ -93,6 +99,7 @@ fn api(admin_token: Option<Secret>) -> OpenApiRouter<ApiState> {
             subscriptions::delete
         ))
         .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(stats::read))
         .routes(routes!(test_event::send))
         .routes(routes!(delivery_logs::list))
         .routes(routes!(bulk_replay::replay))

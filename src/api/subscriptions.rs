@@ -269,11 +269,27 @@ pub(crate) async fn update_subscription(
     id: &str,
     patch: crate::store::SubscriptionPatch,
 ) -> Result<Option<Subscription>, ApiError> {
+    // Enabling one the rule disabled is news for the operator.
+    let was_auto_disabled = if patch.enabled == Some(true) {
+        state
+            .store
+            .subscription(id)
+            .await?
+            .is_some_and(|sub| sub.auto_disabled())
+    } else {
+        false
+    };
     let Some(sub) = state.store.update_subscription(id, patch).await? else {
         return Ok(None);
     };
     changed(state, id).await;
     tracing::info!(subscription_id = %sub.id, "subscription updated");
+    if was_auto_disabled && sub.enabled {
+        tracing::info!(subscription_id = %sub.id, "subscription the automatic rule had disabled enabled again");
+        if let Some(notifier) = &state.notifier {
+            notifier.endpoint_enabled(&sub).await;
+        }
+    }
     Ok(Some(sub))
 }
 

@@ -68,6 +68,17 @@ impl Inbound {
         )
     }
 
+    /// Whether it carries an AMQP `expiration` (a message that must not outlive it is never
+    /// parked: the delay queue would hand it back to the events queue, expiration dropped).
+    pub fn expires(&self) -> bool {
+        self.delivery.properties.expiration().is_some()
+    }
+
+    /// Its properties (headers included) as they came, to publish it again unchanged.
+    pub(super) fn properties(&self) -> lapin::BasicProperties {
+        self.delivery.properties.clone()
+    }
+
     /// How RabbitMQ dead-lettered it, if it did.
     pub fn death(&self) -> Option<Death> {
         death(&self.delivery.properties)

@@ -119,6 +119,14 @@ impl Publisher {
             .map_err(|_| BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT))?
     }
 
+    /// Puts `message` as it came (body, properties, headers) in `queue` — a delay queue, which
+    /// hands it back to the events queue when its TTL expires — and waits for the confirm; the
+    /// caller acks the original only then.
+    pub async fn park(&self, queue: &str, message: &super::Inbound) -> Result<(), BrokerError> {
+        self.publish(Route::queue(queue), message.body(), message.properties())
+            .await
+    }
+
     /// Publishes a control message (JSON) to the fanout exchange `exchange`, with a confirm.
     pub async fn publish_control(&self, exchange: &str, body: &[u8]) -> Result<(), BrokerError> {
         let route = Route {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::Args;
 
 pub use settings::{
-    AmqpSettings, ExchangeSettings, LogSettings, MIN_PORTAL_KEY, PortalSettings, QueueAccess,
-    QueueSettings, StoreSettings,
+    AmqpSettings, ExchangeSettings, HealthSettings, LogSettings, MIN_PORTAL_KEY, PortalSettings,
+    QueueAccess, QueueSettings, StoreSettings,
 };
 pub use values::{
     LogFormat, QueueType, RetryDelays, Roles, Secret, SecretUrl, UrlList, delay_label,
@@ -68,8 +68,10 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogSettings,
 
-    /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch).
-    #[arg(long, env = "PREFETCH", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch): its intake
+    /// window. Deep, so a burst leaves the queue quickly and other accounts' events behind it
+    /// reach their turn (see `dispatcher::lanes`); `MAX_IN_FLIGHT` bounds what is under way.
+    #[arg(long, env = "PREFETCH", default_value_t = 32768, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most HTTP delivery attempts in flight at once.
@@ -95,6 +97,9 @@ pub struct Config {
     #[command(flatten)]
     pub portal: PortalSettings,
 
+    #[command(flatten)]
+    pub health: HealthSettings,
+
     /// After `POST /v1/subscriptions/{id}/rotate-secret`, how long the old secret keeps signing
     /// next to the new one (a request may ask for another overlap, up to 30 days).
     #[arg(long, env = "SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
@@ -118,6 +123,23 @@ impl Config {
 
     /// Checks rules that involve more than one setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (
+            &self.health.operator_webhook_url,
+            &self.health.operator_webhook_secret,
+        ) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "OPERATOR_WEBHOOK_URL needs OPERATOR_WEBHOOK_SECRET (whsec_…) to sign with"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "OPERATOR_WEBHOOK_SECRET is set without OPERATOR_WEBHOOK_URL".into(),
+                ));
+            }
+            _ => {}
+        }
         // The token and the portal key guard the admin API and the portal: a replica without
         // the `api` role serves neither.
         if !self.roles.api {

@@ -100,6 +100,39 @@ pub struct PortalSettings {
     pub portal_key: Option<Secret>,
 }
 
+/// Endpoint health: the automatic-disable rule and the operator's webhook.
+#[derive(Clone, Debug, Args)]
+pub struct HealthSettings {
+    /// Disable a subscription (reason `auto`) once its deliveries have failed, with no
+    /// successful attempt, for this long (and at least AUTO_DISABLE_MIN_FAILURES of them failed
+    /// every attempt). `0` turns the rule off.
+    #[arg(long, env = "AUTO_DISABLE_AFTER", default_value = "24h", value_parser = super::values::parse_duration)]
+    pub auto_disable_after: std::time::Duration,
+
+    /// Deliveries that must have failed every attempt before the rule disables a subscription.
+    #[arg(long, env = "AUTO_DISABLE_MIN_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auto_disable_min_failures: u32,
+
+    /// Where operational events (`endpoint.disabled`, `endpoint.enabled`) are POSTed, signed
+    /// like any delivery; unset sends none. Reached under the same rules as endpoints
+    /// (ALLOW_PRIVATE_TARGETS).
+    #[arg(long, env = "OPERATOR_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    pub operator_webhook_url: Option<url::Url>,
+
+    /// The operator webhook's signing secret (`whsec_` and base64 of 24 to 64 bytes); required
+    /// with OPERATOR_WEBHOOK_URL.
+    #[arg(long, env = "OPERATOR_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
+    pub operator_webhook_secret: Option<crate::delivery::SigningKey>,
+}
+
+fn parse_webhook_url(raw: &str) -> Result<url::Url, String> {
+    crate::subscriptions::validate_url(raw.trim())
+}
+
+fn parse_webhook_secret(raw: &str) -> Result<crate::delivery::SigningKey, String> {
+    crate::delivery::SigningKey::parse(raw.trim()).map_err(|e| e.to_string())
+}
+
 /// Shortest `PORTAL_KEY` accepted.
 pub const MIN_PORTAL_KEY: usize = 32;
 

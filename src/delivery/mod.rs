@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use serde::{Deserialize, Serialize};
 
+pub use limit::Signal;
 pub use signing::SigningKey;
 
 use crate::time::now_rfc3339;
@@ -124,18 +125,30 @@ impl Deliverer {
         event_id: &str,
         body: &str,
         attempt: u32,
-    ) -> (Outcome, AttemptRecord) {
+    ) -> Attempt {
         let started_at = now_rfc3339();
         let start = Instant::now();
-        let outcome = self.send(url, keys, event_id, body).await;
+        let (outcome, retry_after) = self.send(url, keys, event_id, body).await;
+        let took = start.elapsed();
         let record = AttemptRecord {
             attempt,
             started_at,
-            duration_ms: start.elapsed().as_millis() as u64,
+            duration_ms: took.as_millis() as u64,
             status: outcome.status(),
             error: outcome.error(self.timeout),
         };
-        (outcome, record)
+        let signal = match &outcome {
+            Outcome::Success(_) => Signal::Success(took),
+            Outcome::HttpError(429 | 503) | Outcome::Timeout | Outcome::ConnectError(_) => {
+                Signal::Overloaded { retry_after }
+            }
+            Outcome::HttpError(_) | Outcome::Blocked(_) => Signal::Other,
+        };
+        Attempt {
+            outcome,
+            record,
+            signal,
+        }
     }
 
     async fn send(
@@ -144,11 +157,11 @@ impl Deliverer {
         keys: &[&SigningKey],
         event_id: &str,
         body: &str,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Duration>) {
         if !self.allow_private
             && let Err(blocked) = guard::check_literal(url)
         {
-            return Outcome::Blocked(blocked.to_string());
+            return (Outcome::Blocked(blocked.to_string()), None);
         }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signing::signature_header(keys, event_id, timestamp, body.as_bytes());
@@ -163,9 +176,17 @@ impl Deliverer {
             .body(body.to_owned());
         let mut response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return classify(e),
+            Err(e) => return (classify(e), None),
         };
         let status = response.status().as_u16();
+        let retry_after = match status {
+            429 | 503 => response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, chrono::Utc::now())),
+            _ => None,
+        };
         // Drain a little of the body so the connection goes back to the pool; a huge body is
         // cut off at the cap, a dripping one by the timeout (and the connection dropped). The
         // status is the endpoint's answer: a body that then fails or never ends changes
@@ -177,12 +198,32 @@ impl Deliverer {
                 Ok(None) | Err(_) => break,
             }
         }
-        if response_status_ok(status) {
+        let outcome = if response_status_ok(status) {
             Outcome::Success(status)
         } else {
             Outcome::HttpError(status)
-        }
+        };
+        (outcome, retry_after)
     }
+}
+
+/// What one attempt came to, and what it showed of the endpoint's load.
+pub struct Attempt {
+    pub outcome: Outcome,
+    pub record: AttemptRecord,
+    /// For the endpoint's adaptive limit.
+    pub signal: Signal,
+}
+
+/// A `Retry-After` value (RFC 9110: delay-seconds or an HTTP date) as a wait from `now`; `None`
+/// if it is neither or already past.
+pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return (seconds > 0).then(|| Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?.to_utc();
+    (at - now).to_std().ok().filter(|d| !d.is_zero())
 }
 
 fn response_status_ok(status: u16) -> bool {
@@ -251,10 +292,32 @@ mod tests {
     }
 
     async fn attempt(url: &url::Url, timeout: Duration) -> (Outcome, AttemptRecord) {
-        Deliverer::new(timeout, true, 1)
+        let attempt = Deliverer::new(timeout, true, 1)
             .unwrap()
             .attempt(url, &[&SigningKey::generate()], "evt_1", "{}", 1)
-            .await
+            .await;
+        (attempt.outcome, attempt.record)
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(retry_after("5", now), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 09:59:00 GMT", now),
+            None,
+            "past"
+        );
+        assert_eq!(retry_after("0", now), None);
+        assert_eq!(retry_after("-3", now), None);
+        assert_eq!(retry_after("soon", now), None);
     }
 
     #[tokio::test]
@@ -302,7 +365,9 @@ mod tests {
             format!("http://localhost.:{port}/hooks"),
         ] {
             let url = url::Url::parse(&raw).unwrap();
-            let (outcome, record) = guarded
+            let Attempt {
+                outcome, record, ..
+            } = guarded
                 .attempt(&url, &[&SigningKey::generate()], "evt_1", "{}", 1)
                 .await;
             assert!(matches!(outcome, Outcome::Blocked(_)), "{raw}: {outcome:?}");

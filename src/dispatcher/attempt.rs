@@ -26,7 +26,7 @@ impl Dispatcher {
         // for a global permit, or busy-but-healthy endpoints (a fan-out) would look stuck.
         let permit = self.limit.acquire().await.expect("semaphore never closed");
         let slot = self.endpoints.acquire(&sub.id, WAIT_FOR_SLOT).await;
-        if slot.is_none()
+        if slot.is_err()
             && let Some(next) = retry::when_endpoint_full(self.topology.retries.len())
         {
             drop(permit);
@@ -49,8 +49,11 @@ impl Dispatcher {
                     .deliverer
                     .attempt(&sub.parsed_url, &keys, ev.id, ev.body, number)
                     .await;
-                drop((slot, permit));
-                attempt
+                if let Ok(slot) = slot {
+                    slot.finished(attempt.signal);
+                }
+                drop(permit);
+                (attempt.outcome, attempt.record)
             };
             Span::current().record("outcome", outcome.label());
             // A task's event name is not trusted as a label either: one of the six, or `unknown`.
@@ -63,6 +66,7 @@ impl Dispatcher {
             let next = retry::next_step(&outcome, number, self.topology.retries.len());
             let will_retry = matches!(next, retry::Next::Retry(_));
             self.activity.attempted(&sub.id, ev.id, &record, will_retry);
+            self.health.attempted(&sub.id, &record);
             attempts.push(record);
             self.hand_off(next, ev, sub, attempts, 0).await
         }

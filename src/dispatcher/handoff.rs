@@ -44,7 +44,9 @@ impl Dispatcher {
             Next::Exhausted => {
                 let dead =
                     DeadLetter::given_up(ev, &sub.id, Some(&sub.url), attempts, Reason::Exhausted);
-                self.dead_letter(&dead).await
+                self.dead_letter(&dead).await?;
+                self.health.exhausted(&sub.id);
+                Ok(())
             }
         }
     }

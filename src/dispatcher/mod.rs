@@ -6,6 +6,7 @@
 
 mod attempt;
 mod handoff;
+pub mod lanes;
 mod route;
 
 use std::sync::Arc;
@@ -19,13 +20,16 @@ use crate::activity::Activity;
 use crate::broker::{BrokerError, Consumer, Inbound, Publisher, Session, Topology};
 use crate::delivery::Deliverer;
 use crate::delivery::limit::EndpointLimiter;
+use crate::endpoint_health::EndpointHealth;
 use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
+use lanes::Lanes;
 
 pub struct Dispatcher {
     directory: Arc<Directory>,
     activity: Arc<Activity>,
+    health: Arc<EndpointHealth>,
     deliverer: Deliverer,
     publisher: Publisher,
     topology: Arc<Topology>,
@@ -36,12 +40,25 @@ pub struct Dispatcher {
     limit: Semaphore,
     /// Bounds attempts in flight per subscription (`MAX_IN_FLIGHT_PER_ENDPOINT`).
     endpoints: EndpointLimiter,
+    /// Bounds the messages started (taken from their lanes) and not yet settled.
+    starts: Arc<Semaphore>,
+    max_started: usize,
+    /// The intake window (`PREFETCH`).
+    window: usize,
+    /// Messages of one account under way at once: half of `MAX_IN_FLIGHT` (at least
+    /// `MAX_IN_FLIGHT_PER_ENDPOINT`), so other accounts always find room to start.
+    per_account: usize,
 }
+
+/// Past this many bytes waiting in the lanes, the window counts as full (what waits is held in
+/// memory; a window of 256 KiB events would otherwise hold gigabytes).
+pub const INTAKE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the dispatcher works with, built by the app.
 pub struct Parts {
     pub directory: Arc<Directory>,
     pub activity: Arc<Activity>,
+    pub health: Arc<EndpointHealth>,
     pub deliverer: Deliverer,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
@@ -49,6 +66,8 @@ pub struct Parts {
     pub keys: Arc<Keyring>,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
+    /// `PREFETCH`: what the broker hands this consumer before acks.
+    pub prefetch: usize,
 }
 
 /// Why a message could not be handled now; it is requeued and tried again.
@@ -62,22 +81,33 @@ pub enum HandleError {
 
 impl Dispatcher {
     pub fn new(parts: Parts) -> Dispatcher {
+        let endpoints = EndpointLimiter::new(
+            parts.max_in_flight_per_endpoint,
+            Some(parts.metrics.endpoint_limits()),
+        );
         Dispatcher {
             directory: parts.directory,
             activity: parts.activity,
+            health: parts.health,
             deliverer: parts.deliverer,
             publisher: parts.publisher,
             topology: parts.topology,
             metrics: parts.metrics,
             keys: parts.keys,
             limit: Semaphore::new(parts.max_in_flight),
-            endpoints: EndpointLimiter::new(parts.max_in_flight_per_endpoint),
+            endpoints,
+            starts: Arc::new(Semaphore::new(parts.max_in_flight)),
+            max_started: parts.max_in_flight,
+            window: parts.prefetch,
+            per_account: (parts.max_in_flight / 2).max(parts.max_in_flight_per_endpoint),
         }
     }
 
-    /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost),
-    /// handling each in its own task on `tracker`. Each task holds the session, so its channels
-    /// stay open until the task has settled its message.
+    /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost):
+    /// each waits in its account's lane ([`lanes`]) until its turn, then is handled in its own
+    /// task on `tracker` (at most `MAX_IN_FLIGHT` at once, half of them of one account). Each task holds the session, so its
+    /// channels stay open until the task has settled its message. What still waits when this
+    /// returns is not acked: the broker hands it out again when the channel closes.
     pub async fn consume(
         self: Arc<Self>,
         mut consumer: Consumer,
@@ -85,22 +115,102 @@ impl Dispatcher {
         tracker: TaskTracker,
         stop: CancellationToken,
     ) {
-        while let Some(message) = consumer.next_until(&stop, "events").await {
-            tracker.spawn(self.clone().settle(message, session.clone()));
+        let mut lanes = Lanes::new(self.per_account);
+        let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<String>();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(account) = finishes.recv() => lanes.finished(&account),
+                permit = self.starts.clone().acquire_owned(), if lanes.ready() => {
+                    let permit = permit.expect("semaphore never closed");
+                    let (account, message) = lanes.pop().expect("checked: ready");
+                    let session = session.clone();
+                    let finished = finished.clone();
+                    let this = self.clone();
+                    tracker.spawn(async move {
+                        this.settle(message, session, permit).await;
+                        let _ = finished.send(account);
+                    });
+                }
+                next = consumer.next_until(&stop, "events") => {
+                    let Some(message) = next else { break };
+                    self.admit(message, &mut lanes, &session, &tracker);
+                }
+            }
+            self.metrics.intake_waiting(lanes.len());
         }
+        self.metrics.intake_waiting(0);
+    }
+
+    /// Queues `message` in its account's lane — or, when the window is full and that account
+    /// holds more than its share of what waits, parks it in the first delay queue so the window
+    /// keeps moving for everyone else.
+    fn admit(
+        self: &Arc<Self>,
+        message: Inbound,
+        lanes: &mut Lanes,
+        session: &Arc<Session>,
+        tracker: &TaskTracker,
+    ) {
+        let account = lanes::account_of(message.body());
+        let started = self.max_started - self.starts.available_permits();
+        // Full: most of the window held, most of it waiting, and deeply (four rounds of an
+        // account's quota: a shallow `PREFETCH` never parks, it would only churn) — or too many
+        // bytes waiting.
+        let waiting = lanes.len();
+        let full = (waiting + started) * 8 >= self.window * 7
+            && waiting * 2 >= self.window
+            && waiting >= 4 * self.per_account
+            || lanes.bytes() >= INTAKE_BYTES;
+        let parkable = !message.expires() && !self.topology.retries.is_empty();
+        if full && parkable && lanes.over_share(&account) {
+            tracker.spawn(self.clone().set_aside(message, account, session.clone()));
+            return;
+        }
+        let bytes = message.body().len();
+        lanes.push(account, message, bytes);
+    }
+
+    /// Puts `message` back in the first delay queue, confirmed, then acks it; requeues it if the
+    /// broker did not take it.
+    async fn set_aside(self: Arc<Self>, message: Inbound, account: String, _session: Arc<Session>) {
+        let queue = &self.topology.retries[0];
+        let parked = self.publisher.park(&queue.name, &message).await;
+        if parked.is_ok() {
+            self.metrics.event_parked(&account, &queue.label);
+        }
+        self.conclude(
+            message,
+            parked.map_err(HandleError::from),
+            "a parked events-queue message",
+        )
+        .await;
     }
 
     /// Routes one message, then acks it, or hands it back when its outcome could not be made
-    /// safe in the broker.
-    async fn settle(self: Arc<Self>, message: Inbound, _session: Arc<Session>) {
-        match self.route(&message).await {
+    /// safe in the broker. `_started` is its place among the messages started.
+    async fn settle(
+        self: Arc<Self>,
+        message: Inbound,
+        _session: Arc<Session>,
+        _started: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let outcome = self.route(&message).await;
+        self.conclude(message, outcome, "an events-queue message")
+            .await;
+    }
+
+    /// Acks `message` once its outcome is safe in the broker, else hands it back after a pause
+    /// (so a broker in trouble is not hammered with it).
+    async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, what: &str) {
+        match outcome {
             Ok(()) => {
                 if !message.ack().await {
-                    self.metrics.ack_failed("an events-queue message");
+                    self.metrics.ack_failed(what);
                 }
             }
             Err(e) => {
-                // Hand it back after a pause, so a broker in trouble is not hammered with it.
                 tracing::error!(error = %e, "could not hand the message on; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = message.requeue().await;

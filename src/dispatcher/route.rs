@@ -41,7 +41,21 @@ impl Dispatcher {
             event: event.kind.as_str(),
             body: &event.body,
         };
-        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new(), 0))).await;
+        let results = join_all(subs.iter().map(|sub| async {
+            if sub.auto_disabled() {
+                // Kept, not dropped: replayable once the subscription is enabled again.
+                let dead = DeadLetter::given_up(
+                    &ev,
+                    &sub.id,
+                    Some(&sub.url),
+                    Vec::new(),
+                    Reason::SubscriptionDisabled,
+                );
+                return self.dead_letter(&dead).await;
+            }
+            self.deliver(&ev, sub, Vec::new(), 0).await
+        }))
+        .await;
         results.into_iter().collect()
     }
 

@@ -40,8 +40,12 @@ pub struct Metrics {
     dead_letters_persisted: IntCounter,
     forged_messages: IntCounterVec,
     control_messages: IntCounterVec,
+    subscriptions_auto_disabled: IntCounter,
     ack_failures: IntCounter,
     deliveries_deferred: IntCounter,
+    endpoint_limits: IntGaugeVec,
+    events_parked: IntCounter,
+    intake_waiting: IntGauge,
     in_flight: IntGauge,
     broker_connected: IntGauge,
     queue_messages: IntGaugeVec,
@@ -52,6 +56,9 @@ impl Metrics {
     /// Creates the series every dashboard and alert expects at zero, so a rate over a counter
     /// that has not moved yet is 0 rather than absent. `delays` are the retry delay labels.
     pub fn init_series(&self, delays: &[String]) {
+        for range in crate::delivery::limit::LIMIT_RANGES {
+            self.endpoint_limits.with_label_values(&[range]);
+        }
         for kind in EventKind::ALL {
             let event = kind.as_str();
             self.events_consumed.with_label_values(&[event]);
@@ -109,6 +116,19 @@ impl Metrics {
         tracing::info!(delay, "retry scheduled");
     }
 
+    pub fn event_parked(&self, account_id: &str, delay: &str) {
+        self.events_parked.inc();
+        tracing::debug!(
+            account_id,
+            delay,
+            "intake window full and this account over its share; message parked"
+        );
+    }
+
+    pub fn intake_waiting(&self, n: usize) {
+        self.intake_waiting.set(n as i64);
+    }
+
     pub fn delivery_deferred(&self, subscription_id: &str, delay: &str) {
         self.deliveries_deferred.inc();
         tracing::debug!(
@@ -136,6 +156,15 @@ impl Metrics {
     /// Counts a control message by `result` (one of [`CONTROL_RESULTS`]).
     pub fn control_message(&self, result: &str) {
         self.control_messages.with_label_values(&[result]).inc();
+    }
+
+    /// The gauge the per-endpoint limiter keeps its limits' distribution in.
+    pub fn endpoint_limits(&self) -> IntGaugeVec {
+        self.endpoint_limits.clone()
+    }
+
+    pub fn subscription_auto_disabled(&self) {
+        self.subscriptions_auto_disabled.inc();
     }
 
     pub fn ack_failed(&self, what: &str) {

@@ -47,6 +47,13 @@ impl Metrics {
             "Subscription-change messages heard on the control exchange: `applied` (the subscription read again from the store), `announced` (sent by this replica), `announce_failed` (other replicas catch up at their periodic refresh), `invalid` (not a control message; ignored).",
             &["result"],
         );
+        let subscriptions_auto_disabled = register(
+            &registry,
+            IntCounter::new(
+                "webhook_subscriptions_auto_disabled_total",
+                "Subscriptions the automatic-disable rule disabled (counted by the replica that disabled each).",
+            ),
+        );
         let delivery_duration = register(
             &registry,
             HistogramVec::new(
@@ -82,6 +89,30 @@ impl Metrics {
             IntCounter::new(
                 "webhook_deliveries_deferred_total",
                 "Deliveries put back in a delay queue, no attempt spent, because their endpoint was at MAX_IN_FLIGHT_PER_ENDPOINT.",
+            ),
+        );
+        let endpoint_limits = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "webhook_endpoint_concurrency_limit",
+                    "Endpoints by their adaptive in-flight limit (`limit` is a range: 1, 2-3, 4-7, … 64-127, 128+), on this replica.",
+                ),
+                &["limit"],
+            ),
+        );
+        let events_parked = register(
+            &registry,
+            IntCounter::new(
+                "webhook_events_parked_total",
+                "Messages put back in the first delay queue, unattempted, because the intake window was full and their account held more than its share of it (fairness across accounts).",
+            ),
+        );
+        let intake_waiting = register(
+            &registry,
+            IntGauge::new(
+                "webhook_intake_waiting",
+                "Messages this replica holds from the events queue waiting for their account's turn to start.",
             ),
         );
         let in_flight = register(
@@ -130,8 +161,12 @@ impl Metrics {
             dead_letters_persisted,
             forged_messages,
             control_messages,
+            subscriptions_auto_disabled,
             ack_failures,
             deliveries_deferred,
+            endpoint_limits,
+            events_parked,
+            intake_waiting,
             in_flight,
             broker_connected,
             queue_messages,

@@ -13,6 +13,7 @@ use maud::{Markup, html};
 use super::views::{Nav, csrf_field, field_error, notice, page, problem, when};
 use super::{Change, Form, Session};
 use crate::activity::LastAttempt;
+use crate::api::stats::percentile;
 use crate::api::subscription_bodies::{FieldErrors, check_change, check_new, vet};
 use crate::api::subscriptions::{
     create_subscription, delete_subscription, rotate_subscription_secret, update_subscription,
@@ -21,6 +22,7 @@ use crate::api::test_event::{new_test_event_id, send_test_event};
 use crate::api::{ApiError, ApiState};
 use crate::catalog;
 use crate::delivery::guard::Blocked;
+use crate::store::health::EndpointFigures;
 use crate::subscriptions::{EventSet, Subscription};
 
 /// Most webhooks one account's page lists (the API pages beyond; an account has a handful).
@@ -125,8 +127,9 @@ fn integration_card(session: &Session, sub: &Subscription, last: Option<LastAtte
         article.card.integration #(format!("card-{}", sub.id)) aria-labelledby=(format!("title-{}", sub.id)) {
             div.row.spread {
                 h2 #(format!("title-{}", sub.id)) .url { (sub.url) }
-                @if sub.enabled { span.badge.on { "Enabled" } } @else { span.badge.off { "Disabled" } }
+                (state_badge(sub))
             }
+            (auto_disabled_notice(sub))
             @if let Some(description) = &sub.description { p { (description) } }
             (events_list(sub.events))
             p.meta { "Last delivery: " (last_delivery(last.as_ref())) }
@@ -146,6 +149,72 @@ fn integration_card(session: &Session, sub: &Subscription, last: Option<LastAtte
                 }
                 a.button.danger href=(format!("{base}/delete")) { "Delete" }
             }
+        }
+    }
+}
+
+fn state_badge(sub: &Subscription) -> Markup {
+    html! {
+        @if sub.enabled { span.badge.on { "Enabled" } }
+        @else if sub.auto_disabled() { span.badge.bad { "Disabled automatically" } }
+        @else { span.badge.off { "Disabled" } }
+    }
+}
+
+/// Why deliveries stopped, and how to get the kept events, for a subscription the rule disabled.
+fn auto_disabled_notice(sub: &Subscription) -> Markup {
+    html! {
+        @if sub.auto_disabled() {
+            p.problem {
+                "Disabled automatically"
+                @if let Some(at) = &sub.disabled_at { " on " (when(at)) }
+                ": every delivery to this endpoint failed for a long time. New events are kept in "
+                a href=(format!("/portal/delivery-logs?endpoint={}", sub.id)) { "Delivery Logs" }
+                ". Fix the endpoint, enable the webhook, then replay them."
+            }
+        }
+    }
+}
+
+/// The endpoint's figures over every replica: attempts and successes, latency, the latest
+/// attempt and success.
+fn health(figures: &EndpointFigures, timeout_ms: u64) -> Markup {
+    let rate = |(attempts, successes): (i64, i64)| {
+        if attempts == 0 {
+            "no attempts".to_string()
+        } else {
+            format!(
+                "{attempts} attempts, {successes} succeeded ({:.1} %)",
+                successes as f64 * 100.0 / attempts as f64
+            )
+        }
+    };
+    let p = |q: f64| {
+        percentile(&figures.latency, q, timeout_ms)
+            .map_or("–".to_string(), |ms| format!("≤ {ms} ms"))
+    };
+    html! {
+        section.card aria-labelledby="health-title" {
+            h2 #health-title { "Health" }
+            dl {
+                dt { "Last hour" } dd { (rate(figures.last_hour)) }
+                dt { "Last day" } dd { (rate(figures.last_day)) }
+                dt { "Response time (last hour)" } dd { "p50 " (p(0.50)) ", p95 " (p(0.95)) ", p99 " (p(0.99)) }
+                dt { "Latest attempt" } dd {
+                    @match (&figures.last_attempt_at, figures.last_status, &figures.last_error) {
+                        (None, _, _) => { "none yet" }
+                        (Some(at), status, error) => {
+                            @if let Some(error) = error { span.badge.bad { "Failed" } " " (error) }
+                            @else if let Some(status) = status { span.badge.on { "Delivered" } " HTTP " (status) }
+                            " · " (when(at))
+                        }
+                    }
+                }
+                dt { "Latest success" } dd {
+                    @match &figures.last_success_at { Some(at) => { (when(at)) } None => { "none yet" } }
+                }
+            }
+            p.hint { "Counted over every instance of the service; may lag by a few seconds." }
         }
     }
 }
@@ -386,10 +455,10 @@ async fn edit(State(state): State<ApiState>, session: Session, Path(id): Path<St
         Ok(sub) => sub,
         Err(response) => return response,
     };
-    edit_page(&state, &session, &sub, Draft::of(&sub), StatusCode::OK)
+    edit_page(&state, &session, &sub, Draft::of(&sub), StatusCode::OK).await
 }
 
-fn edit_page(
+async fn edit_page(
     state: &ApiState,
     session: &Session,
     sub: &Subscription,
@@ -397,10 +466,20 @@ fn edit_page(
     status: StatusCode,
 ) -> Response {
     let base = format!("/portal/integrations/{}", sub.id);
+    // The figures are a courtesy here: the page works without them.
+    let figures = state
+        .store
+        .endpoint_figures(&sub.id, chrono::Utc::now())
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, subscription_id = %sub.id, "portal: reading the endpoint's figures failed"))
+        .ok();
+    let timeout_ms = state.delivery_timeout.as_millis() as u64;
     let body = html! {
         h1 { "Edit webhook" }
-        p.meta.url { (sub.url) " · " @if sub.enabled { span.badge.on { "Enabled" } } @else { span.badge.off { "Disabled" } } }
+        p.meta.url { (sub.url) " · " (state_badge(sub)) }
+        (auto_disabled_notice(sub))
         p.meta { "Last delivery: " (last_delivery(state.activity.last(&sub.id).as_ref())) }
+        @if let Some(figures) = &figures { (health(figures, timeout_ms)) }
         @if !draft.errors.is_empty() { p.problem role="alert" { "Check the fields marked below." } }
         (webhook_form(session, &base, &draft, "Save changes"))
         section.card {
@@ -459,7 +538,8 @@ async fn update(
                 &sub,
                 draft,
                 StatusCode::UNPROCESSABLE_ENTITY,
-            );
+            )
+            .await;
         }
     };
     if let Some(url) = &patch.url
@@ -472,7 +552,8 @@ async fn update(
             &sub,
             draft,
             StatusCode::UNPROCESSABLE_ENTITY,
-        );
+        )
+        .await;
     }
     match update_subscription(&state, &id, patch).await {
         Ok(_) => done("updated"),

@@ -3,6 +3,7 @@
 //! written once and tested on SQLite; `$N` placeholders work on both.
 
 mod delivery_logs;
+pub mod health;
 mod keys;
 mod log_counts;
 mod replays;

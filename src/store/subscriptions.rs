@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Page, Store, StoreError};
 use crate::delivery::SigningKey;
 use crate::subscriptions::{
-    EventSet, LookupError, PreviousSecret, Subscription, SubscriptionSource,
+    DisabledReason, EventSet, LookupError, PreviousSecret, Subscription, SubscriptionSource,
 };
 use crate::time::{now_rfc3339, rfc3339};
 
@@ -30,8 +30,8 @@ pub struct SubscriptionPatch {
     pub description: Option<Option<String>>,
 }
 
-const COLUMNS: &str = "id, account_id, url, events, enabled, description, secret, \
-     previous_secret, previous_secret_expires_at, created_at, updated_at";
+const COLUMNS: &str = "id, account_id, url, events, enabled, disabled_reason, disabled_at, \
+     description, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
 
 impl Store {
     pub async fn create_subscription(
@@ -45,6 +45,8 @@ impl Store {
             url: new.url.to_string(),
             events: new.events,
             enabled: new.enabled,
+            disabled_reason: (!new.enabled).then_some(DisabledReason::Manual),
+            disabled_at: (!new.enabled).then(|| now.clone()),
             description: new.description,
             secret: SigningKey::generate(),
             previous_secret: None,
@@ -53,14 +55,16 @@ impl Store {
             updated_at: now,
         };
         sqlx::query(
-            "INSERT INTO subscriptions (id, account_id, url, events, enabled, description, secret, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO subscriptions (id, account_id, url, events, enabled, disabled_reason, disabled_at, \
+             description, secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&sub.id)
         .bind(&sub.account_id)
         .bind(&sub.url)
         .bind(events_json(sub.events))
         .bind(i64::from(sub.enabled))
+        .bind(sub.disabled_reason.map(DisabledReason::as_str))
+        .bind(&sub.disabled_at)
         .bind(&sub.description)
         .bind(sub.secret.expose())
         .bind(&sub.created_at)
@@ -132,9 +136,17 @@ impl Store {
             Some(d) => (1i64, d),
             None => (0, None),
         };
+        // Disabling an enabled subscription records why (manual) and when; enabling clears both
+        // and forgets its failures, so the automatic-disable rule starts over. (Every right-hand
+        // side reads the row as it was before the update.)
+        let enabling = patch.enabled == Some(true);
         let done = sqlx::query(
             "UPDATE subscriptions SET url = COALESCE($1, url), events = COALESCE($2, events), \
              enabled = COALESCE($3, enabled), \
+             disabled_reason = CASE WHEN $3 IS NULL THEN disabled_reason WHEN $3 = 1 THEN NULL \
+                 WHEN enabled = 1 THEN 'manual' ELSE disabled_reason END, \
+             disabled_at = CASE WHEN $3 IS NULL THEN disabled_at WHEN $3 = 1 THEN NULL \
+                 WHEN enabled = 1 THEN $6 ELSE disabled_at END, \
              description = CASE WHEN $4 = 1 THEN $5 ELSE description END, updated_at = $6 WHERE id = $7",
         )
         .bind(patch.url.map(|u| u.to_string()))
@@ -146,6 +158,9 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        if enabling && done.rows_affected() == 1 {
+            self.forget_failures(id).await?;
+        }
         self.changed(done.rows_affected(), id).await
     }
 
@@ -184,12 +199,20 @@ impl Store {
         self.subscription(id).await
     }
 
-    /// Deletes a subscription; `false` if there was none.
+    /// Deletes a subscription (and its health figures); `false` if there was none.
     pub async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
+        for table in ["endpoint_state", "endpoint_minutes"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE subscription_id = $1"
+            )))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 }
@@ -234,12 +257,15 @@ fn from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
         _ => None,
     };
     let enabled: i64 = row.try_get("enabled")?;
+    let disabled_reason: Option<String> = row.try_get("disabled_reason")?;
     Ok(Subscription {
         id: id.clone(),
         account_id: row.try_get("account_id")?,
         url,
         events,
         enabled: enabled != 0,
+        disabled_reason: disabled_reason.as_deref().and_then(DisabledReason::parse),
+        disabled_at: row.try_get("disabled_at")?,
         description: row.try_get("description")?,
         secret,
         previous_secret,

@@ -24,6 +24,9 @@ pub struct LookupError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 pub struct Directory {
     index: SubscriptionIndex,
     source: Arc<dyn SubscriptionSource>,
+    /// The operator's webhook ([`crate::operator`]), found by its id like any subscription but
+    /// matched by no event.
+    operator: Option<Arc<Subscription>>,
 }
 
 impl Directory {
@@ -32,10 +35,18 @@ impl Directory {
         Directory {
             index: SubscriptionIndex::default(),
             source,
+            operator: None,
         }
     }
 
-    /// Enabled subscriptions of `account` that selected `kind` (from memory only).
+    /// With the operator's webhook.
+    pub fn with_operator(mut self, operator: Option<Subscription>) -> Directory {
+        self.operator = operator.map(Arc::new);
+        self
+    }
+
+    /// Subscriptions of `account` that selected `kind` and are enabled or disabled by the
+    /// automatic rule (whose events are dead-lettered, not dropped), from memory only.
     pub fn matching(&self, account: &str, kind: EventKind) -> Vec<Arc<Subscription>> {
         self.index.matching(account, kind)
     }
@@ -43,6 +54,9 @@ impl Directory {
     /// The subscription `id`: from the index, else from the source (a subscription made through
     /// another instance since the last refresh; one row, and only on this rare path).
     pub async fn find(&self, id: &str) -> Result<Option<Arc<Subscription>>, LookupError> {
+        if id == crate::operator::SUBSCRIPTION_ID {
+            return Ok(self.operator.clone());
+        }
         if let Some(sub) = self.index.get(id) {
             return Ok(Some(sub));
         }

@@ -74,14 +74,15 @@ impl SubscriptionIndex {
         self.snapshot.read().expect("index lock").clone()
     }
 
-    /// Enabled subscriptions of `account` that selected `kind`.
+    /// Subscriptions of `account` that selected `kind`, enabled or disabled by the automatic
+    /// rule (a manually disabled one gets nothing).
     pub fn matching(&self, account: &str, kind: EventKind) -> Vec<Arc<Subscription>> {
         self.current()
             .by_account
             .get(account)
             .map(|subs| {
                 subs.iter()
-                    .filter(|s| s.enabled && s.events.contains(kind))
+                    .filter(|s| (s.enabled || s.auto_disabled()) && s.events.contains(kind))
                     .cloned()
                     .collect()
             })

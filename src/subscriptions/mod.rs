@@ -79,6 +79,13 @@ pub struct Subscription {
     #[schema(value_type = Vec<String>, example = json!(["purchase", "identify"]))]
     pub events: EventSet,
     pub enabled: bool,
+    /// Why it is disabled: `manual` (the API or the portal) or `auto` (the automatic-disable
+    /// rule); null while it is enabled.
+    #[schema(example = json!(null))]
+    pub disabled_reason: Option<DisabledReason>,
+    /// When it was disabled; null while it is enabled.
+    #[schema(format = DateTime, example = json!(null))]
+    pub disabled_at: Option<String>,
     pub description: Option<String>,
     #[serde(skip)]
     pub secret: SigningKey,
@@ -95,6 +102,42 @@ pub struct Subscription {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+}
+
+/// Why a subscription is disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DisabledReason {
+    /// Through the API or the portal.
+    Manual,
+    /// By the automatic-disable rule: it failed every attempt of `AUTO_DISABLE_MIN_FAILURES`
+    /// deliveries and succeeded at nothing for `AUTO_DISABLE_AFTER`.
+    Auto,
+}
+
+impl DisabledReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisabledReason::Manual => "manual",
+            DisabledReason::Auto => "auto",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DisabledReason> {
+        match text {
+            "manual" => Some(DisabledReason::Manual),
+            "auto" => Some(DisabledReason::Auto),
+            _ => None,
+        }
+    }
+}
+
+impl Subscription {
+    /// Disabled by the automatic-disable rule: its events are dead-lettered as
+    /// `subscription_disabled` (replayable once it is enabled again), not dropped.
+    pub fn auto_disabled(&self) -> bool {
+        !self.enabled && self.disabled_reason == Some(DisabledReason::Auto)
+    }
 }
 
 /// A rotated-out secret that keeps signing, next to the current one, until `expires_at`.

@@ -32,6 +32,8 @@ pub enum TaskKind {
     Replay,
     /// A test event an operator asked for.
     Test,
+    /// An operational event for the operator's webhook (`OPERATOR_WEBHOOK_URL`).
+    Operator,
 }
 
 impl TaskKind {
@@ -41,6 +43,7 @@ impl TaskKind {
             TaskKind::Deferred => "deferred",
             TaskKind::Replay => "replay",
             TaskKind::Test => "test",
+            TaskKind::Operator => "operator",
         }
     }
 }
@@ -132,7 +135,9 @@ impl DeliveryTask {
     pub fn read(data: &[u8]) -> Result<DeliveryTask, String> {
         let task: DeliveryTask =
             serde_json::from_slice(data).map_err(|e| format!("unreadable delivery task: {e}"))?;
-        if EventKind::parse(&task.event).is_none() {
+        let operational = task.subscription_id == crate::operator::SUBSCRIPTION_ID
+            && crate::operator::EVENTS.contains(&task.event.as_str());
+        if EventKind::parse(&task.event).is_none() && !operational {
             return Err(format!("delivery task for unknown event {:?}", task.event));
         }
         crate::text::check_event_id(&task.event_id).map_err(|e| format!("delivery task: {e}"))?;

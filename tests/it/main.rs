@@ -11,6 +11,8 @@ mod cli;
 mod cli_terminal;
 mod delivery;
 mod deploy;
+mod endpoint_health;
+mod fairness;
 mod faults;
 mod hostile_endpoints;
 mod hostile_input;

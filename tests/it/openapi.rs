@@ -63,10 +63,12 @@ async fn served_paths() -> BTreeSet<String> {
             exchange: String::new(),
             metrics: Metrics::new(),
         },
+        notifier: None,
         roles: Roles::ALL,
         admin_token: None,
         allow_private_targets: true,
         secret_rotation_overlap: cfg.secret_rotation_overlap,
+        delivery_timeout: cfg.delivery_timeout,
     };
     let router = format!("{:?}", api::router(state));
     let table = router

@@ -1,0 +1,288 @@
+//! Endpoint health in the store, shared by every replica: attempts per subscription and minute
+//! (each replica adds its counts every few seconds), the latest attempt and success, and what the
+//! automatic-disable rule reads.
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Store, StoreError};
+use crate::time::rfc3339;
+
+/// Upper bounds (ms) of the latency buckets `lat_0 ..` count; the last bucket is everything
+/// longer.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+/// Latency buckets: one per bound, and one for longer.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// One replica's counts for one subscription and minute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MinuteCounts {
+    pub attempts: i64,
+    pub successes: i64,
+    pub latency: [i64; LATENCY_BUCKETS],
+}
+
+impl MinuteCounts {
+    pub fn add(&mut self, other: &MinuteCounts) {
+        self.attempts += other.attempts;
+        self.successes += other.successes;
+        for (a, b) in self.latency.iter_mut().zip(other.latency) {
+            *a += b;
+        }
+    }
+}
+
+/// The bucket of an attempt that took `ms`.
+pub fn latency_bucket(ms: u64) -> usize {
+    LATENCY_BOUNDS_MS
+        .iter()
+        .position(|&bound| ms <= bound)
+        .unwrap_or(LATENCY_BOUNDS_MS.len())
+}
+
+/// The minute an attempt falls in, as stored: `2026-12-01T10:42Z`.
+pub fn minute_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%MZ").to_string()
+}
+
+/// What one replica saw of one subscription since its last write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// Its latest attempt: when, the status (if it answered), the error (if it failed).
+    pub last_attempt: Option<(String, Option<u16>, Option<String>)>,
+    /// Its latest successful attempt.
+    pub last_success_at: Option<String>,
+    /// Deliveries that failed every attempt after the latest success seen here (all of them if
+    /// there was none).
+    pub exhausted: i64,
+    /// The first failed attempt after the latest success seen here.
+    pub failing_since: Option<String>,
+}
+
+/// A subscription's figures, summed over every replica (`GET /v1/subscriptions/{id}/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointFigures {
+    pub last_hour: (i64, i64),
+    pub last_day: (i64, i64),
+    /// Attempts of the last hour by latency bucket.
+    pub latency: [i64; LATENCY_BUCKETS],
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    pub exhausted: i64,
+    pub failing_since: Option<String>,
+}
+
+fn latency_columns() -> String {
+    (0..LATENCY_BUCKETS)
+        .map(|i| format!("lat_{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Adds one replica's counts and state changes, in one transaction.
+    pub async fn record_health(
+        &self,
+        minutes: &[(String, String, MinuteCounts)],
+        states: &[(String, StateChange)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let lat = latency_columns();
+        let placeholders = (0..LATENCY_BUCKETS)
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sums = (0..LATENCY_BUCKETS)
+            .map(|i| format!("lat_{i} = endpoint_minutes.lat_{i} + excluded.lat_{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let upsert = format!(
+            "INSERT INTO endpoint_minutes (subscription_id, minute, attempts, successes, {lat}) \
+             VALUES ($1, $2, $3, $4, {placeholders}) \
+             ON CONFLICT (subscription_id, minute) DO UPDATE SET \
+             attempts = endpoint_minutes.attempts + excluded.attempts, \
+             successes = endpoint_minutes.successes + excluded.successes, {sums}"
+        );
+        for (id, minute, counts) in minutes {
+            let mut query = sqlx::query(AssertSqlSafe(upsert.clone()))
+                .bind(id)
+                .bind(minute)
+                .bind(counts.attempts)
+                .bind(counts.successes);
+            for n in counts.latency {
+                query = query.bind(n);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (id, change) in states {
+            let (at, status, error) = change.last_attempt.clone().unwrap_or_default();
+            let at = change.last_attempt.as_ref().map(|_| at);
+            // A newer attempt (from any replica) wins; a success seen here starts the failure
+            // count over, else this replica's failures add to the others'.
+            sqlx::query(
+                "INSERT INTO endpoint_state (subscription_id, last_attempt_at, last_status, last_error, \
+                     last_success_at, exhausted, failing_since) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (subscription_id) DO UPDATE SET \
+                 last_status = CASE WHEN excluded.last_attempt_at IS NOT NULL AND (endpoint_state.last_attempt_at IS NULL \
+                     OR excluded.last_attempt_at >= endpoint_state.last_attempt_at) \
+                     THEN excluded.last_status ELSE endpoint_state.last_status END, \
+                 last_error = CASE WHEN excluded.last_attempt_at IS NOT NULL AND (endpoint_state.last_attempt_at IS NULL \
+                     OR excluded.last_attempt_at >= endpoint_state.last_attempt_at) \
+                     THEN excluded.last_error ELSE endpoint_state.last_error END, \
+                 last_attempt_at = CASE WHEN excluded.last_attempt_at IS NOT NULL AND (endpoint_state.last_attempt_at IS NULL \
+                     OR excluded.last_attempt_at >= endpoint_state.last_attempt_at) \
+                     THEN excluded.last_attempt_at ELSE endpoint_state.last_attempt_at END, \
+                 last_success_at = CASE WHEN excluded.last_success_at IS NOT NULL AND (endpoint_state.last_success_at IS NULL \
+                     OR excluded.last_success_at > endpoint_state.last_success_at) \
+                     THEN excluded.last_success_at ELSE endpoint_state.last_success_at END, \
+                 exhausted = CASE WHEN $8 = 1 THEN excluded.exhausted \
+                     ELSE endpoint_state.exhausted + excluded.exhausted END, \
+                 failing_since = CASE WHEN $8 = 1 THEN excluded.failing_since \
+                     ELSE COALESCE(endpoint_state.failing_since, excluded.failing_since) END",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(status.map(i64::from))
+            .bind(error)
+            .bind(&change.last_success_at)
+            .bind(change.exhausted)
+            .bind(&change.failing_since)
+            .bind(i64::from(change.last_success_at.is_some()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Subscription `id`'s figures at `now`.
+    pub async fn endpoint_figures(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EndpointFigures, StoreError> {
+        let lat = (0..LATENCY_BUCKETS)
+            .map(|i| format!("CAST(COALESCE(SUM(lat_{i}), 0) AS BIGINT) AS lat_{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let since = |minutes: i64| minute_of(now - chrono::Duration::minutes(minutes));
+        let hour = sqlx::query(AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS attempts, \
+             CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS successes, {lat} \
+             FROM endpoint_minutes WHERE subscription_id = $1 AND minute > $2"
+        )))
+        .bind(id)
+        .bind(since(60))
+        .fetch_one(&self.pool)
+        .await?;
+        let day = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS attempts, \
+             CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS successes \
+             FROM endpoint_minutes WHERE subscription_id = $1 AND minute > $2",
+        )
+        .bind(id)
+        .bind(since(24 * 60))
+        .fetch_one(&self.pool)
+        .await?;
+        let mut figures = EndpointFigures {
+            last_hour: (hour.try_get("attempts")?, hour.try_get("successes")?),
+            last_day: (day.try_get("attempts")?, day.try_get("successes")?),
+            ..EndpointFigures::default()
+        };
+        for (i, slot) in figures.latency.iter_mut().enumerate() {
+            *slot = hour.try_get(format!("lat_{i}").as_str())?;
+        }
+        let state = sqlx::query(
+            "SELECT last_attempt_at, last_status, last_error, last_success_at, exhausted, failing_since \
+             FROM endpoint_state WHERE subscription_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = state {
+            let status: Option<i64> = row.try_get("last_status")?;
+            figures.last_status = status.and_then(|s| u16::try_from(s).ok());
+            figures.last_error = row.try_get("last_error")?;
+            figures.last_success_at = row.try_get("last_success_at")?;
+            figures.last_attempt_at = row.try_get("last_attempt_at")?;
+            figures.exhausted = row.try_get("exhausted")?;
+            figures.failing_since = row.try_get("failing_since")?;
+        }
+        Ok(figures)
+    }
+
+    /// Disables subscription `id` by the automatic rule if it holds at `now`: at least
+    /// `min_failures` deliveries failed every attempt since its last success, it has been
+    /// failing for `after`, and nothing succeeded in that time. `true` when this call disabled it
+    /// (one replica does, however many check at once).
+    pub async fn auto_disable(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        min_failures: u32,
+        after: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        let cutoff = rfc3339(now.checked_sub_signed(after).unwrap_or(now));
+        let stamp = rfc3339(now);
+        let done = sqlx::query(
+            "UPDATE subscriptions SET enabled = 0, disabled_reason = 'auto', disabled_at = $1, updated_at = $1 \
+             WHERE id = $2 AND enabled = 1 AND EXISTS (SELECT 1 FROM endpoint_state s \
+                 WHERE s.subscription_id = $2 AND s.exhausted >= $3 AND s.failing_since IS NOT NULL \
+                 AND s.failing_since <= $4 AND (s.last_success_at IS NULL OR s.last_success_at <= $4))",
+        )
+        .bind(&stamp)
+        .bind(id)
+        .bind(i64::from(min_failures))
+        .bind(&cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets subscription `id`'s failures (it was enabled again): the rule starts over.
+    pub async fn forget_failures(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE endpoint_state SET exhausted = 0, failing_since = NULL WHERE subscription_id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes minute counts older than a day (and a little), and the health of subscriptions
+    /// that no longer exist.
+    pub async fn prune_health(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM endpoint_minutes WHERE minute < $1")
+            .bind(minute_of(now - chrono::Duration::hours(25)))
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "DELETE FROM endpoint_state WHERE subscription_id NOT IN (SELECT id FROM subscriptions)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_fall_in_the_first_bucket_that_holds_them() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(5), 0);
+        assert_eq!(latency_bucket(6), 1);
+        assert_eq!(latency_bucket(10_000), 10);
+        assert_eq!(latency_bucket(10_001), 11);
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:42:59.900Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(minute_of(at), "2026-12-01T10:42Z");
+    }
+}

@@ -1,0 +1,93 @@
+//! Fairness across accounts: one account's burst does not hold back another account's events,
+//! even once the burst is larger than the intake window (its excess is parked in the first delay
+//! queue and comes back), and nothing is lost or delivered twice on the way.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_burst_past_the_intake_window_does_not_hold_back_a_quiet_account() {
+    // A small window and few deliveries at once, against a slow endpoint: the burst of 1,500
+    // takes 1,500 × 20 ms / 4 ≈ 8 s to deliver, and fills the 200-message window at once.
+    let noisy = Receiver::start().await;
+    noisy.always(Reply::Slow(Duration::from_millis(20), 200));
+    let quiet = Receiver::start().await;
+    let app = spawn_app_with(&[
+        "--prefetch",
+        "200",
+        "--max-in-flight",
+        "8",
+        "--max-in-flight-per-endpoint",
+        "4",
+        "--retry-delays",
+        "200ms,300ms,400ms",
+    ])
+    .await;
+    app.subscribe(LOAD_ACCOUNT, &noisy.url, &["purchase"]).await;
+    app.subscribe("acct_quiet", &quiet.url, &["purchase"]).await;
+    let producer = Producer::connect(&app.exchange).await;
+    let burst = event_ids("noisy", 1_500);
+    assert_eq!(producer.publish_events(&burst).await, burst.len());
+    let burst_published = Instant::now();
+
+    // The quiet account's events, one every 100 ms while the burst is delivered.
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = format!("evt_quiet_{i}");
+        let body = json!({
+            "id": id, "event": "purchase", "timestamp": "2026-12-01T10:00:00Z",
+            "account_id": "acct_quiet", "data": {"visitor_id": "v_q"}
+        });
+        let at = Instant::now();
+        app.publish("purchase", body.to_string().as_bytes()).await;
+        sent.push((id, at));
+    }
+    let received = quiet.wait_for(sent.len(), PATIENCE).await;
+    let noisy_so_far = noisy.count();
+    let mut slowest = Duration::ZERO;
+    for (id, at) in &sent {
+        let got: Vec<_> = received
+            .iter()
+            .filter(|r| r.header("webhook-id") == id)
+            .collect();
+        assert_eq!(got.len(), 1, "{id} delivered once");
+        slowest = slowest.max(got[0].at.duration_since(*at));
+    }
+    assert!(
+        noisy_so_far < burst.len() / 2,
+        "the quiet events arrived while the burst was still being delivered ({noisy_so_far} of {} in {:?})",
+        burst.len(),
+        burst_published.elapsed()
+    );
+    // First in first out, the quiet events would wait for the rest of the burst: seconds.
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "the slowest quiet event took {slowest:?}"
+    );
+    let parked = metric_sum(&app.metrics().await, "webhook_events_parked_total", "");
+    assert!(parked > 0.0, "the burst's excess was parked");
+
+    // Every event of the burst arrives, parked or not, once.
+    wait_until("the whole burst", PATIENCE * 3, || async {
+        noisy.count() >= burst.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut counts = std::collections::HashMap::new();
+    for r in noisy.received() {
+        *counts
+            .entry(r.header("webhook-id").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), burst.len());
+    assert!(counts.values().all(|&n| n == 1), "no duplicates");
+    assert_metric(
+        &app.metrics().await,
+        "webhook_dead_letters_total{event=\"purchase\",reason=\"exhausted\"} 0",
+    );
+    app.stop().await.unwrap();
+}
