@@ -1,5 +1,6 @@
 //! The benchmark's receiver: answers 200 at once on `/ok` (counting, and recording publish →
-//! receipt latency when asked), hangs past the delivery timeout on `/hang`.
+//! receipt latency when asked), hangs past the delivery timeout on `/hang`, answers like `/ok`
+//! after 50 ms on `/slow`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use axum::routing::post;
 
 use crate::unix_micros;
 
+/// How long `/slow` takes to answer.
+pub const SLOW: Duration = Duration::from_millis(50);
 /// Past the service's 10 s `DELIVERY_TIMEOUT`.
 const HANG: Duration = Duration::from_secs(11);
 
@@ -24,6 +27,10 @@ pub struct Counters {
     first_us: AtomicU64,
     last_us: AtomicU64,
     pub latencies: Mutex<Option<Vec<u64>>>,
+    /// Receipts of events numbered below [`Counters::quiet_from`] (the noisy account's).
+    pub ok_noisy: AtomicU64,
+    /// Events numbered from here on are the quiet account's: only theirs are timed while set.
+    pub quiet_from: AtomicU64,
     /// `/ok` receipts per event (its `seq`), to find duplicates and gaps.
     seen: Mutex<HashMap<u64, u32>>,
 }
@@ -35,6 +42,8 @@ impl Counters {
         self.first_us.store(0, Ordering::SeqCst);
         self.last_us.store(0, Ordering::SeqCst);
         *self.latencies.lock().unwrap() = None;
+        self.ok_noisy.store(0, Ordering::SeqCst);
+        self.quiet_from.store(0, Ordering::SeqCst);
         self.seen.lock().unwrap().clear();
     }
 
@@ -74,16 +83,29 @@ async fn ok(State(c): State<Arc<Counters>>, body: Bytes) -> &'static str {
         .first_us
         .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     c.last_us.fetch_max(now, Ordering::SeqCst);
-    if let Some(seq) = number_after(&body, "\"seq\":") {
+    let seq = number_after(&body, "\"seq\":");
+    if let Some(seq) = seq {
         *c.seen.lock().unwrap().entry(seq).or_default() += 1;
     }
     c.ok.fetch_add(1, Ordering::SeqCst);
-    if let Some(lat) = c.latencies.lock().unwrap().as_mut()
+    let quiet_from = c.quiet_from.load(Ordering::SeqCst);
+    let timed = quiet_from == 0 || seq.is_some_and(|s| s >= quiet_from);
+    if quiet_from > 0 && !timed {
+        c.ok_noisy.fetch_add(1, Ordering::SeqCst);
+    }
+    if timed
+        && let Some(lat) = c.latencies.lock().unwrap().as_mut()
         && let Some(sent) = number_after(&body, "\"sent_us\":")
     {
         lat.push(now.saturating_sub(sent));
     }
     "ok"
+}
+
+/// `/ok` after [`SLOW`]: an endpoint a long way off (the noisy neighbour's).
+async fn slow(state: State<Arc<Counters>>, body: Bytes) -> &'static str {
+    tokio::time::sleep(SLOW).await;
+    ok(state, body).await
 }
 
 async fn hang(State(c): State<Arc<Counters>>) -> &'static str {
@@ -108,6 +130,7 @@ pub async fn start_receiver() -> (SocketAddr, Arc<Counters>) {
     let app = Router::new()
         .route("/ok", post(ok))
         .route("/hang", post(hang))
+        .route("/slow", post(slow))
         .with_state(counters.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -19,6 +19,12 @@ use crate::{FAN_OUT, Options, event};
 /// `PREFETCH` from the options, `RUST_LOG` from `BENCH_RUST_LOG` (default `info`), and every
 /// other service setting set in this environment passed on (`MAX_IN_FLIGHT_PER_ENDPOINT`, …).
 pub async fn start_service(o: &Options) -> ServiceProcess {
+    start_service_env(o, &[]).await
+}
+
+/// [`start_service`] with `extra` on top: a pair sets a variable, an empty value unsets it (so
+/// `("PREFETCH", "")` runs the service with its own default).
+pub async fn start_service_env(o: &Options, extra: &[(&str, &str)]) -> ServiceProcess {
     use clap::CommandFactory;
     #[derive(clap::Parser)]
     struct Serve {
@@ -42,6 +48,12 @@ pub async fn start_service(o: &Options) -> ServiceProcess {
         "RUST_LOG".into(),
         std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
     ));
+    for (name, value) in extra {
+        env.retain(|(k, _)| k != name);
+        if !value.is_empty() {
+            env.push((name.to_string(), value.to_string()));
+        }
+    }
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     ServiceProcess::start(&pairs).await
 }

@@ -124,7 +124,10 @@ impl ServiceProcess {
             .open(&self.log_path)
             .expect("service log file");
         writeln!(log, "{}", self.start_marker()).expect("log marker");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"));
+        // `WEBHOOK_DISPATCHER_BIN` runs another build (the benchmark's before/after comparisons).
+        let bin = std::env::var_os("WEBHOOK_DISPATCHER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_webhook-dispatcher").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
