@@ -165,7 +165,9 @@ impl Flusher {
         if tallies.is_empty() {
             return;
         }
-        let minutes: Vec<(String, String, MinuteCounts)> = tallies
+        // In one order on every replica: two flushes of the same rows in different orders would
+        // deadlock on PostgreSQL.
+        let mut minutes: Vec<(String, String, MinuteCounts)> = tallies
             .iter()
             .flat_map(|(id, t)| {
                 t.minutes.iter().map(move |(m, c)| {
@@ -174,10 +176,12 @@ impl Flusher {
                 })
             })
             .collect();
-        let states: Vec<(String, StateChange)> = tallies
+        minutes.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut states: Vec<(String, StateChange)> = tallies
             .iter()
             .map(|(id, t)| (id.clone(), t.state.clone()))
             .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
         if let Err(e) = self.store.record_health(&minutes, &states).await {
             tracing::warn!(error = %e, "writing endpoint health failed; keeping the counts for the next write");
             self.health.put_back(tallies);

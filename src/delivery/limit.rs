@@ -166,6 +166,8 @@ impl EndpointLimiter {
             });
         }
         if let Some(endpoint) = endpoints.by_key.get(key) {
+            // Used now, under the map's lock: a sweep cannot forget it before `acquire` runs.
+            endpoint.state.lock().expect("limiter lock").last_used = now;
             return endpoint.clone();
         }
         let endpoint = Arc::new(Endpoint {

@@ -50,9 +50,49 @@ pub struct Dispatcher {
     per_account: usize,
 }
 
-/// Past this many bytes waiting in the lanes, the window counts as full (what waits is held in
-/// memory; a window of 256 KiB events would otherwise hold gigabytes).
+/// Past this many bytes waiting in the lanes, every parkable message that arrives is parked (what
+/// waits is held in memory; a window of 256 KiB events would otherwise hold gigabytes).
 pub const INTAKE_BYTES: usize = 64 * 1024 * 1024;
+/// Parks each message started earns.
+const PARKS_PER_START: usize = 4;
+
+/// How many messages may still be parked: earned by messages started, at most a quarter of the
+/// window saved up.
+struct ParkingBudget {
+    left: usize,
+    most: usize,
+}
+
+impl ParkingBudget {
+    fn new(window: usize) -> ParkingBudget {
+        let most = (window / 4).max(PARKS_PER_START);
+        ParkingBudget { left: most, most }
+    }
+
+    fn earn(&mut self) {
+        self.left = (self.left + PARKS_PER_START).min(self.most);
+    }
+
+    fn spend(&mut self) -> bool {
+        let ok = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        ok
+    }
+}
+
+/// Tells the consume loop, when dropped, that a message of `account` has finished.
+struct Finish {
+    to: tokio::sync::mpsc::UnboundedSender<String>,
+    account: Option<String>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(account) = self.account.take() {
+            let _ = self.to.send(account);
+        }
+    }
+}
 
 /// What the dispatcher works with, built by the app.
 pub struct Parts {
@@ -116,6 +156,7 @@ impl Dispatcher {
         stop: CancellationToken,
     ) {
         let mut lanes = Lanes::new(self.per_account);
+        let mut parking = ParkingBudget::new(self.window);
         let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<String>();
         loop {
             tokio::select! {
@@ -125,17 +166,17 @@ impl Dispatcher {
                 permit = self.starts.clone().acquire_owned(), if lanes.ready() => {
                     let permit = permit.expect("semaphore never closed");
                     let (account, message) = lanes.pop().expect("checked: ready");
-                    let session = session.clone();
-                    let finished = finished.clone();
-                    let this = self.clone();
-                    tracker.spawn(async move {
-                        this.settle(message, session, permit).await;
-                        let _ = finished.send(account);
-                    });
+                    parking.earn();
+                    // Reports the finish even if settling panics, or the account's turns stop.
+                    let finish = Finish {
+                        to: finished.clone(),
+                        account: Some(account),
+                    };
+                    tracker.spawn(self.clone().settle(message, session.clone(), permit, finish));
                 }
                 next = consumer.next_until(&stop, "events") => {
                     let Some(message) = next else { break };
-                    self.admit(message, &mut lanes, &session, &tracker);
+                    self.admit(message, &mut lanes, &mut parking, &session, &tracker);
                 }
             }
             self.metrics.intake_waiting(lanes.len());
@@ -150,6 +191,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         message: Inbound,
         lanes: &mut Lanes,
+        parking: &mut ParkingBudget,
         session: &Arc<Session>,
         tracker: &TaskTracker,
     ) {
@@ -161,10 +203,16 @@ impl Dispatcher {
         let waiting = lanes.len();
         let full = (waiting + started) * 8 >= self.window * 7
             && waiting * 2 >= self.window
-            && waiting >= 4 * self.per_account
-            || lanes.bytes() >= INTAKE_BYTES;
+            && waiting >= 4 * self.per_account;
         let parkable = !message.expires() && !self.topology.retries.is_empty();
-        if full && parkable && lanes.over_share(&account) {
+        // Past the byte budget anything parkable is parked (memory first); otherwise only an
+        // account over its share, and only as fast as the budget allows (each message started
+        // earns a few parks), so a backlog larger than the window is not cycled through the
+        // delay queue at the broker's full speed.
+        let park = parkable
+            && (lanes.bytes() >= INTAKE_BYTES
+                || full && lanes.over_share(&account) && parking.spend());
+        if park {
             tracker.spawn(self.clone().set_aside(message, account, session.clone()));
             return;
         }
@@ -195,6 +243,7 @@ impl Dispatcher {
         message: Inbound,
         _session: Arc<Session>,
         _started: tokio::sync::OwnedSemaphorePermit,
+        _finish: Finish,
     ) {
         let outcome = self.route(&message).await;
         self.conclude(message, outcome, "an events-queue message")

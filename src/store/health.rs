@@ -224,8 +224,14 @@ impl Store {
         min_failures: u32,
         after: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-        let cutoff = rfc3339(now.checked_sub_signed(after).unwrap_or(now));
+        // A period longer than time goes back never ends.
+        let Some(cutoff) = chrono::Duration::from_std(after)
+            .ok()
+            .and_then(|after| now.checked_sub_signed(after))
+        else {
+            return Ok(false);
+        };
+        let cutoff = rfc3339(cutoff);
         let stamp = rfc3339(now);
         let done = sqlx::query(
             "UPDATE subscriptions SET enabled = 0, disabled_reason = 'auto', disabled_at = $1, updated_at = $1 \
@@ -240,17 +246,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// Forgets subscription `id`'s failures (it was enabled again): the rule starts over.
-    pub async fn forget_failures(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE endpoint_state SET exhausted = 0, failing_since = NULL WHERE subscription_id = $1",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Deletes minute counts older than a day (and a little), and the health of subscriptions

@@ -136,17 +136,27 @@ impl Store {
             Some(d) => (1i64, d),
             None => (0, None),
         };
-        // Disabling an enabled subscription records why (manual) and when; enabling clears both
-        // and forgets its failures, so the automatic-disable rule starts over. (Every right-hand
-        // side reads the row as it was before the update.)
-        let enabling = patch.enabled == Some(true);
+        // Disabling records why (manual, also over an automatic disable: the customer said
+        // stop) and since when; enabling a disabled one clears both and forgets its failures, so
+        // the automatic-disable rule starts over (an enable of an enabled one changes nothing).
+        // One transaction; every right-hand side reads the row as it was before the update.
+        let mut tx = self.pool.begin().await?;
+        if patch.enabled == Some(true) {
+            sqlx::query(
+                "UPDATE endpoint_state SET exhausted = 0, failing_since = NULL WHERE subscription_id = $1 \
+                 AND EXISTS (SELECT 1 FROM subscriptions WHERE id = $1 AND enabled = 0)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let done = sqlx::query(
             "UPDATE subscriptions SET url = COALESCE($1, url), events = COALESCE($2, events), \
              enabled = COALESCE($3, enabled), \
              disabled_reason = CASE WHEN $3 IS NULL THEN disabled_reason WHEN $3 = 1 THEN NULL \
-                 WHEN enabled = 1 THEN 'manual' ELSE disabled_reason END, \
+                 ELSE 'manual' END, \
              disabled_at = CASE WHEN $3 IS NULL THEN disabled_at WHEN $3 = 1 THEN NULL \
-                 WHEN enabled = 1 THEN $6 ELSE disabled_at END, \
+                 WHEN enabled = 1 THEN $6 ELSE COALESCE(disabled_at, $6) END, \
              description = CASE WHEN $4 = 1 THEN $5 ELSE description END, updated_at = $6 WHERE id = $7",
         )
         .bind(patch.url.map(|u| u.to_string()))
@@ -156,11 +166,9 @@ impl Store {
         .bind(description)
         .bind(now_rfc3339())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if enabling && done.rows_affected() == 1 {
-            self.forget_failures(id).await?;
-        }
+        tx.commit().await?;
         self.changed(done.rows_affected(), id).await
     }
 

@@ -216,6 +216,15 @@ async fn auto_disable_scenario(database: Option<&str>) {
         "{}",
         edit.html
     );
+    // Disabled by hand: reason manual, its time kept when disabled again.
+    let path = format!("/v1/subscriptions/{id}");
+    let off = json!({"enabled": false});
+    let (_, first) = app
+        .request(reqwest::Method::PATCH, &path, Some(off.clone()))
+        .await;
+    assert_eq!(first["disabled_reason"], "manual", "{first}");
+    let (_, again) = app.request(reqwest::Method::PATCH, &path, Some(off)).await;
+    assert_eq!(again["disabled_at"], first["disabled_at"], "{again}");
     let (status, _) = app.get("/v1/subscriptions/sub_nope/stats").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await.unwrap();

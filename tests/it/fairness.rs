@@ -63,9 +63,10 @@ async fn a_burst_past_the_intake_window_does_not_hold_back_a_quiet_account() {
         burst.len(),
         burst_published.elapsed()
     );
-    // First in first out, the quiet events would wait for the rest of the burst: seconds.
+    // First in first out, the quiet events would wait for most of the burst (1,300 events
+    // behind the window at 200/s: 6.5 s); parked at four per message started, at most ~1.5 s.
     assert!(
-        slowest < Duration::from_millis(1000),
+        slowest < Duration::from_millis(2500),
         "the slowest quiet event took {slowest:?}"
     );
     let parked = metric_sum(&app.metrics().await, "webhook_events_parked_total", "");

@@ -554,6 +554,8 @@ async fn every_page_passes_the_accessibility_check_and_fits_a_phone() {
             .await;
         browser.fill("Endpoint URL", "not a url").await;
         browser.click("Save and enable").await;
+        // The answer has the same heading as the form: wait for what it adds.
+        browser.wait_for(".field-error").await;
         browser.wait_heading("Add Integration: Webhook").await;
         assert_eq!(
             browser.count(".field-error").await,

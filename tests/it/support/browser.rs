@@ -251,6 +251,21 @@ impl Browser {
         }
     }
 
+    /// Waits until the page has an element matching `css` (a form post answered with the same
+    /// heading shows only by what it adds).
+    pub async fn wait_for(&self, css: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while self.count(css).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {css} at {}: {}",
+                self.url().await,
+                self.text().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The page's visible text.
     pub async fn text(&self) -> String {
         self.find("body").await.text().await
@@ -313,9 +328,46 @@ impl Browser {
         self.element(&found)
     }
 
-    /// Clicks the button or link whose text is `text`.
+    /// Clicks the button or link whose text is `text` — in this portal each one loads a page —
+    /// and waits until the next page has replaced this one (a form post answered with the same
+    /// heading would otherwise pass for its answer).
     pub async fn click(&self, text: &str) {
-        self.button(text).await.click().await;
+        let button = self.button(text).await;
+        self.execute("window.__before_click = true; return null", json!([]))
+            .await;
+        button.click().await;
+        self.wait_for_next_page().await;
+    }
+
+    /// Waits until the page marked before a click is gone and the new one has loaded.
+    pub async fn wait_for_next_page(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let loaded = json!({
+            "script": "return window.__before_click === undefined && document.readyState === 'complete'",
+            "args": [],
+        });
+        loop {
+            // A script run while the old document unloads may fail: that is "not yet".
+            let answer: Option<Value> = match self
+                .http
+                .post(format!("{}/execute/sync", self.session))
+                .json(&loaded)
+                .send()
+                .await
+            {
+                Ok(response) => response.json().await.ok(),
+                Err(_) => None,
+            };
+            if answer.is_some_and(|a| a["value"] == json!(true)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the click loaded no new page at {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// The form control labelled `label` (its `<label for>`; the text may go on, as in a hint).
