@@ -205,7 +205,32 @@ async fn an_earlier_events_queue_works_and_is_migrated_without_loss(version: &st
     assert!(again.stdout.contains("nothing to migrate"), "{again:?}");
 
     service.restart().await;
-    receiver.wait_distinct(ids.len(), PATIENCE).await;
+    if tokio::time::timeout(PATIENCE, receiver.wait_distinct(ids.len(), PATIENCE * 2))
+        .await
+        .is_err()
+    {
+        // What the service was doing, for a failure that is rare: stalled or lost?
+        let metrics = service.metrics().await;
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("deferred")
+                        || l.contains("intake_waiting")
+                        || l.contains("in_flight")
+                        || l.contains("queue_messages")
+                        || l.contains("parked")
+                        || l.contains("outcome=\"success\""))
+            })
+            .collect();
+        panic!(
+            "after the migration only {} of {} distinct deliveries arrived ({} requests); the service's metrics:\n{}",
+            receiver.distinct(),
+            ids.len(),
+            receiver.total(),
+            lines.join("\n")
+        );
+    }
     let counts = receiver.counts();
     let lost = ids.iter().filter(|id| !counts.contains_key(*id)).count();
     let duplicates: u32 = counts.values().map(|n| n - 1).sum();

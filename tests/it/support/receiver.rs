@@ -207,14 +207,21 @@ impl CountingReceiver {
         self.state.per_id.lock().unwrap().clone()
     }
 
-    /// Waits until `n` distinct ids arrived.
+    /// Waits until `n` distinct ids arrived; a timeout says how many did (and how many requests
+    /// there were), so a failure tells a stall from a loss.
     pub async fn wait_distinct(&self, n: usize, limit: Duration) {
-        wait_until(
-            &format!("{n} distinct deliveries at {}", self.url),
-            limit,
-            || async { self.distinct() >= n },
-        )
-        .await;
+        let deadline = Instant::now() + limit;
+        while self.distinct() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {n} distinct deliveries at {}: {} distinct arrived, {} requests, {} in progress",
+                self.url,
+                self.distinct(),
+                self.total(),
+                self.in_progress()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
