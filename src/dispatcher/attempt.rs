@@ -9,12 +9,13 @@ use crate::delivery::{AttemptRecord, Outcome};
 use crate::event::EventKind;
 use crate::retry;
 use crate::subscriptions::Subscription;
-use crate::wire::EventRef;
+use crate::wire::{DeadLetter, EventRef, Reason};
 
 impl Dispatcher {
     /// One attempt of `ev` to `sub` (its earlier `attempts` and `deferrals` carried along), then
     /// the next step — or, when the endpoint already has its fill of attempts in flight, a
-    /// deferral.
+    /// deferral. A disabled subscription gets no attempt: the delivery is kept in the delivery
+    /// log as `subscription_disabled` (replayable once it is enabled again).
     pub(super) async fn deliver(
         &self,
         ev: &EventRef<'_>,
@@ -22,6 +23,16 @@ impl Dispatcher {
         mut attempts: Vec<AttemptRecord>,
         deferrals: u32,
     ) -> Result<(), HandleError> {
+        if !sub.enabled {
+            let dead = DeadLetter::given_up(
+                ev,
+                &sub.id,
+                Some(&sub.url),
+                attempts,
+                Reason::SubscriptionDisabled,
+            );
+            return self.dead_letter(&dead).await;
+        }
         // The global permit first: a delivery holding its endpoint's slot must never sit waiting
         // for a global permit, or busy-but-healthy endpoints (a fan-out) would look stuck.
         let permit = self.limit.acquire().await.expect("semaphore never closed");

@@ -41,21 +41,7 @@ impl Dispatcher {
             event: event.kind.as_str(),
             body: &event.body,
         };
-        let results = join_all(subs.iter().map(|sub| async {
-            if sub.auto_disabled() {
-                // Kept, not dropped: replayable once the subscription is enabled again.
-                let dead = DeadLetter::given_up(
-                    &ev,
-                    &sub.id,
-                    Some(&sub.url),
-                    Vec::new(),
-                    Reason::SubscriptionDisabled,
-                );
-                return self.dead_letter(&dead).await;
-            }
-            self.deliver(&ev, sub, Vec::new(), 0).await
-        }))
-        .await;
+        let results = join_all(subs.iter().map(|sub| self.deliver(&ev, sub, Vec::new(), 0))).await;
         results.into_iter().collect()
     }
 
@@ -101,12 +87,18 @@ impl Dispatcher {
             event: &event,
             body: &body,
         };
-        let (url, reason) = match sub {
-            Some(sub) if sub.enabled => return self.deliver(&ev, &sub, attempts, deferrals).await,
-            Some(sub) => (Some(sub.url.clone()), Reason::SubscriptionDisabled),
-            None => (None, Reason::SubscriptionDeleted),
-        };
-        let dead = DeadLetter::given_up(&ev, &subscription_id, url.as_deref(), attempts, reason);
-        self.dead_letter(&dead).await
+        match sub {
+            Some(sub) => self.deliver(&ev, &sub, attempts, deferrals).await,
+            None => {
+                let dead = DeadLetter::given_up(
+                    &ev,
+                    &subscription_id,
+                    None,
+                    attempts,
+                    Reason::SubscriptionDeleted,
+                );
+                self.dead_letter(&dead).await
+            }
+        }
     }
 }
