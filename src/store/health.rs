@@ -2,6 +2,8 @@
 //! (each replica adds its counts every few seconds), the latest attempt and success, and what the
 //! automatic-disable rule reads.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -74,12 +76,49 @@ pub struct EndpointFigures {
     pub failing_since: Option<String>,
 }
 
-fn latency_columns() -> String {
-    (0..LATENCY_BUCKETS)
+/// Adds one replica's minute counts to the stored ones (built once: the columns are fixed).
+static UPSERT_MINUTE: LazyLock<String> = LazyLock::new(|| {
+    let columns = (0..LATENCY_BUCKETS)
         .map(|i| format!("lat_{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+        .collect::<Vec<_>>();
+    let placeholders = (0..LATENCY_BUCKETS)
+        .map(|i| format!("${}", i + 5))
+        .collect::<Vec<_>>();
+    let sums = columns
+        .iter()
+        .map(|c| format!("{c} = endpoint_minutes.{c} + excluded.{c}"))
+        .collect::<Vec<_>>();
+    format!(
+        "INSERT INTO endpoint_minutes (subscription_id, minute, attempts, successes, {}) \
+         VALUES ($1, $2, $3, $4, {}) \
+         ON CONFLICT (subscription_id, minute) DO UPDATE SET \
+         attempts = endpoint_minutes.attempts + excluded.attempts, \
+         successes = endpoint_minutes.successes + excluded.successes, {}",
+        columns.join(", "),
+        placeholders.join(", "),
+        sums.join(", ")
+    )
+});
+
+/// One subscription's minute counts summed over the last day (`minute > $3`), and over the last
+/// hour (`minute > $2`) with the latency buckets: one pass over its rows.
+static SUM_MINUTES: LazyLock<String> = LazyLock::new(|| {
+    let hour = |column: &str| {
+        format!("CAST(COALESCE(SUM(CASE WHEN minute > $2 THEN {column} ELSE 0 END), 0) AS BIGINT)")
+    };
+    let latency = (0..LATENCY_BUCKETS)
+        .map(|i| format!("{} AS lat_{i}", hour(&format!("lat_{i}"))))
+        .collect::<Vec<_>>();
+    format!(
+        "SELECT {} AS hour_attempts, {} AS hour_successes, \
+         CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS day_attempts, \
+         CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS day_successes, {} \
+         FROM endpoint_minutes WHERE subscription_id = $1 AND minute > $3",
+        hour("attempts"),
+        hour("successes"),
+        latency.join(", ")
+    )
+});
 
 impl Store {
     /// Adds one replica's counts and state changes, in one transaction.
@@ -89,24 +128,8 @@ impl Store {
         states: &[(String, StateChange)],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let lat = latency_columns();
-        let placeholders = (0..LATENCY_BUCKETS)
-            .map(|i| format!("${}", i + 5))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sums = (0..LATENCY_BUCKETS)
-            .map(|i| format!("lat_{i} = endpoint_minutes.lat_{i} + excluded.lat_{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let upsert = format!(
-            "INSERT INTO endpoint_minutes (subscription_id, minute, attempts, successes, {lat}) \
-             VALUES ($1, $2, $3, $4, {placeholders}) \
-             ON CONFLICT (subscription_id, minute) DO UPDATE SET \
-             attempts = endpoint_minutes.attempts + excluded.attempts, \
-             successes = endpoint_minutes.successes + excluded.successes, {sums}"
-        );
         for (id, minute, counts) in minutes {
-            let mut query = sqlx::query(AssertSqlSafe(upsert.clone()))
+            let mut query = sqlx::query(AssertSqlSafe(UPSERT_MINUTE.as_str()))
                 .bind(id)
                 .bind(minute)
                 .bind(counts.attempts)
@@ -163,36 +186,26 @@ impl Store {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<EndpointFigures, StoreError> {
-        let lat = (0..LATENCY_BUCKETS)
-            .map(|i| format!("CAST(COALESCE(SUM(lat_{i}), 0) AS BIGINT) AS lat_{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let since = |minutes: i64| minute_of(now - chrono::Duration::minutes(minutes));
-        let hour = sqlx::query(AssertSqlSafe(format!(
-            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS attempts, \
-             CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS successes, {lat} \
-             FROM endpoint_minutes WHERE subscription_id = $1 AND minute > $2"
-        )))
-        .bind(id)
-        .bind(since(60))
-        .fetch_one(&self.pool)
-        .await?;
-        let day = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS attempts, \
-             CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS successes \
-             FROM endpoint_minutes WHERE subscription_id = $1 AND minute > $2",
-        )
-        .bind(id)
-        .bind(since(24 * 60))
-        .fetch_one(&self.pool)
-        .await?;
+        let sums = sqlx::query(AssertSqlSafe(SUM_MINUTES.as_str()))
+            .bind(id)
+            .bind(since(60))
+            .bind(since(24 * 60))
+            .fetch_one(&self.pool)
+            .await?;
         let mut figures = EndpointFigures {
-            last_hour: (hour.try_get("attempts")?, hour.try_get("successes")?),
-            last_day: (day.try_get("attempts")?, day.try_get("successes")?),
+            last_hour: (
+                sums.try_get("hour_attempts")?,
+                sums.try_get("hour_successes")?,
+            ),
+            last_day: (
+                sums.try_get("day_attempts")?,
+                sums.try_get("day_successes")?,
+            ),
             ..EndpointFigures::default()
         };
         for (i, slot) in figures.latency.iter_mut().enumerate() {
-            *slot = hour.try_get(format!("lat_{i}").as_str())?;
+            *slot = sums.try_get(format!("lat_{i}").as_str())?;
         }
         let state = sqlx::query(
             "SELECT last_attempt_at, last_status, last_error, last_success_at, exhausted, failing_since \
