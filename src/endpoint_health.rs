@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::Announcer;
+use crate::config::HealthSettings;
 use crate::delivery::AttemptRecord;
 use crate::metrics::Metrics;
 use crate::operator::Notifier;
@@ -123,6 +124,15 @@ impl EndpointHealth {
                 state.failing_since = old.state.failing_since.or(state.failing_since.take());
             }
             newer.exhausted_seen |= old.exhausted_seen;
+        }
+    }
+}
+
+impl From<&HealthSettings> for Rule {
+    fn from(settings: &HealthSettings) -> Rule {
+        Rule {
+            min_failures: settings.auto_disable_min_failures,
+            after: settings.auto_disable_after,
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::broker::Publisher;
-use crate::delivery::SigningKey;
+use crate::config::HealthSettings;
 use crate::seal::Keyring;
 use crate::store::health::EndpointFigures;
 use crate::subscriptions::{EventSet, Subscription};
@@ -31,9 +31,15 @@ pub const SUBSCRIPTION_ID: &str = "operator";
 /// The operational events.
 pub const EVENTS: [&str; 2] = ["endpoint.disabled", "endpoint.enabled"];
 
-/// The operator's webhook as a subscription the dispatcher can deliver to.
-pub fn subscription(url: &url::Url, secret: &SigningKey) -> Subscription {
-    Subscription {
+/// The operator's webhook as a subscription the dispatcher can deliver to, when one is set.
+pub fn subscription(settings: &HealthSettings) -> Option<Subscription> {
+    let (Some(url), Some(secret)) = (
+        &settings.operator_webhook_url,
+        &settings.operator_webhook_secret,
+    ) else {
+        return None;
+    };
+    Some(Subscription {
         id: SUBSCRIPTION_ID.to_string(),
         account_id: String::new(),
         url: url.to_string(),
@@ -47,7 +53,7 @@ pub fn subscription(url: &url::Url, secret: &SigningKey) -> Subscription {
         parsed_url: url.clone(),
         created_at: String::new(),
         updated_at: String::new(),
-    }
+    })
 }
 
 /// Sends operational events.

@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod background;
+
 use crate::activity::Activity;
 use crate::api::{self, ApiState};
 use crate::broker::{Broker, CLOSE_TIMEOUT, Consuming, Session, TASK_CONFIRM_TIMEOUT, Topology};
@@ -29,9 +31,6 @@ use crate::portal::{self, Portal};
 use crate::seal::Keyring;
 use crate::store::Store;
 use crate::subscriptions::Directory;
-
-/// How often queues are sampled into `webhook_queue_messages` and `webhook_queue_consumers`.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct App {
     cfg: Config,
@@ -69,13 +68,7 @@ impl App {
                 .await
                 .context("loading the message keys")?,
         );
-        let operator = match (
-            &cfg.health.operator_webhook_url,
-            &cfg.health.operator_webhook_secret,
-        ) {
-            (Some(url), Some(secret)) => Some(crate::operator::subscription(url, secret)),
-            _ => None,
-        };
+        let operator = crate::operator::subscription(&cfg.health);
         let directory = Arc::new(Directory::new(Arc::new(store.clone())).with_operator(operator));
         directory.refresh().await.context("loading subscriptions")?;
         let broker = Broker::new(&cfg.amqp, Topology::new(&cfg), cfg.prefetch)?;
@@ -181,10 +174,7 @@ impl App {
             Flusher {
                 health: self.health.clone(),
                 store: self.store.clone(),
-                rule: Rule {
-                    min_failures: self.cfg.health.auto_disable_min_failures,
-                    after: self.cfg.health.auto_disable_after,
-                },
+                rule: Rule::from(&self.cfg.health),
                 announcer: announcer.clone(),
                 notifier: notifier.clone(),
                 metrics: self.metrics.clone(),
@@ -220,7 +210,7 @@ impl App {
             tracing::warn!("ADMIN_TOKEN is shorter than 16 characters; use a long random token");
         }
 
-        let refresher = tokio::spawn(refresh(
+        let refresher = tokio::spawn(background::refresh(
             self.directory.clone(),
             self.keys.clone(),
             self.cfg.subscription_refresh,
@@ -374,7 +364,10 @@ impl App {
             stop.clone(),
         );
         let publisher = self.broker.publisher.clone();
-        let sampler = tokio::spawn(sample_queues(self.broker.clone(), self.metrics.clone()));
+        let sampler = tokio::spawn(background::sample_queues(
+            self.broker.clone(),
+            self.metrics.clone(),
+        ));
         tokio::select! {
             _ = dispatch => {}
             _ = log => {}
@@ -383,42 +376,5 @@ impl App {
         }
         stop.cancel();
         sampler.abort();
-    }
-}
-
-/// Samples every queue's ready messages and consumers. The consumer count is the broker's, so
-/// it includes other instances: 0 on the events queue means nobody delivers.
-async fn sample_queues(broker: Broker, metrics: Metrics) {
-    loop {
-        for queue in broker.topology.queues() {
-            match broker.queue_counts(queue).await {
-                Ok(Some(counts)) => metrics.queue_sampled(queue, counts.ready, counts.consumers),
-                Ok(None) => tracing::warn!(queue, "queue sampling: the queue does not exist"),
-                Err(e) => tracing::warn!(error = %e, queue, "queue sampling failed"),
-            }
-        }
-        tokio::time::sleep(SAMPLE_EVERY).await;
-    }
-}
-
-/// Reloads the subscription index and the message keys periodically, picking up changes made by
-/// other instances.
-async fn refresh(
-    directory: Arc<Directory>,
-    keys: Arc<Keyring>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Err(e) = directory.refresh().await {
-            tracing::warn!(error = %e, "subscription refresh failed; keeping the last index");
-        }
-        if let Err(e) = keys.reload().await {
-            tracing::warn!(error = %e, "message key refresh failed; keeping the last keys");
-        }
     }
 }

@@ -330,4 +330,3 @@ fn record_view(session: &Session, record: &DeliveryLog, message: Option<Markup>)
         pre { code { (payload) } }
     }
 }
-

@@ -133,7 +133,10 @@ pub(super) fn deliveries(n: usize) -> String {
     }
 }
 
-pub(super) async fn replay_all(State(state): State<ApiState>, Change { session, form }: Change) -> Response {
+pub(super) async fn replay_all(
+    State(state): State<ApiState>,
+    Change { session, form }: Change,
+) -> Response {
     let q = LogQuery::from_form(&form);
     let selection = match selection(&q, &session) {
         Ok(selection) => selection,
