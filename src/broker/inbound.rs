@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use tokio_util::sync::CancellationToken;
 
@@ -90,13 +90,13 @@ impl Inbound {
         settle(self.delivery.acker.ack(BasicAckOptions::default())).await
     }
 
-    /// Hands it back to its queue; bounded like [`Inbound::ack`].
+    /// Hands it back to its queue as a failed delivery; bounded like [`Inbound::ack`].
+    /// `basic.reject`, not `basic.nack`: RabbitMQ 4 counts only a reject toward a quorum queue's
+    /// `x-delivery-limit` (a nack is "not processed" and is not counted), and `DELIVERY_LIMIT` is
+    /// what ends a message that can never be handed on. RabbitMQ 3 counts both.
     pub async fn requeue(&self) -> bool {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        settle(self.delivery.acker.nack(requeue)).await
+        let requeue = BasicRejectOptions { requeue: true };
+        settle(self.delivery.acker.reject(requeue)).await
     }
 
     /// Its body and properties, to publish it again unchanged (queue migration).

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
@@ -305,13 +305,12 @@ async fn a_message_handed_back_past_the_delivery_limit_is_logged_as_delivery_lim
             .unwrap();
         match got {
             Some(message) => {
+                // A reject, as the service's own requeue sends: RabbitMQ 4 does not count a
+                // nack toward the limit.
                 message
                     .delivery
                     .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
+                    .reject(BasicRejectOptions { requeue: true })
                     .await
                     .unwrap();
                 handed_back += 1;
