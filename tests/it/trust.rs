@@ -425,14 +425,14 @@ impl BrokerUser {
 
 impl Drop for BrokerUser {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let _ = shared_rabbitmqctl()
             .args(["delete_user", &self.name])
             .output();
     }
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
+    let out = shared_rabbitmqctl()
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("rabbitmqctl could not run ({e}): this test needs the RabbitMQ CLI next to the shared broker"));

@@ -3,18 +3,19 @@
 //! runs on what it imported.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 use super::read;
+use crate::support::shared_rabbitmqctl;
 use crate::support::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
 use crate::support::{PATIENCE, Receiver, amqp_url, metric_sum, test_config, unique, wait_until};
 
 /// `rabbitmqctl` against the shared node, failing with the command's output.
 fn rabbitmqctl(args: &[&str]) -> Output {
-    let out = Command::new("rabbitmqctl")
+    let out = shared_rabbitmqctl()
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -64,7 +65,7 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let deleted = Command::new("rabbitmqctl")
+        let deleted = shared_rabbitmqctl()
             .args(["delete_vhost", &self.0])
             .stdin(Stdio::null())
             .output();

@@ -1,4 +1,5 @@
-//! What every test shares: the broker's URL, unique names, free ports, bounded waits.
+//! What every test shares: unique names, free ports, bounded waits (the broker's and PostgreSQL's
+//! URLs are `stand_in`'s).
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -6,10 +7,6 @@ use std::time::{Duration, Instant};
 
 /// Upper bound for any wait in a test that is not about timing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// Fails fast with instructions when no broker answers, instead of hanging.
 pub(crate) async fn require_broker(url: &str) {

@@ -1,6 +1,7 @@
 //! What the tests stand on: the service in-process (`app`) or as a child process (`process`,
-//! `process_api`, `cli_run`), a private RabbitMQ node (`private_broker`), the test's own side of
-//! the shared broker (`broker`, `proxy`), HTTP receivers (`receiver`), fixtures, metrics and
+//! `process_api`, `cli_run`), a private RabbitMQ node (`private_broker`), the shared broker and
+//! PostgreSQL, started here when none answers (`stand_in`), the test's own side of the shared
+//! broker (`broker`, `proxy`), HTTP receivers (`receiver`), fixtures, metrics and
 //! bounded waits (`env`). The benchmark reuses them.
 
 mod app;
@@ -20,6 +21,7 @@ mod process_api;
 mod proxy;
 mod receiver;
 mod report;
+mod stand_in;
 mod store_lock;
 
 pub use app::*;
@@ -37,4 +39,5 @@ pub use process::*;
 pub use proxy::*;
 pub use receiver::*;
 pub use report::*;
+pub use stand_in::*;
 pub use store_lock::*;

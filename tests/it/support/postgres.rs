@@ -1,14 +1,9 @@
-//! A PostgreSQL database of a test's own, on the server at `POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped with its connections at the end.
+//! A PostgreSQL database of a test's own, on the server the tests share ([`admin_url`]), dropped
+//! with its connections at the end.
 
 use sqlx::Connection;
 
-use super::unique;
-
-pub fn admin_url() -> String {
-    std::env::var("POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+use super::{admin_url, unique};
 
 /// A database of this test's own, dropped (with its connections) when this is dropped.
 pub struct TempDatabase {
@@ -19,12 +14,9 @@ pub struct TempDatabase {
 impl TempDatabase {
     pub async fn create() -> TempDatabase {
         let admin = admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!(
-                "no PostgreSQL at POSTGRES_URL={admin} ({e}). This test needs one (the service's \
-                 shared store): start it, set POSTGRES_URL, or skip the tests that need it (`cargo test -- --skip postgres_store --skip replicas`)."
-            )
-        });
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("the PostgreSQL at {admin} answered the probe, then: {e}"));
         let name = unique("pg").replace('-', "_");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)

@@ -108,17 +108,23 @@ impl PrivateBroker {
             sleep 2
             rm -rf "$2"
         "#;
-        Command::new("/bin/sh")
-            .args(["-c", SCRIPT, "wdtest-watchdog"])
-            .arg(std::process::id().to_string())
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("watchdog starts")
+        spawn_watchdog(SCRIPT, &[self.dir.as_os_str()])
     }
+}
+
+/// Runs the shell `script` with this test process's pid as `$1` and `args` after it, in a
+/// process group of its own (a ctrl-c on the terminal does not take it down with the tests).
+pub(super) fn spawn_watchdog(script: &str, args: &[&std::ffi::OsStr]) -> Child {
+    Command::new("/bin/sh")
+        .args(["-c", script, "wdtest-watchdog"])
+        .arg(std::process::id().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("watchdog starts")
 }
 
 pub(super) fn signal_group(group: i32, signal: i32) {
