@@ -1,6 +1,7 @@
 # Build stage: compile the release binary. Dependencies are built in their own layer so a code
-# change does not rebuild them.
-FROM rust:1-bookworm AS build
+# change does not rebuild them. The toolchain is pinned (CI builds with the same one); it must
+# be at least Cargo.toml's rust-version, which tests/it/deploy checks.
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # Placeholders for every target Cargo.toml declares (cargo refuses a manifest whose bench or test

@@ -2,15 +2,17 @@
 """Validates the manifests in deploy/kubernetes (run by .ci/run).
 
 - Built-in kinds: kubernetes-validate's Kubernetes 1.37 schemas, strict (unknown fields fail).
-- Custom resources (not in those schemas): ServiceMonitor and PrometheusRule (prometheus-operator),
-  ScaledObject and TriggerAuthentication (KEDA, in autoscaling/) and RabbitmqCluster (the RabbitMQ
+- Custom resources (not in those schemas): ServiceMonitor and PrometheusRule (prometheus-operator,
+  in monitoring/), ScaledObject and TriggerAuthentication (KEDA, in autoscaling/) and RabbitmqCluster (the RabbitMQ
   Cluster Operator, in rabbitmq/), against the openAPIV3Schema of their CRDs vendored in
   deploy/kubernetes/schemas/, made strict the same way (an object with declared properties accepts
   no others, as the API server's strict field validation does); their metadata against the
   Kubernetes ObjectMeta schema.
-- Each folder's kustomization.yaml (the base, and the autoscaling component and the rabbitmq
-  kustomization beside it): every manifest in the folder is either a listed resource or the
-  Secret template, every listed resource exists; the base's image name is its Deployments'.
+- Each folder's kustomization.yaml (the base, and the monitoring and autoscaling components and
+  the rabbitmq kustomization beside it): every manifest in the folder is either a listed resource
+  or the Secret template, every listed resource exists; the base's image name is its
+  Deployments'; the base holds built-in kinds only, so it applies on a cluster without any
+  operator.
 - Across folders: the ScaledObject scales a Deployment of the base and watches the events queue
   of the ConfigMap's QUEUE_PREFIX; the TriggerAuthentication reads the base's Secret.
 
@@ -60,7 +62,7 @@ CUSTOM = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): ("rabbitmqcluster-v1beta1.yaml", "RabbitMQ Cluster Operator 2.22.3 CRD schema"),
 }
 # Folders beside the base, each with its own kustomization.yaml.
-EXTRA_FOLDERS = ["autoscaling", "rabbitmq"]
+EXTRA_FOLDERS = ["monitoring", "autoscaling", "rabbitmq"]
 
 
 def custom_errors(validator, doc):
@@ -118,6 +120,8 @@ def main(folder):
             what = f"{shown}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
             key = (doc.get("apiVersion"), doc.get("kind"))
             docs_by_kind.setdefault(doc.get("kind"), []).append((where, doc))
+            if key in CUSTOM and where == root:
+                failures.append(f"{what}: the base holds an operator's kind, which a cluster without it refuses")
             if key in CUSTOM:
                 found[key].append(doc)
                 errors = custom_errors(validators[key], doc)

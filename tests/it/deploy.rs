@@ -9,13 +9,15 @@
 //! `prometheus` package, which `.ci/run` installs).
 //! One file per part: `definitions` (RabbitMQ topology), `promql` (alerts, dashboard queries,
 //! runbook links), `monitoring` (a real Prometheus on the real service and broker), `labels`
-//! (bounded label values, histogram buckets the alerts read) and `files` (compose mounts, the
-//! dashboard's data source, grace periods, the Kubernetes files).
+//! (bounded label values, histogram buckets the alerts read), `files` (compose mounts, the
+//! dashboard's data source, grace periods, the Kubernetes files) and `first_run` (what a new user
+//! meets: hostnames, published ports, operator kinds, the build image and rust-version).
 
 use std::path::{Path, PathBuf};
 
 mod definitions;
 mod files;
+mod first_run;
 mod labels;
 mod monitoring;
 mod promql;
