@@ -30,6 +30,10 @@ struct Node {
     shown: String,
 }
 
+/// `P.dead`'s prefetch: what the DLQ logger may hold unacked, two of its batches, so the next
+/// batch arrives while one commits.
+pub const DEAD_PREFETCH: u16 = 1024;
+
 /// The connection pools (one per node) plus everything needed to open a [`Session`].
 #[derive(Clone)]
 pub struct Broker {
@@ -129,7 +133,7 @@ impl Broker {
         };
         let dead = if consuming.dead {
             let (channel, consumer) = self
-                .consume(&self.topology.dead, 64, "webhook-dispatcher-dlq")
+                .consume(&self.topology.dead, DEAD_PREFETCH, "webhook-dispatcher-dlq")
                 .await?;
             channels.push((channel, Some(consumer.clone())));
             Some(consumer)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::ShortString;
@@ -90,6 +90,15 @@ impl Inbound {
         settle(self.delivery.acker.ack(BasicAckOptions::default())).await
     }
 
+    /// Acks it and every message delivered before it on its channel that is not settled yet
+    /// (`multiple`): one frame for a whole batch. Only for a consumer whose channel carries
+    /// nothing else, whose earlier messages are all in the batch or settled. Bounded like
+    /// [`Inbound::ack`].
+    pub async fn ack_through(&self) -> bool {
+        let through = BasicAckOptions { multiple: true };
+        settle(self.delivery.acker.ack(through)).await
+    }
+
     /// Hands it back to its queue as a failed delivery; bounded like [`Inbound::ack`].
     /// `basic.reject`, not `basic.nack`: RabbitMQ 4 counts only a reject toward a quorum queue's
     /// `x-delivery-limit` (a nack is "not processed" and is not counted), and `DELIVERY_LIMIT` is
@@ -138,6 +147,15 @@ impl Consumer {
                 tracing::warn!(error = %e, consumer = what, "consumer failed");
                 None
             }
+        }
+    }
+
+    /// A message the broker has already handed over, without waiting for one; `None` when none
+    /// is there yet (or the consumer ended: the next [`Consumer::next_until`] says so).
+    pub fn ready_now(&mut self) -> Option<Inbound> {
+        match self.inner.next().now_or_never() {
+            Some(Some(Ok(delivery))) => Some(Inbound::new(delivery)),
+            _ => None,
         }
     }
 

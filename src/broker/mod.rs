@@ -13,7 +13,7 @@ pub mod queues;
 mod session;
 pub mod topology;
 
-pub use connection::{Broker, CLOSE_TIMEOUT};
+pub use connection::{Broker, CLOSE_TIMEOUT, DEAD_PREFETCH};
 pub use frame::{Death, dead_letter_message, event_props, task_message};
 pub use inbound::{Consumer, Inbound};
 pub use publish::{Publisher, Route, TASK_CONFIRM_TIMEOUT};

@@ -1,8 +1,11 @@
-//! The DLQ logger: consumes `P.dead` and commits each dead letter to the delivery log before
-//! acking it. While the store is down it keeps retrying and holds the message unacked, so the
-//! dead letters stay in `P.dead` until they are safely stored. `webhook-dispatcher dlq drain`
-//! stores through the same [`Logger::store_and_ack`]. Only a dead letter whose seal verifies is
-//! believed ([`Logger::record_of`]).
+//! The DLQ logger: consumes `P.dead` and commits dead letters to the delivery log in batches
+//! (whatever has arrived, up to [`BATCH`], in one transaction) before acking them with one
+//! `multiple` ack. While the store is down it keeps retrying the batch and holds it unacked, so
+//! the dead letters stay in `P.dead` until they are safely stored. Storing is idempotent (keyed
+//! by the dead letter's id), so a batch delivered again after a lost ack is stored once.
+//! `webhook-dispatcher dlq drain` stores through the same [`Logger::store_and_ack`], one
+//! message at a time. Only a dead letter whose seal verifies is believed
+//! ([`Logger::record_of`]).
 
 mod record;
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Consumer, Inbound};
+use crate::broker::{Consumer, DEAD_PREFETCH, Inbound};
 use crate::event::EventKind;
 use crate::metrics::Metrics;
 use crate::seal::Keyring;
@@ -29,15 +32,41 @@ pub struct Logger {
     pub events_queue: String,
 }
 
+/// The most dead letters committed in one transaction: half of what the logger may hold
+/// unacked ([`DEAD_PREFETCH`]). Under a full-rate outage batches fill up while the previous one
+/// commits; at a trickle each dead letter is stored on its own at once.
+pub const BATCH: usize = DEAD_PREFETCH as usize / 2;
+
 pub async fn run(mut consumer: Consumer, logger: Logger, stop: CancellationToken) {
-    while let Some(message) = consumer.next_until(&stop, "dead letters").await {
-        logger
-            .store_and_ack(&message, &stop, Patience::UNTIL_STOPPED)
+    while let Some(first) = consumer.next_until(&stop, "dead letters").await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match consumer.ready_now() {
+                Some(message) => batch.push(message),
+                None => break,
+            }
+        }
+        let stored = logger
+            .store_batch_and_ack(&batch, &stop, Patience::UNTIL_STOPPED)
             .await;
+        if let Err(Stored::Stopped) = stored {
+            return;
+        }
     }
 }
 
-/// What became of one message from `P.dead`.
+/// A batch committed (and acked, unless `ack_failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Records the batch added to the store.
+    pub new: usize,
+    /// Messages whose record was already there (redelivered copies).
+    pub duplicates: usize,
+    /// The ack failed: the broker delivers the batch again, and it is stored once.
+    pub ack_failed: bool,
+}
+
+/// What became of one message from `P.dead` ([`Logger::store_and_ack`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// Committed to the store, then acked.
@@ -78,61 +107,94 @@ impl Logger {
         stop: &CancellationToken,
         patience: Patience<'_>,
     ) -> Stored {
-        let record = self.record_of(message).await;
-        let dead = record.dead.sanitized();
+        match self
+            .store_batch_and_ack(std::slice::from_ref(message), stop, patience)
+            .await
+        {
+            Ok(done) if done.ack_failed => Stored::AckFailed,
+            Ok(done) if done.new == 1 => Stored::New,
+            Ok(_) => Stored::Duplicate,
+            Err(not_acked) => not_acked,
+        }
+    }
+
+    /// Commits the records of `messages` in one transaction (retrying while the store fails,
+    /// until `stop` or as `patience` says), and only then acks them all with one `multiple`
+    /// ack on the last: `messages` must be every unsettled message of their channel, in
+    /// delivery order. `Err` is [`Stored::Stopped`] or [`Stored::GaveUp`]: nothing acked.
+    pub async fn store_batch_and_ack(
+        &self,
+        messages: &[Inbound],
+        stop: &CancellationToken,
+        patience: Patience<'_>,
+    ) -> Result<Committed, Stored> {
+        let Some(last) = messages.last() else {
+            return Ok(Committed {
+                new: 0,
+                duplicates: 0,
+                ack_failed: false,
+            });
+        };
+        let mut records = Vec::with_capacity(messages.len());
+        for message in messages {
+            let record = self.record_of(message).await;
+            let dead = record.dead.sanitized();
+            records.push((dead, record.trust, record.broker_made));
+        }
+        let rows: Vec<(&DeadLetter, Trust)> = records.iter().map(|(d, t, _)| (d, *t)).collect();
         let mut wait = Duration::from_millis(100);
         let started = tokio::time::Instant::now();
         let log = patience.log;
-        loop {
-            match self.store.insert_dead_letter(&dead, record.trust).await {
-                Ok(inserted) => {
-                    if inserted {
-                        let trusted = record.trust == Trust::Verified;
-                        self.metrics.dead_letter_persisted(
-                            &dead.id,
-                            &dead.event_id,
-                            &dead.reason,
-                            trusted,
-                        );
-                        if record.broker_made {
-                            self.metrics.dead_lettered(event_label(&dead), &dead.reason);
-                        }
-                    } else {
-                        tracing::debug!(id = %dead.id, "dead letter already persisted");
-                    }
-                    if !message.ack().await {
-                        log(&|| {
-                            self.metrics.ack_failed(
-                                "a persisted dead letter (its redelivery is stored once, same id)",
-                            )
-                        });
-                        return Stored::AckFailed;
-                    }
-                    return if inserted {
-                        Stored::New
-                    } else {
-                        Stored::Duplicate
-                    };
-                }
+        let inserted = loop {
+            match self.store.insert_dead_letters(&rows).await {
+                Ok(inserted) => break inserted,
                 Err(e) => {
                     if let Some(limit) = patience.give_up_after {
                         let left = limit.saturating_sub(started.elapsed());
                         if left.is_zero() {
-                            return Stored::GaveUp(e.to_string());
+                            return Err(Stored::GaveUp(e.to_string()));
                         }
                         wait = wait.min(left);
                     }
                     log(
-                        &|| tracing::error!(error = %e, id = %dead.id, retry_in = ?wait, "cannot persist dead letter; keeping it in the queue"),
+                        &|| tracing::error!(error = %e, dead_letters = rows.len(), first = %rows[0].0.id, retry_in = ?wait, "cannot persist dead letters; keeping them in the queue"),
                     );
                     tokio::select! {
-                        _ = stop.cancelled() => return Stored::Stopped,
+                        _ = stop.cancelled() => return Err(Stored::Stopped),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        let mut done = Committed {
+            new: 0,
+            duplicates: 0,
+            ack_failed: false,
+        };
+        for ((dead, trust, broker_made), new) in records.iter().zip(inserted) {
+            if !new {
+                done.duplicates += 1;
+                tracing::debug!(id = %dead.id, "dead letter already persisted");
+                continue;
+            }
+            done.new += 1;
+            let trusted = *trust == Trust::Verified;
+            self.metrics
+                .dead_letter_persisted(&dead.id, &dead.event_id, &dead.reason, trusted);
+            if *broker_made {
+                self.metrics.dead_lettered(event_label(dead), &dead.reason);
+            }
         }
+        if !last.ack_through().await {
+            log(&|| {
+                self.metrics.ack_failed(
+                    "persisted dead letters (their redelivery is stored once, same ids)",
+                )
+            });
+            done.ack_failed = true;
+        }
+        Ok(done)
     }
 }
 

@@ -195,6 +195,44 @@ fn stored_letter(event: Option<&str>) -> webhook_dispatcher::wire::DeadLetter {
     }
 }
 
+#[tokio::test]
+async fn a_batch_of_dead_letters_is_stored_whole_and_once_on_sqlite_and_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    batch_on(&sqlite_url(&dir.path().join("store.db"))).await;
+    let db = TempDatabase::create().await;
+    batch_on(&db.url).await;
+    drop(db);
+}
+
+/// More than one multi-row INSERT's worth, with a record already stored and a copy within the
+/// batch: each new record is stored once and reported new once, every copy as a duplicate.
+async fn batch_on(url: &str) {
+    use webhook_dispatcher::store::{Store, Trust};
+    let store = Store::connect(url).await.expect("store");
+    let letters: Vec<_> = (0..300).map(|_| stored_letter(Some("purchase"))).collect();
+    assert!(
+        store
+            .insert_dead_letter(&letters[7], Trust::Verified)
+            .await
+            .unwrap()
+    );
+    let mut batch: Vec<_> = letters.iter().map(|l| (l, Trust::Verified)).collect();
+    batch.push((&letters[250], Trust::Verified)); // redelivered within the batch
+    let inserted = store.insert_dead_letters(&batch).await.unwrap();
+    assert_eq!(inserted.len(), 301, "{url}");
+    assert_eq!(inserted.iter().filter(|new| **new).count(), 299, "{url}");
+    assert!(!inserted[7] && inserted[250] && !inserted[300], "{url}");
+    let counts = store.count_delivery_logs().await.unwrap();
+    assert_eq!(counts.total, 300, "{url}");
+    let kept = store.delivery_log(&letters[299].id).await.unwrap().unwrap();
+    assert_eq!(kept.event_id, letters[299].event_id, "{url}");
+    assert_eq!(kept.trusted, Some(true), "{url}");
+    // The same batch again (a lost ack): nothing new, nothing doubled.
+    let again = store.insert_dead_letters(&batch).await.unwrap();
+    assert!(again.iter().all(|new| !new), "{url}");
+    store.close().await;
+}
+
 /// Claims (dropped, committed, taken) and grouped counts, the same on both databases.
 async fn claims_and_ties_on(url: &str) {
     use webhook_dispatcher::store::{GroupBy, Store, Trust};

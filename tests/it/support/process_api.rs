@@ -119,18 +119,26 @@ impl ServiceProcess {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    /// The delivery-log records matching `query` (at most 500), through the API.
+    /// The delivery-log records matching `query`, every page, through the API.
     pub async fn delivery_logs(&self, query: &str) -> Vec<serde_json::Value> {
-        let body: serde_json::Value = self
-            .http
-            .get(self.url(&format!("/v1/delivery-logs?limit=500&{query}")))
-            .send()
-            .await
-            .expect("GET /v1/delivery-logs")
-            .json()
-            .await
-            .expect("delivery-log JSON");
-        body["items"].as_array().expect("items").clone()
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let body: serde_json::Value = self
+                .http
+                .get(self.url(&format!("/v1/delivery-logs?limit=500&{query}{cursor}")))
+                .send()
+                .await
+                .expect("GET /v1/delivery-logs")
+                .json()
+                .await
+                .expect("delivery-log JSON");
+            items.extend(body["items"].as_array().expect("items").iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return items,
+            }
+        }
     }
 
     /// Waits until at least `n` delivery-log records match `query`, and returns them all.
