@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiJson, ApiState};
-use crate::ops::replay::{Failed, Limit, Skipped, detached};
+use crate::ops::replay::{Failed, Limit, Pace, Skipped, detached};
 use crate::ops::select::{Filters, ReplayCursor};
 
 /// Records replayed per request unless `limit` says otherwise.
@@ -112,7 +112,14 @@ pub async fn replay(
     let report = detached(async move {
         let limit = Limit::Looked(limit as usize);
         replayer
-            .run(&selection, after, limit, dry_run, &mut |_| {})
+            .run(
+                &selection,
+                after,
+                limit,
+                dry_run,
+                &mut Pace::new(None),
+                &mut |_| {},
+            )
             .await
     })
     .await?;

@@ -67,6 +67,17 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), BrokerError> {
+        self.send(route, body, props).await?.confirmed().await
+    }
+
+    /// [`publish`](Self::publish) without waiting for the confirm: returns once the message is
+    /// on its way, with the confirm to await. Many can be in flight at once (a pipeline).
+    pub async fn send(
+        &self,
+        route: Route<'_>,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<Pending, BrokerError> {
         let channel = self
             .channel
             .read()
@@ -78,7 +89,6 @@ impl Publisher {
             ..Default::default()
         };
         let props = props.with_delivery_mode(2);
-        let missing = |e| BrokerError::or_not_found(e, || format!("exchange {:?}", route.exchange));
         let confirm = channel
             .basic_publish(
                 route.exchange.into(),
@@ -88,18 +98,14 @@ impl Publisher {
                 props,
             )
             .await
-            .map_err(missing)?
-            .await
-            .map_err(missing)?;
-        let target = || format!("{:?}/{:?}", route.exchange, route.routing_key);
-        match confirm {
-            lapin::Confirmation::Ack(None) => Ok(()),
-            lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(target())),
-            lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked(target())),
-            lapin::Confirmation::NotRequested => {
-                unreachable!("publisher channel is in confirm mode")
-            }
-        }
+            .map_err(|e| {
+                BrokerError::or_not_found(e, || format!("exchange {:?}", route.exchange))
+            })?;
+        Ok(Pending {
+            confirm,
+            exchange: route.exchange.to_string(),
+            routing_key: route.routing_key.to_string(),
+        })
     }
 
     /// Puts a delivery task on `events_queue` (`P.events`) through the default exchange, sealed
@@ -117,6 +123,19 @@ impl Publisher {
         tokio::time::timeout(TASK_CONFIRM_TIMEOUT, publish)
             .await
             .map_err(|_| BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT))?
+    }
+
+    /// [`enqueue_task`](Self::enqueue_task) without waiting for the confirm (a pipelined
+    /// replay): the caller awaits [`Pending::confirmed`] within [`TASK_CONFIRM_TIMEOUT`].
+    pub async fn send_task(
+        &self,
+        events_queue: &str,
+        task: &DeliveryTask,
+        kind: TaskKind,
+        keys: &Keyring,
+    ) -> Result<Pending, BrokerError> {
+        let (body, props) = task_message(task, kind, keys);
+        self.send(Route::queue(events_queue), &body, props).await
     }
 
     /// Puts `message` as it came (body, properties, headers) in `queue` — a delay queue, which
@@ -155,6 +174,33 @@ impl Publisher {
                     wait *= 2;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A message sent and not yet confirmed ([`Publisher::send`]).
+pub struct Pending {
+    confirm: lapin::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Pending {
+    /// Waits for the broker's confirm: `Ok` once it took the message into a queue.
+    pub async fn confirmed(self) -> Result<(), BrokerError> {
+        let exchange = self.exchange;
+        let confirm = self
+            .confirm
+            .await
+            .map_err(|e| BrokerError::or_not_found(e, || format!("exchange {exchange:?}")))?;
+        let target = || format!("{:?}/{:?}", exchange, self.routing_key);
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(target())),
+            lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked(target())),
+            lapin::Confirmation::NotRequested => {
+                unreachable!("publisher channel is in confirm mode")
             }
         }
     }

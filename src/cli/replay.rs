@@ -12,7 +12,7 @@ use super::CliError;
 use super::OpsSettings;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
-use crate::ops::replay::{Limit, Replayer, Report, Skipped};
+use crate::ops::replay::{Limit, Pace, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
 use crate::store::DeliveryLog;
@@ -59,6 +59,10 @@ pub struct ReplayArgs {
     /// not count.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
+    /// Send at most N replays a second (`200/s` or `200`), so an endpoint that is just
+    /// recovering is not flooded (default: as fast as the broker takes them).
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    rate: Option<u32>,
     #[command(flatten)]
     pub settings: OpsSettings,
 }
@@ -99,6 +103,7 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
             args.limit
                 .map_or(Limit::None, |n| Limit::Replayed(n as usize)),
             true,
+            &mut Pace::new(None),
             &mut |log| listed.push(row(log)),
         )
         .await
@@ -126,7 +131,9 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
     };
     let bar = progress(n as u64, "replaying");
     let mut done = replayer
-        .replay_ids(&plan.replayed, stop, &mut || bar.inc(1))
+        .replay_ids(&plan.replayed, stop, &mut Pace::new(args.rate), &mut || {
+            bar.inc(1)
+        })
         .await;
     bar.finish_and_clear();
     broker.close().await;
@@ -162,6 +169,17 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--rate`: `N/s` or `N`, 1 to 1,000,000 a second.
+fn parse_rate(raw: &str) -> Result<u32, String> {
+    let number = raw.trim().strip_suffix("/s").unwrap_or(raw.trim());
+    match number.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{raw:?} is not a rate: give replays a second, e.g. 200/s (1 to 1000000)"
+        )),
+    }
 }
 
 /// `id, dead-lettered, account, event, subscription, reason` of a record, `-` for none.

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
 pub use delivery_logs::{DeliveryLog, LogFilter, Trust};
 pub use log_counts::{GroupBy, LogGroup};
-pub use replays::{ReplayClaim, ReplaySelection};
+pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum StoreError {
     /// [`Store::open_existing`]: nothing at the URL, or a schema this version has not migrated.
     #[error("{0}")]
     NotMigrated(String),
+    /// One failure shared by several records (a batch whose commit failed), as its text.
+    #[error("{0}")]
+    Shared(String),
 }
 
 #[derive(Clone, Debug)]

@@ -1,6 +1,11 @@
 //! Replays in the store: which records a replay selects, and the claim that marks one replayed
 //! only once the broker has the replayed delivery.
 
+use std::collections::HashSet;
+
+// Dynamic SQL here only splices numbered placeholders; every value is bound.
+use sqlx::{AssertSqlSafe, Row};
+
 use super::{DeliveryLog, LogFilter, Store, StoreError};
 
 /// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
@@ -62,6 +67,103 @@ impl Store {
             tx.rollback().await?;
             Ok(None)
         }
+    }
+}
+
+impl Store {
+    /// The records `ids` that exist, oldest first.
+    pub async fn delivery_logs_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.select_logs(
+            "1 = 1",
+            ("id > ", None),
+            &LogFilter::default(),
+            ids,
+            "ORDER BY id ASC",
+        )
+        .await
+    }
+
+    /// [`claim_replay`](Store::claim_replay) for many records in one transaction: marks those of
+    /// `ids` not replayed yet as replayed at `at`, committed only by [`BatchClaim::commit`]
+    /// (which first releases the ones [`BatchClaim::release`] names). Until then no one else
+    /// can claim them; if the claim is dropped, or the process dies, they all read as not
+    /// replayed again.
+    pub async fn claim_replays(&self, ids: &[String], at: &str) -> Result<BatchClaim, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = HashSet::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE delivery_logs SET replayed_at = $1 WHERE replayed_at IS NULL AND id IN ({}) RETURNING id",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at.to_string());
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                claimed.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(BatchClaim {
+            tx,
+            claimed,
+            released: Vec::new(),
+        })
+    }
+}
+
+/// Records per statement of a batch claim (bound parameters stay far below every limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Records claimed together and not yet final: see [`Store::claim_replays`].
+pub struct BatchClaim {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    claimed: HashSet<String>,
+    released: Vec<String>,
+}
+
+impl BatchClaim {
+    /// Whether `id` was claimed here (it existed and was not replayed yet).
+    pub fn holds(&self, id: &str) -> bool {
+        self.claimed.contains(id)
+    }
+
+    /// Gives `id` back at the commit: it reads as not replayed (its publish failed).
+    pub fn release(&mut self, id: &str) {
+        if self.claimed.remove(id) {
+            self.released.push(id.to_string());
+        }
+    }
+
+    /// Makes the claims final, except the released ones.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        for chunk in self.released.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE delivery_logs SET replayed_at = NULL WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -838,3 +838,47 @@ async fn dlq_drain_gives_up_on_a_store_that_keeps_failing_and_acks_nothing() {
     again.expect_code(0);
     assert_eq!(again.stdout, "drained 1 dead letters (0 already stored)\n");
 }
+
+#[tokio::test]
+async fn replay_rate_spreads_the_sends_and_each_record_arrives_once() {
+    let service = ServiceProcess::start(&[]).await;
+    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
+    let subscription = service.subscribe("acct_rate", &receiver.url).await;
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .expect("the service's store");
+    const RECORDS: usize = 30;
+    for n in 0..RECORDS {
+        let letter = exhausted_purchase(&format!("evt_rate_{n}"), "acct_rate", &subscription);
+        store
+            .insert_dead_letter(&letter, Trust::Verified)
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let bad = service
+        .cli(&["replay", "--all", "--yes", "--rate", "fast"], b"")
+        .await;
+    bad.expect_code(2);
+    assert!(bad.stderr.contains("\"fast\" is not a rate"), "{bad:?}");
+
+    // 20 a second: 30 records are 29 gaps of 50 ms, at least 1.45 s, however fast the broker.
+    let started = std::time::Instant::now();
+    let run = service
+        .cli(&["replay", "--all", "--yes", "--rate", "20/s"], b"")
+        .await;
+    let took = started.elapsed();
+    run.expect_code(0);
+    assert!(run.stdout.contains("replayed 30, skipped 0"), "{run:?}");
+    assert!(
+        took >= Duration::from_millis(1450),
+        "30 at 20/s took {took:?}"
+    );
+    receiver.wait_distinct(RECORDS, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.total(), RECORDS, "each record delivered once");
+    // Unpaced, a second run finds nothing left.
+    let again = service.cli(&["replay", "--all", "--yes"], b"").await;
+    again.expect_code(0);
+    assert!(again.stdout.starts_with("nothing to replay"), "{again:?}");
+}

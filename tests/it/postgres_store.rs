@@ -230,6 +230,30 @@ async fn batch_on(url: &str) {
     // The same batch again (a lost ack): nothing new, nothing doubled.
     let again = store.insert_dead_letters(&batch).await.unwrap();
     assert!(again.iter().all(|new| !new), "{url}");
+
+    // A batch claim: dropped, nothing reads as replayed; committed with two released, the
+    // other eight do, once; a second claim holds only the released two.
+    let ids: Vec<String> = letters[..10].iter().map(|l| l.id.clone()).collect();
+    let at = "2026-11-27T10:00:00.000Z";
+    let dropped = store.claim_replays(&ids, at).await.unwrap();
+    assert!(ids.iter().all(|id| dropped.holds(id)), "{url}");
+    drop(dropped);
+    let mut claim = store.claim_replays(&ids, at).await.unwrap();
+    assert!(
+        ids.iter().all(|id| claim.holds(id)),
+        "claimable again ({url})"
+    );
+    claim.release(&ids[3]);
+    claim.release(&ids[9]);
+    claim.commit().await.unwrap();
+    let logs = store.delivery_logs_by_id(&ids).await.unwrap();
+    let replayed: Vec<bool> = logs.iter().map(|l| l.replayed_at.is_some()).collect();
+    assert_eq!(replayed.iter().filter(|r| **r).count(), 8, "{url}");
+    assert!(!replayed[3] && !replayed[9], "{url}");
+    let second = store.claim_replays(&ids, at).await.unwrap();
+    let held: Vec<&String> = ids.iter().filter(|id| second.holds(id)).collect();
+    assert_eq!(held, [&ids[3], &ids[9]], "{url}");
+    drop(second);
     store.close().await;
 }
 

@@ -4,13 +4,20 @@
 //! (a racing claim waits for the row, then finds it taken), the task is published with a
 //! confirm, and only then is the claim committed. A failed publish or a process that dies in
 //! between rolls the claim back, so a record never reads as replayed without having been sent.
+//!
+//! Many records go in batches ([`BATCH`]): one transaction claims the batch, every task is sent
+//! with its confirm awaited together (a pipeline, not one round trip each), and the claims are
+//! committed once the confirms are in, less those whose publish failed. A process that dies
+//! before the commit leaves the whole batch unreplayed: at worst a batch is sent twice (same
+//! `webhook-id`s), never one marked without having been sent. `Pace` spreads the sends at a
+//! given rate, so a recovering endpoint is not flooded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Publisher;
+use crate::broker::{BrokerError, Publisher, TASK_CONFIRM_TIMEOUT};
 use crate::seal::Keyring;
 use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
 use crate::time::now_rfc3339;
@@ -22,6 +29,51 @@ pub use report::{Failed, Limit, ReplayError, Report, Skip, Skipped};
 
 /// Records read from the store at a time while a selection is worked through.
 const PAGE: usize = 500;
+
+/// Records claimed and sent together: one transaction, their confirms in flight at once.
+pub const BATCH: usize = 256;
+
+/// How fast a replay sends: at most `per_second` tasks a second when set, as fast as the
+/// broker confirms otherwise.
+#[derive(Debug)]
+pub struct Pace {
+    per_second: Option<u32>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pace {
+    pub fn new(per_second: Option<u32>) -> Pace {
+        Pace {
+            per_second: per_second.filter(|n| *n > 0),
+            next: None,
+        }
+    }
+
+    /// Records per batch: at a set rate, about 50 ms of sending, so the claims (on SQLite, the
+    /// store's write lock) are never held long; [`BATCH`] otherwise.
+    fn batch(&self) -> usize {
+        self.per_second
+            .map_or(BATCH, |n| (n as usize / 20).clamp(1, BATCH))
+    }
+
+    /// Waits for the next send's turn.
+    async fn turn(&mut self) {
+        let Some(per_second) = self.per_second else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let at = self.next.map_or(now, |next| next.max(now));
+        tokio::time::sleep_until(at).await;
+        self.next = Some(at + std::time::Duration::from_secs(1) / per_second);
+    }
+}
+
+/// A record waiting in a batch, with the id of the record looked at before it (where a run
+/// that stops at it goes on from).
+struct Queued {
+    log: DeliveryLog,
+    before: Option<String>,
+}
 
 /// Subscription facts looked up once per run: `None` when the subscription is gone.
 type Subscriptions = HashMap<String, Option<(String, bool)>>;
@@ -43,8 +95,8 @@ impl Replayer {
     }
 
     /// Works through the records `selection` matches, oldest first, after the record `after`
-    /// (an id) when given, as far as `limit` lets it. A dry run
-    /// only checks each record. `seen` is called with each record once it is handled (progress
+    /// (an id) when given, as far as `limit` lets it, in batches sent at `pace`. A dry run only
+    /// checks each record. `seen` is called with each record once it is handled (progress
     /// bars, listings).
     pub async fn run(
         &self,
@@ -52,10 +104,12 @@ impl Replayer {
         mut after: Option<String>,
         limit: Limit,
         dry_run: bool,
+        pace: &mut Pace,
         seen: &mut (dyn FnMut(&DeliveryLog) + Send),
     ) -> Result<Report, StoreError> {
         let mut report = Report::default();
         let mut subscriptions = Subscriptions::new();
+        let mut batch: Vec<Queued> = Vec::new();
         loop {
             let page = self
                 .store
@@ -63,25 +117,40 @@ impl Replayer {
                 .await?;
             let full = page.len() == PAGE;
             for log in page {
-                if limit.reached(&report) {
+                if limit.reached(&report, batch.len()) {
+                    if let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await {
+                        after = stopped_at;
+                    }
                     report.more = true;
                     report.next_cursor = after;
                     return Ok(report);
                 }
-                let result = if dry_run {
-                    self.check(&log, &mut subscriptions).await
-                } else {
-                    self.replay_cached(&log, &mut subscriptions).await.map(drop)
-                };
-                let broker_failed = report.record(&log.id, result);
-                seen(&log);
-                if broker_failed {
-                    // The failed record stays unreplayed: the next page starts with it.
+                let id = log.id.clone();
+                match self.check(&log, &mut subscriptions).await {
+                    Ok(()) if !dry_run => batch.push(Queued {
+                        log,
+                        before: after.clone(),
+                    }),
+                    checked => {
+                        report.record(&log.id, checked);
+                        seen(&log);
+                    }
+                }
+                after = Some(id);
+                if batch.len() >= pace.batch()
+                    && let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await
+                {
+                    // The record the broker did not take stays unreplayed: the next page
+                    // starts with it.
                     report.more = true;
-                    report.next_cursor = after;
+                    report.next_cursor = stopped_at;
                     return Ok(report);
                 }
-                after = Some(log.id);
+            }
+            if let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await {
+                report.more = true;
+                report.next_cursor = stopped_at;
+                return Ok(report);
             }
             if !full {
                 return Ok(report);
@@ -89,33 +158,166 @@ impl Replayer {
         }
     }
 
-    /// Replays the records `ids` (a dry run's answer, confirmed by an operator), in order,
-    /// until `stop` fires (never between a claim and its publish).
+    /// Replays the records `ids` (a dry run's answer, confirmed by an operator), in order and
+    /// in batches sent at `pace`, until `stop` fires (never between a claim and its publish).
     pub async fn replay_ids(
         &self,
         ids: &[String],
         stop: &CancellationToken,
+        pace: &mut Pace,
         tick: &mut (dyn FnMut() + Send),
     ) -> Report {
         let mut report = Report::default();
         let mut subscriptions = Subscriptions::new();
-        for id in ids {
+        let mut next = 0;
+        while next < ids.len() {
             if stop.is_cancelled() {
                 report.interrupted = true;
                 break;
             }
-            let result = match self.store.delivery_log(id).await {
-                Ok(Some(log)) => self.replay_cached(&log, &mut subscriptions).await.map(drop),
-                Ok(None) => Err(ReplayError::Gone),
-                Err(e) => Err(e.into()),
+            let chunk = &ids[next..(next + pace.batch()).min(ids.len())];
+            next += chunk.len();
+            let found = match self.store.delivery_logs_by_id(chunk).await {
+                Ok(found) => found,
+                Err(e) => {
+                    for id in chunk {
+                        report.failed.push(Failed {
+                            id: id.clone(),
+                            error: e.to_string(),
+                        });
+                        tick();
+                    }
+                    continue;
+                }
             };
-            let broker_failed = report.record(id, result);
-            tick();
-            if broker_failed {
+            let mut by_id: HashMap<String, DeliveryLog> =
+                found.into_iter().map(|log| (log.id.clone(), log)).collect();
+            let mut batch = Vec::new();
+            for id in chunk {
+                let checked = match by_id.remove(id) {
+                    None => Err(ReplayError::Gone),
+                    Some(log) => match self.check(&log, &mut subscriptions).await {
+                        Ok(()) => {
+                            batch.push(Queued { log, before: None });
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                report.record(id, checked);
+                tick();
+            }
+            let mut seen = |_: &DeliveryLog| tick();
+            if self
+                .send(&mut batch, &mut report, pace, &mut seen)
+                .await
+                .is_some()
+            {
                 break;
             }
         }
         report
+    }
+
+    /// Claims, sends and commits `batch` (emptying it), filing each record in `report` and
+    /// calling `seen` with it. When the broker did not take a record, the records after it are
+    /// left untouched (released, not filed) and this returns `Some` with where a run goes on
+    /// from: the record looked at before the first one not taken.
+    async fn send(
+        &self,
+        batch: &mut Vec<Queued>,
+        report: &mut Report,
+        pace: &mut Pace,
+        seen: &mut (dyn FnMut(&DeliveryLog) + Send),
+    ) -> Option<Option<String>> {
+        if batch.is_empty() {
+            return None;
+        }
+        let queued = std::mem::take(batch);
+        let ids: Vec<String> = queued.iter().map(|q| q.log.id.clone()).collect();
+        let at = now_rfc3339();
+        let mut claim = match self.store.claim_replays(&ids, &at).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                for q in &queued {
+                    report.failed.push(Failed {
+                        id: q.log.id.clone(),
+                        error: e.to_string(),
+                    });
+                    seen(&q.log);
+                }
+                return None;
+            }
+        };
+        // Sent in order, confirms awaited together; the first refusal ends the sending.
+        let mut outcomes: Vec<Option<Result<(), ReplayError>>> = Vec::new();
+        let mut pending = Vec::new();
+        let mut refused = false;
+        for q in &queued {
+            if refused {
+                outcomes.push(None);
+                continue;
+            }
+            if !claim.holds(&q.log.id) {
+                outcomes.push(Some(Err(Skip::AlreadyReplayed(None).into())));
+                continue;
+            }
+            pace.turn().await;
+            let task = task_of(&q.log).expect("checked: the record has a subscription");
+            match self
+                .publisher
+                .send_task(&self.events_queue, &task, TaskKind::Replay, &self.keys)
+                .await
+            {
+                Ok(sent) => {
+                    pending.push((outcomes.len(), sent));
+                    outcomes.push(Some(Ok(())));
+                }
+                Err(e) => {
+                    refused = true;
+                    outcomes.push(Some(Err(e.into())));
+                }
+            }
+        }
+        let confirms =
+            futures_util::future::join_all(pending.into_iter().map(|(n, sent)| async move {
+                let confirmed = tokio::time::timeout(TASK_CONFIRM_TIMEOUT, sent.confirmed())
+                    .await
+                    .unwrap_or(Err(BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT)));
+                (n, confirmed)
+            }))
+            .await;
+        for (n, confirmed) in confirms {
+            if let Err(e) = confirmed {
+                outcomes[n] = Some(Err(e.into()));
+            }
+        }
+        // Everything not confirmed reads as not replayed; the rest is final.
+        let first_refused = outcomes
+            .iter()
+            .position(|o| matches!(o, Some(Err(ReplayError::Broker(_)))));
+        for (q, outcome) in queued.iter().zip(&outcomes) {
+            if !matches!(outcome, Some(Ok(()))) {
+                claim.release(&q.log.id);
+            }
+        }
+        let committed = claim.commit().await;
+        for (n, (q, outcome)) in queued.iter().zip(outcomes).enumerate() {
+            if first_refused.is_some_and(|first| n > first) {
+                continue; // untouched: the run goes on from before the first refusal
+            }
+            let Some(outcome) = outcome else { continue };
+            let outcome = match (&committed, outcome) {
+                (Err(e), Ok(())) => Err(ReplayError::NotMarked(StoreError::Shared(e.to_string()))),
+                (_, outcome) => outcome,
+            };
+            if outcome.is_ok() {
+                tracing::debug!(delivery_log_id = %q.log.id, event_id = %q.log.event_id, "replay queued");
+            }
+            report.record(&q.log.id, outcome);
+            seen(&q.log);
+        }
+        first_refused.map(|first| queued[first].before.clone())
     }
 
     async fn replay_cached(

@@ -136,11 +136,12 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub(super) fn reached(self, report: &Report) -> bool {
+    /// Whether the limit is reached, counting `queued` records waiting in a batch as replayed.
+    pub(super) fn reached(self, report: &Report, queued: usize) -> bool {
         match self {
             Limit::None => false,
-            Limit::Looked(n) => report.matched() >= n,
-            Limit::Replayed(n) => report.replayed.len() >= n,
+            Limit::Looked(n) => report.matched() + queued >= n,
+            Limit::Replayed(n) => report.replayed.len() + queued >= n,
         }
     }
 }

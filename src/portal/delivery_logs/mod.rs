@@ -16,7 +16,7 @@ use super::views::{Nav, Problem, csrf_field, notice, page, problem, when};
 use super::{Change, Form, Session};
 use crate::api::ApiState;
 use crate::event::EventKind;
-use crate::ops::replay::{Limit, ReplayError, detached};
+use crate::ops::replay::{Limit, Pace, ReplayError, detached};
 use crate::ops::select::Filters;
 use crate::store::{DeliveryLog, LogFilter, ReplaySelection};
 

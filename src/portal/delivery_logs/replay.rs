@@ -83,6 +83,7 @@ pub(super) async fn confirm_replay_all(
             None,
             Limit::Replayed(MAX_BULK),
             true,
+            &mut Pace::new(None),
             &mut |_| {},
         )
         .await;
@@ -150,6 +151,7 @@ pub(super) async fn replay_all(
                 None,
                 Limit::Replayed(MAX_BULK),
                 false,
+                &mut Pace::new(None),
                 &mut |_| {},
             )
             .await
