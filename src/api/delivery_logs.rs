@@ -40,6 +40,7 @@ pub struct ListQuery {
     path = "/delivery-logs",
     tag = "delivery-logs",
     summary = "List dead-lettered deliveries, newest first",
+    description = "Records are kept for `DELIVERY_LOG_RETENTION` after they were dead-lettered (30 days unless the operator set otherwise; `0` keeps them all), replayed or not; older ones are deleted.",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of delivery-log records", body = Page<DeliveryLog>),

@@ -216,6 +216,15 @@ impl App {
             self.cfg.subscription_refresh,
             shutdown.clone(),
         ));
+        let retention = self.cfg.delivery_log_retention;
+        let purger = (self.cfg.roles.dlq_logger && !retention.is_zero()).then(|| {
+            tokio::spawn(background::purge_delivery_logs(
+                self.store.clone(),
+                retention,
+                self.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let tracker = TaskTracker::new();
         let (result, last_session) = match self.broker_loop(&tracker, &shutdown).await {
             Ok(session) => (Ok(()), session),
@@ -259,6 +268,9 @@ impl App {
         self.broker.close().await;
         self.metrics.broker_up(false);
         refresher.abort();
+        if let Some(purger) = purger {
+            purger.abort();
+        }
         self.store.close().await;
         tracing::info!("webhook-dispatcher stopped");
         result

@@ -104,6 +104,12 @@ pub struct Config {
     /// next to the new one (a request may ask for another overlap, up to 30 days).
     #[arg(long, env = "SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
     pub secret_rotation_overlap: Duration,
+
+    /// How long a delivery-log record is kept after it was dead-lettered (replayed or not);
+    /// older ones are deleted in the background, a thousand at a time, by the replicas with the
+    /// `dlq-logger` role. `0` keeps every record.
+    #[arg(long, env = "DELIVERY_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub delivery_log_retention: Duration,
 }
 
 fn parse_overlap(raw: &str) -> Result<Duration, String> {

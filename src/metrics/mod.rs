@@ -38,6 +38,7 @@ pub struct Metrics {
     retries_scheduled: IntCounterVec,
     dead_letters: IntCounterVec,
     dead_letters_persisted: IntCounter,
+    delivery_logs_purged: IntCounter,
     forged_messages: IntCounterVec,
     control_messages: IntCounterVec,
     subscriptions_auto_disabled: IntCounter,
@@ -150,6 +151,11 @@ impl Metrics {
     pub fn dead_letter_persisted(&self, id: &str, event_id: &str, reason: &str, trusted: bool) {
         self.dead_letters_persisted.inc();
         tracing::info!(id, event_id, reason, trusted, "dead letter persisted");
+    }
+
+    /// Delivery-log records deleted by the retention purge.
+    pub fn delivery_logs_purged(&self, n: u64) {
+        self.delivery_logs_purged.inc_by(n);
     }
 
     /// An ack that failed or timed out: `what` was settled, and its message comes back.

@@ -77,6 +77,13 @@ impl Metrics {
                 "Dead letters committed to the delivery log.",
             ),
         );
+        let delivery_logs_purged = register(
+            &registry,
+            IntCounter::new(
+                "webhook_delivery_logs_purged_total",
+                "Delivery-log records deleted because they were older than DELIVERY_LOG_RETENTION.",
+            ),
+        );
         let ack_failures = register(
             &registry,
             IntCounter::new(
@@ -159,6 +166,7 @@ impl Metrics {
             retries_scheduled,
             dead_letters,
             dead_letters_persisted,
+            delivery_logs_purged,
             forged_messages,
             control_messages,
             subscriptions_auto_disabled,

@@ -138,6 +138,19 @@ impl Store {
         Ok(batch.iter().map(|(dl, _)| new_ids.remove(&dl.id)).collect())
     }
 
+    /// Deletes up to `limit` records dead-lettered before `before` (the stored format); how
+    /// many went. One short statement, so a purge in many of them never holds the store long.
+    pub async fn purge_delivery_logs(&self, before: &str, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM delivery_logs WHERE id IN \
+             (SELECT id FROM delivery_logs WHERE dead_lettered_at < $1 LIMIT {limit})"
+        )))
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn delivery_log(&self, id: &str) -> Result<Option<DeliveryLog>, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM delivery_logs WHERE id = $1"

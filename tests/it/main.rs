@@ -26,6 +26,7 @@ mod reconnect;
 mod replay_and_metrics;
 mod replay_crash;
 mod replicas;
+mod retention;
 mod retries;
 mod security;
 mod test_events;

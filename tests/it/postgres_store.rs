@@ -254,6 +254,35 @@ async fn batch_on(url: &str) {
     let held: Vec<&String> = ids.iter().filter(|id| second.holds(id)).collect();
     assert_eq!(held, [&ids[3], &ids[9]], "{url}");
     drop(second);
+
+    // The retention purge: only what is older than the bound, at most `limit` at a time.
+    let mut old = stored_letter(Some("purchase"));
+    old.dead_lettered_at = "2026-01-01T00:00:00.000Z".into();
+    let mut older = stored_letter(None);
+    older.dead_lettered_at = "2025-12-31T00:00:00.000Z".into();
+    let aged = [(&old, Trust::Verified), (&older, Trust::Untrusted)];
+    store.insert_dead_letters(&aged).await.unwrap();
+    let bound = "2026-01-02T00:00:00.000Z";
+    assert_eq!(
+        store.purge_delivery_logs(bound, 1).await.unwrap(),
+        1,
+        "{url}"
+    );
+    assert_eq!(
+        store.purge_delivery_logs(bound, 1).await.unwrap(),
+        1,
+        "{url}"
+    );
+    assert_eq!(
+        store.purge_delivery_logs(bound, 1).await.unwrap(),
+        0,
+        "{url}"
+    );
+    assert_eq!(
+        store.count_delivery_logs().await.unwrap().total,
+        300,
+        "{url}"
+    );
     store.close().await;
 }
 
