@@ -176,11 +176,13 @@ fn concurrencies(o: &Options) -> &'static [usize] {
     }
 }
 
-/// The best bare loop: its rate, the concurrency that gave it, and every one tried.
+/// The best bare loop: its rate, the concurrency that gave it, this process's CPU time per
+/// delivery meanwhile (µs: the loop and the receiver), and every one tried.
 pub struct Ceiling {
     pub rate: f64,
     pub concurrency: usize,
-    pub tried: Vec<(usize, f64)>,
+    pub cpu_us: f64,
+    pub tried: Vec<(usize, f64, f64)>,
 }
 
 impl Ceiling {
@@ -188,7 +190,7 @@ impl Ceiling {
     pub fn tried(&self) -> String {
         self.tried
             .iter()
-            .map(|(c, r)| {
+            .map(|(c, r, _)| {
                 if *c == self.concurrency {
                     format!("**{c}: {r:.0}/s**")
                 } else {
@@ -216,6 +218,7 @@ pub async fn ceiling(
     for &concurrency in concurrencies(o) {
         let (queue, consumer_ch, consumer) = bare_queue(o, conn, "ceiling", messages).await;
         counters.reset();
+        let cpu_before = crate::own_cpu_seconds();
         let acked = Arc::new(AtomicU64::new(0));
         let worker = bare_loop(
             consumer,
@@ -232,14 +235,15 @@ pub async fn ceiling(
         )
         .await;
         let rate = (messages * fan) as f64 / counters.span_secs();
+        let cpu_us = (crate::own_cpu_seconds() - cpu_before) * 1e6 / (messages * fan) as f64;
         tokio::time::sleep(Duration::from_millis(200)).await;
         counters.assert_exactly("ceiling", 0..messages as u64, fan as u32);
         let _ = consumer_ch.close(200, "done".into()).await;
         let _ = worker.await;
         drop_queue(conn, &queue).await;
-        tried.push((concurrency, rate));
+        tried.push((concurrency, rate, cpu_us));
     }
-    let (concurrency, rate) = tried
+    let (concurrency, rate, cpu_us) = tried
         .iter()
         .copied()
         .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -247,6 +251,7 @@ pub async fn ceiling(
     Ceiling {
         rate,
         concurrency,
+        cpu_us,
         tried,
     }
 }

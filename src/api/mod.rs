@@ -14,6 +14,7 @@ mod event_types;
 mod health;
 mod openapi;
 mod portal_links;
+mod replay_jobs;
 mod serve;
 pub(crate) mod stats;
 pub(crate) mod subscription_bodies;
@@ -73,6 +74,8 @@ pub struct ApiState {
     pub secret_rotation_overlap: std::time::Duration,
     /// `DELIVERY_TIMEOUT`: the longest an attempt takes (the stats' last latency bucket).
     pub delivery_timeout: std::time::Duration,
+    /// Ends the replay jobs this replica runs (at shutdown: they end `interrupted`).
+    pub jobs_stop: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
@@ -103,6 +106,9 @@ fn api(admin_token: Option<Secret>) -> OpenApiRouter<ApiState> {
         .routes(routes!(test_event::send))
         .routes(routes!(delivery_logs::list))
         .routes(routes!(bulk_replay::replay))
+        .routes(routes!(replay_jobs::start, replay_jobs::list))
+        .routes(routes!(replay_jobs::read))
+        .routes(routes!(replay_jobs::cancel))
         .routes(routes!(delivery_logs::read))
         .routes(routes!(delivery_logs::replay))
         .routes(routes!(event_types::list))

@@ -197,6 +197,7 @@ impl App {
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
             delivery_timeout: self.cfg.delivery_timeout,
+            jobs_stop: shutdown.clone(),
         };
         let api_stop = CancellationToken::new();
         let mut api = {

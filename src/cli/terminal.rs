@@ -61,9 +61,11 @@ pub fn progress(len: u64, message: &'static str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len).with_message(message);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed_precise}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} {per_sec} · {elapsed_precise} elapsed · eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar
 }

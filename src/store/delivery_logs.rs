@@ -185,22 +185,8 @@ impl Store {
         ids: &[String],
         order: &str,
     ) -> Result<Vec<DeliveryLog>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE {base}");
-        let mut binds: Vec<&str> = Vec::new();
-        for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
-            if let Some(value) = value {
-                binds.push(value);
-                sql.push_str(&format!(" AND {condition}${}", binds.len()));
-            }
-        }
-        if !ids.is_empty() {
-            let first = binds.len() + 1;
-            binds.extend(ids.iter().map(String::as_str));
-            let placeholders: Vec<String> =
-                (first..=binds.len()).map(|n| format!("${n}")).collect();
-            sql.push_str(&format!(" AND id IN ({})", placeholders.join(", ")));
-        }
-        sql.push_str(&format!(" {order}"));
+        let (conditions, binds) = conditions(base, cursor, filter, ids);
+        let sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE {conditions} {order}");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for value in binds {
             query = query.bind(value);
@@ -208,6 +194,47 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
+
+    /// How many records [`select_logs`](Self::select_logs) would select without a limit.
+    pub(super) async fn count_logs(
+        &self,
+        base: &str,
+        filter: &LogFilter,
+        ids: &[String],
+    ) -> Result<i64, StoreError> {
+        let (conditions, binds) = conditions(base, ("id > ", None), filter, ids);
+        let sql = format!("SELECT COUNT(*) FROM delivery_logs WHERE {conditions}");
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+        for value in binds {
+            query = query.bind(value);
+        }
+        Ok(query.fetch_one(&self.pool).await?)
+    }
+}
+
+/// `{base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when `ids` is not empty,
+/// with the values to bind to their numbered placeholders.
+fn conditions<'a>(
+    base: &str,
+    cursor: (&'static str, Option<&'a str>),
+    filter: &'a LogFilter,
+    ids: &'a [String],
+) -> (String, Vec<&'a str>) {
+    let mut sql = base.to_string();
+    let mut binds: Vec<&str> = Vec::new();
+    for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
+        if let Some(value) = value {
+            binds.push(value);
+            sql.push_str(&format!(" AND {condition}${}", binds.len()));
+        }
+    }
+    if !ids.is_empty() {
+        let first = binds.len() + 1;
+        binds.extend(ids.iter().map(String::as_str));
+        let placeholders: Vec<String> = (first..=binds.len()).map(|n| format!("${n}")).collect();
+        sql.push_str(&format!(" AND id IN ({})", placeholders.join(", ")));
+    }
+    (sql, binds)
 }
 
 fn from_row(row: &AnyRow) -> Result<DeliveryLog, StoreError> {

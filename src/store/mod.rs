@@ -6,6 +6,7 @@ mod delivery_logs;
 pub mod health;
 mod keys;
 mod log_counts;
+mod replay_jobs;
 mod replays;
 mod subscriptions;
 
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
 pub use delivery_logs::{DeliveryLog, LogFilter, Trust};
 pub use log_counts::{GroupBy, LogGroup};
+pub use replay_jobs::{JobProgress, ReplayJob};
 pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, SubscriptionPatch};
 

@@ -44,6 +44,15 @@ impl Store {
         .await
     }
 
+    /// How many records of `selection` are not replayed yet.
+    pub async fn count_replay_candidates(
+        &self,
+        selection: &ReplaySelection,
+    ) -> Result<i64, StoreError> {
+        self.count_logs("replayed_at IS NULL", &selection.filter, &selection.ids)
+            .await
+    }
+
     /// Marks a record replayed at `at` unless it already was, inside a transaction that is
     /// committed only by [`ReplayClaim::commit`]; `None` if it was replayed (or is missing).
     /// Until then no one else can claim the record (a second claim waits for the row), and if

@@ -25,6 +25,7 @@ mod private_broker;
 mod reconnect;
 mod replay_and_metrics;
 mod replay_crash;
+mod replay_jobs;
 mod replicas;
 mod retention;
 mod retries;

@@ -69,6 +69,7 @@ async fn served_paths() -> BTreeSet<String> {
         allow_private_targets: true,
         secret_rotation_overlap: cfg.secret_rotation_overlap,
         delivery_timeout: cfg.delivery_timeout,
+        jobs_stop: tokio_util::sync::CancellationToken::new(),
     };
     let router = format!("{:?}", api::router(state));
     let table = router

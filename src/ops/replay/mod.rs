@@ -23,6 +23,7 @@ use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
 
+pub mod jobs;
 mod report;
 
 pub use report::{Failed, Limit, ReplayError, Report, Skip, Skipped};
@@ -249,7 +250,11 @@ impl Replayer {
                 return None;
             }
         };
-        // Sent in order, confirms awaited together; the first refusal ends the sending.
+        // Sent in order, confirms awaited together; the first refusal ends the sending. The
+        // whole batch gets one confirm limit: a broker that blocks publishers (a resource alarm)
+        // holds the claims, on SQLite the store's write lock, no longer than that.
+        let deadline = tokio::time::Instant::now() + TASK_CONFIRM_TIMEOUT;
+        let late = || BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT);
         let mut outcomes: Vec<Option<Result<(), ReplayError>>> = Vec::new();
         let mut pending = Vec::new();
         let mut refused = false;
@@ -264,10 +269,12 @@ impl Replayer {
             }
             pace.turn().await;
             let task = task_of(&q.log).expect("checked: the record has a subscription");
-            match self
-                .publisher
-                .send_task(&self.events_queue, &task, TaskKind::Replay, &self.keys)
+            let send =
+                self.publisher
+                    .send_task(&self.events_queue, &task, TaskKind::Replay, &self.keys);
+            match tokio::time::timeout_at(deadline, send)
                 .await
+                .unwrap_or_else(|_| Err(late()))
             {
                 Ok(sent) => {
                     pending.push((outcomes.len(), sent));
@@ -281,9 +288,9 @@ impl Replayer {
         }
         let confirms =
             futures_util::future::join_all(pending.into_iter().map(|(n, sent)| async move {
-                let confirmed = tokio::time::timeout(TASK_CONFIRM_TIMEOUT, sent.confirmed())
+                let confirmed = tokio::time::timeout_at(deadline, sent.confirmed())
                     .await
-                    .unwrap_or(Err(BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT)));
+                    .unwrap_or_else(|_| Err(late()));
                 (n, confirmed)
             }))
             .await;

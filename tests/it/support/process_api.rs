@@ -64,9 +64,12 @@ impl ServiceProcess {
     }
 
     /// The operator CLI as a command to spawn (stdin, stdout and stderr null), with this
-    /// service's settings; for tests that signal it while it runs.
+    /// service's settings; for tests that signal it while it runs. The same build as the
+    /// service (`WEBHOOK_DISPATCHER_BIN`, see [`ServiceProcess`]).
     pub fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"));
+        let bin = std::env::var_os("WEBHOOK_DISPATCHER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_webhook-dispatcher").into());
+        let mut command = tokio::process::Command::new(bin);
         command
             .args(args)
             .env_clear()
