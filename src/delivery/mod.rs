@@ -26,6 +26,9 @@ pub enum Outcome {
     HttpError(u16),
     Timeout,
     ConnectError(String),
+    /// The endpoint's host answered the connection attempt with a refusal (nothing listens on
+    /// the port): a connection error like any other, except that it tells nothing about load.
+    Refused(String),
     /// The endpoint resolved to an address the SSRF guard refuses. Counted as `connect_error`
     /// (the contract's outcome labels); the attempt's error says `blocked`.
     Blocked(String),
@@ -37,7 +40,7 @@ impl Outcome {
             Outcome::Success(_) => "success",
             Outcome::HttpError(_) => "http_error",
             Outcome::Timeout => "timeout",
-            Outcome::ConnectError(_) | Outcome::Blocked(_) => "connect_error",
+            Outcome::ConnectError(_) | Outcome::Refused(_) | Outcome::Blocked(_) => "connect_error",
         }
     }
 
@@ -60,7 +63,7 @@ impl Outcome {
                 "no complete answer within {}",
                 humantime::format_duration(timeout)
             )),
-            Outcome::ConnectError(e) => Some(e.clone()),
+            Outcome::ConnectError(e) | Outcome::Refused(e) => Some(e.clone()),
             Outcome::Blocked(e) => Some(format!("blocked: {e}")),
         }
     }
@@ -142,7 +145,10 @@ impl Deliverer {
             Outcome::HttpError(429 | 503) | Outcome::Timeout | Outcome::ConnectError(_) => {
                 Signal::Overloaded { retry_after }
             }
-            Outcome::HttpError(_) | Outcome::Blocked(_) => Signal::Other,
+            // A refused connection costs the endpoint nothing and is answered at once: backing
+            // off would only slow the failing deliveries' way through the retries to the
+            // delivery log (an endpoint that is down would get its backlog hours later).
+            Outcome::HttpError(_) | Outcome::Refused(_) | Outcome::Blocked(_) => Signal::Other,
         };
         Attempt {
             outcome,
@@ -239,6 +245,12 @@ fn classify(err: reqwest::Error) -> Outcome {
         if let Some(blocked) = cause.downcast_ref::<guard::Blocked>() {
             return Outcome::Blocked(blocked.to_string());
         }
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return Outcome::Refused(error_chain(err.without_url()));
+        }
         source = cause.source();
     }
     Outcome::ConnectError(error_chain(err.without_url()))
@@ -297,6 +309,28 @@ mod tests {
             .attempt(url, &[&SigningKey::generate()], "evt_1", "{}", 1)
             .await;
         (attempt.outcome, attempt.record)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connection_error_that_says_nothing_about_load() {
+        // A port nothing listens on: bound, then closed.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap();
+        let attempt = Deliverer::new(Duration::from_secs(2), true, 1)
+            .unwrap()
+            .attempt(&url, &[&SigningKey::generate()], "evt_1", "{}", 1)
+            .await;
+        assert!(
+            matches!(&attempt.outcome, Outcome::Refused(e) if e.contains("refused")),
+            "{:?}",
+            attempt.outcome
+        );
+        assert_eq!(attempt.outcome.label(), "connect_error");
+        assert_eq!(attempt.record.status, None);
+        assert_eq!(attempt.signal, Signal::Other, "the limit stays where it is");
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub const BASELINE_WINDOW: Duration = Duration::from_secs(10);
 pub enum Signal {
     /// 2xx, after `latency`.
     Success(Duration),
-    /// 429, 503, a timeout or a connection error: the endpoint is overloaded or away.
+    /// 429, 503, a timeout or a connection error other than a refusal: the endpoint is
+    /// overloaded or away.
     /// `retry_after` is the endpoint's own `Retry-After`.
     Overloaded { retry_after: Option<Duration> },
     /// Any other failure (a 4xx, a 500): says nothing about load.
