@@ -249,9 +249,9 @@ async fn main() {
                     latency_cells(&lat),
                     latency_cells(&reference)
                 ),
-                "p99 ≤ 25 ms",
+                "p99 ≤ 10 ms",
             ],
-            scenarios::percentile(&lat, 0.99) <= 25.0,
+            scenarios::percentile(&lat, 0.99) <= 10.0,
         );
     }
     let peak_kib = service.peak_rss_kib();
