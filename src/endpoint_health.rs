@@ -175,6 +175,7 @@ impl Flusher {
         if tallies.is_empty() {
             return;
         }
+        warn_failures(&tallies);
         // In one order on every replica: two flushes of the same rows in different orders would
         // deadlock on PostgreSQL.
         let mut minutes: Vec<(String, String, MinuteCounts)> = tallies
@@ -243,6 +244,34 @@ impl Flusher {
         if let Some(notifier) = &self.notifier {
             notifier.endpoint_disabled(&sub, figures.as_ref()).await;
         }
+    }
+}
+
+/// One warning per subscription whose attempts failed since the last write (about two
+/// seconds), instead of a line per failed attempt: an endpoint that is down fails thousands a
+/// second.
+fn warn_failures(tallies: &HashMap<String, Tally>) {
+    for (id, tally) in tallies {
+        let (attempts, successes) = tally
+            .minutes
+            .values()
+            .fold((0, 0), |(a, s), c| (a + c.attempts, s + c.successes));
+        if attempts == successes {
+            continue;
+        }
+        let (status, error) = tally
+            .state
+            .last_attempt
+            .as_ref()
+            .map_or((None, None), |(_, status, error)| (*status, error.clone()));
+        tracing::warn!(
+            subscription_id = %id,
+            failed = attempts - successes,
+            attempts,
+            last_status = status,
+            last_error = error.as_deref().unwrap_or(""),
+            "delivery attempts failed"
+        );
     }
 }
 

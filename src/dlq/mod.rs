@@ -186,6 +186,13 @@ impl Logger {
                 self.metrics.dead_lettered(event_label(dead), &dead.reason);
             }
         }
+        if done.new > 0 {
+            tracing::info!(
+                stored = done.new,
+                duplicates = done.duplicates,
+                "dead letters persisted"
+            );
+        }
         if !last.ack_through().await {
             log(&|| {
                 self.metrics.ack_failed(

@@ -114,7 +114,7 @@ impl Metrics {
 
     pub fn retry_scheduled(&self, delay: &str) {
         self.retries_scheduled.with_label_values(&[delay]).inc();
-        tracing::info!(delay, "retry scheduled");
+        tracing::debug!(delay, "retry scheduled");
     }
 
     pub fn event_parked(&self, account_id: &str, delay: &str) {
@@ -150,7 +150,7 @@ impl Metrics {
     /// A dead letter committed to the delivery log.
     pub fn dead_letter_persisted(&self, id: &str, event_id: &str, reason: &str, trusted: bool) {
         self.dead_letters_persisted.inc();
-        tracing::info!(id, event_id, reason, trusted, "dead letter persisted");
+        tracing::debug!(id, event_id, reason, trusted, "dead letter persisted");
     }
 
     /// Delivery-log records deleted by the retention purge.

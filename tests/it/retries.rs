@@ -206,3 +206,51 @@ async fn connection_errors_and_redirects_are_failed_attempts() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn failed_attempts_are_summed_per_endpoint_in_the_log_not_a_line_each() {
+    // An endpoint that is down fails thousands of attempts a second: the log gets one warning
+    // per endpoint every two seconds, with the count and the last error.
+    let service = ServiceProcess::start(&[("RETRY_DELAYS", "100ms")]).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(500));
+    let subscription = service.subscribe(LOAD_ACCOUNT, &receiver.url).await;
+    let producer = Producer::connect(&service.exchange).await;
+    let ids = event_ids("loud", 20);
+    assert_eq!(producer.publish_events(&ids).await, 20);
+    service
+        .wait_for_logs(&format!("account_id={LOAD_ACCOUNT}"), 20)
+        .await;
+    let summaries = || {
+        service
+            .logs()
+            .lines()
+            .filter(|l| l.contains("\"delivery attempts failed\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+            .collect::<Vec<_>>()
+    };
+    wait_until("the failures to be summed", PATIENCE, || async {
+        summaries()
+            .iter()
+            .map(|l| l["fields"]["failed"].as_i64().unwrap_or(0))
+            .sum::<i64>()
+            >= 40
+    })
+    .await;
+    let lines = summaries();
+    assert!(
+        lines.len() < 40,
+        "summed, not one line each: {}",
+        lines.len()
+    );
+    for line in &lines {
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["fields"]["subscription_id"], subscription.as_str());
+        assert_eq!(line["fields"]["last_status"], 500);
+        assert_eq!(line["fields"]["last_error"], "endpoint answered HTTP 500");
+    }
+    assert!(
+        !service.logs().contains("\"delivery attempt failed\""),
+        "no line per attempt at the default level"
+    );
+}
