@@ -44,7 +44,7 @@ pub struct ReplayJobRequest {
     all: bool,
     /// Replays a second, 1 to 1000000, so a recovering endpoint is not flooded; default: as
     /// fast as the broker takes them.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1000000)]
     rate: Option<u32>,
 }
@@ -80,7 +80,11 @@ pub async fn start(
             "rate must be between 1 and {MAX_RATE} replays a second, got {rate}"
         )));
     }
-    let described = serde_json::to_value(&req).expect("a request serialises");
+    // The selection as given, shown with the job (the rate is a field of its own).
+    let mut described = serde_json::to_value(&req).expect("a request serialises");
+    if let Some(fields) = described.as_object_mut() {
+        fields.remove("rate");
+    }
     let rate = req.rate;
     let filters = Filters {
         account_id: req.account_id,

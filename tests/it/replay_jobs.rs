@@ -155,6 +155,12 @@ async fn a_cancelled_job_stops_and_what_it_did_not_reach_stays_replayable() {
 #[tokio::test]
 async fn bad_job_requests_are_refused_with_the_reason() {
     let service = ServiceProcess::start(&[]).await;
+    // The documented request has every field the job takes.
+    let (_, doc) = get(&service, "/openapi.json").await;
+    let fields = &doc["components"]["schemas"]["ReplayJobRequest"]["properties"];
+    for field in ["account_id", "since", "ids", "all", "rate"] {
+        assert!(fields[field].is_object(), "{field} documented: {fields}");
+    }
     for (body, says) in [
         (json!({}), "at least one filter"),
         (
