@@ -24,8 +24,10 @@ use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
 
 pub mod jobs;
+mod pace;
 mod report;
 
+pub use pace::Pace;
 pub use report::{Failed, Limit, ReplayError, Report, Skip, Skipped};
 
 /// Records read from the store at a time while a selection is worked through.
@@ -33,41 +35,6 @@ const PAGE: usize = 500;
 
 /// Records claimed and sent together: one transaction, their confirms in flight at once.
 pub const BATCH: usize = 256;
-
-/// How fast a replay sends: at most `per_second` tasks a second when set, as fast as the
-/// broker confirms otherwise.
-#[derive(Debug)]
-pub struct Pace {
-    per_second: Option<u32>,
-    next: Option<tokio::time::Instant>,
-}
-
-impl Pace {
-    pub fn new(per_second: Option<u32>) -> Pace {
-        Pace {
-            per_second: per_second.filter(|n| *n > 0),
-            next: None,
-        }
-    }
-
-    /// Records per batch: at a set rate, about 50 ms of sending, so the claims (on SQLite, the
-    /// store's write lock) are never held long; [`BATCH`] otherwise.
-    fn batch(&self) -> usize {
-        self.per_second
-            .map_or(BATCH, |n| (n as usize / 20).clamp(1, BATCH))
-    }
-
-    /// Waits for the next send's turn.
-    async fn turn(&mut self) {
-        let Some(per_second) = self.per_second else {
-            return;
-        };
-        let now = tokio::time::Instant::now();
-        let at = self.next.map_or(now, |next| next.max(now));
-        tokio::time::sleep_until(at).await;
-        self.next = Some(at + std::time::Duration::from_secs(1) / per_second);
-    }
-}
 
 /// A record waiting in a batch, with the id of the record looked at before it (where a run
 /// that stops at it goes on from).
