@@ -175,7 +175,6 @@ impl Flusher {
         if tallies.is_empty() {
             return;
         }
-        warn_failures(&tallies);
         // In one order on every replica: two flushes of the same rows in different orders would
         // deadlock on PostgreSQL.
         let mut minutes: Vec<(String, String, MinuteCounts)> = tallies
@@ -198,6 +197,9 @@ impl Flusher {
             self.health.put_back(tallies);
             return;
         }
+        // After the write: counts put back after a failed one are warned about once, with the
+        // next write.
+        warn_failures(&tallies);
         if self.rule.after.is_zero() {
             return;
         }
@@ -256,7 +258,8 @@ fn warn_failures(tallies: &HashMap<String, Tally>) {
             .minutes
             .values()
             .fold((0, 0), |(a, s), c| (a + c.attempts, s + c.successes));
-        if attempts == successes {
+        let dead_lettered = tally.state.exhausted;
+        if attempts == successes && dead_lettered == 0 {
             continue;
         }
         let (status, error) = tally
@@ -268,6 +271,7 @@ fn warn_failures(tallies: &HashMap<String, Tally>) {
             subscription_id = %id,
             failed = attempts - successes,
             attempts,
+            dead_lettered,
             last_status = status,
             last_error = error.as_deref().unwrap_or(""),
             "delivery attempts failed"

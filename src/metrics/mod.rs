@@ -189,7 +189,10 @@ impl Metrics {
 
     pub fn dead_lettered(&self, event: &str, reason: &str) {
         self.dead_letters.with_label_values(&[event, reason]).inc();
-        tracing::warn!(event, reason, "dead-lettered");
+        // Debug: an endpoint that is down dead-letters as fast as events arrive; each
+        // endpoint's dead letters are summed into its failure warning (`endpoint_health`), and
+        // rejected or forged messages have warnings of their own.
+        tracing::debug!(event, reason, "dead-lettered");
     }
 
     /// One sample of a queue: messages ready and consumers, as a passive declare reports them.

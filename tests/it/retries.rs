@@ -210,7 +210,8 @@ async fn connection_errors_and_redirects_are_failed_attempts() {
 #[tokio::test]
 async fn failed_attempts_are_summed_per_endpoint_in_the_log_not_a_line_each() {
     // An endpoint that is down fails thousands of attempts a second: the log gets one warning
-    // per endpoint every two seconds, with the count and the last error.
+    // per endpoint every two seconds, with the counts (failed attempts, dead letters) and the
+    // last error.
     let service = ServiceProcess::start(&[("RETRY_DELAYS", "100ms")]).await;
     let receiver = Receiver::start().await;
     receiver.always(Reply::Status(500));
@@ -229,14 +230,19 @@ async fn failed_attempts_are_summed_per_endpoint_in_the_log_not_a_line_each() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
             .collect::<Vec<_>>()
     };
-    wait_until("the failures to be summed", PATIENCE, || async {
+    // Two attempts each (one retry), then the dead letter: counted in the same lines.
+    let total = |field: &str| {
         summaries()
             .iter()
-            .map(|l| l["fields"]["failed"].as_i64().unwrap_or(0))
+            .map(|l| l["fields"][field].as_i64().unwrap_or(0))
             .sum::<i64>()
-            >= 40
+    };
+    wait_until("the failures to be summed", PATIENCE, || async {
+        total("failed") >= 40 && total("dead_lettered") >= 20
     })
     .await;
+    assert_eq!(total("failed"), 40, "each failed attempt counted once");
+    assert_eq!(total("dead_lettered"), 20, "each dead letter counted once");
     let lines = summaries();
     assert!(
         lines.len() < 40,
@@ -252,5 +258,9 @@ async fn failed_attempts_are_summed_per_endpoint_in_the_log_not_a_line_each() {
     assert!(
         !service.logs().contains("\"delivery attempt failed\""),
         "no line per attempt at the default level"
+    );
+    assert!(
+        !service.logs().contains("\"dead-lettered\""),
+        "no line per dead letter at the default level"
     );
 }
