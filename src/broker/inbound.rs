@@ -36,6 +36,11 @@ impl Inbound {
         Inbound { delivery }
     }
 
+    /// Its delivery tag: its place among the messages of its channel.
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery.delivery_tag
+    }
+
     pub fn body(&self) -> &[u8] {
         &self.delivery.data
     }

@@ -4,6 +4,7 @@
 //! [`handoff`] (retry, defer, dead-letter). A message is acked only once each of its deliveries
 //! has succeeded or been handed to a delay queue or `P.dead` with a confirm.
 
+mod acks;
 mod attempt;
 mod handoff;
 pub mod lanes;
@@ -24,6 +25,7 @@ use crate::endpoint_health::EndpointHealth;
 use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
+use acks::Acks;
 use lanes::Lanes;
 
 pub struct Dispatcher {
@@ -158,6 +160,14 @@ impl Dispatcher {
         let mut lanes = Lanes::new(self.per_account);
         let mut parking = ParkingBudget::new(self.window);
         let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // The acks of this consumer's messages, gathered; the gatherer holds the session until
+        // the last task's ack is out.
+        let (acks, gatherer) = Acks::start(self.metrics.clone());
+        let held = session.clone();
+        tracker.spawn(async move {
+            gatherer.await;
+            drop(held);
+        });
         loop {
             tokio::select! {
                 biased;
@@ -172,11 +182,13 @@ impl Dispatcher {
                         to: finished.clone(),
                         account: Some(account),
                     };
-                    tracker.spawn(self.clone().settle(message, session.clone(), permit, finish));
+                    let settle = self.clone().settle(message, acks.clone(), session.clone(), permit, finish);
+                    tracker.spawn(settle);
                 }
                 next = consumer.next_until(&stop, "events") => {
                     let Some(message) = next else { break };
-                    self.admit(message, &mut lanes, &mut parking, &session, &tracker);
+                    acks.received(&message);
+                    self.admit(message, &mut lanes, &mut parking, &acks, &session, &tracker);
                 }
             }
             self.metrics.intake_waiting(lanes.len());
@@ -192,6 +204,7 @@ impl Dispatcher {
         message: Inbound,
         lanes: &mut Lanes,
         parking: &mut ParkingBudget,
+        acks: &Acks,
         session: &Arc<Session>,
         tracker: &TaskTracker,
     ) {
@@ -213,7 +226,10 @@ impl Dispatcher {
             && (lanes.bytes() >= INTAKE_BYTES
                 || full && lanes.over_share(&account) && parking.spend());
         if park {
-            tracker.spawn(self.clone().set_aside(message, account, session.clone()));
+            let aside = self
+                .clone()
+                .set_aside(message, account, acks.clone(), session.clone());
+            tracker.spawn(aside);
             return;
         }
         let bytes = message.body().len();
@@ -222,18 +238,20 @@ impl Dispatcher {
 
     /// Puts `message` back in the first delay queue, confirmed, then acks it; requeues it if the
     /// broker did not take it.
-    async fn set_aside(self: Arc<Self>, message: Inbound, account: String, _session: Arc<Session>) {
+    async fn set_aside(
+        self: Arc<Self>,
+        message: Inbound,
+        account: String,
+        acks: Acks,
+        _session: Arc<Session>,
+    ) {
         let queue = &self.topology.retries[0];
         let parked = self.publisher.park(&queue.name, &message).await;
         if parked.is_ok() {
             self.metrics.event_parked(&account, &queue.label);
         }
-        self.conclude(
-            message,
-            parked.map_err(HandleError::from),
-            "a parked events-queue message",
-        )
-        .await;
+        self.conclude(message, parked.map_err(HandleError::from), &acks)
+            .await;
     }
 
     /// Routes one message, then acks it, or hands it back when its outcome could not be made
@@ -241,28 +259,25 @@ impl Dispatcher {
     async fn settle(
         self: Arc<Self>,
         message: Inbound,
+        acks: Acks,
         _session: Arc<Session>,
         _started: tokio::sync::OwnedSemaphorePermit,
         _finish: Finish,
     ) {
         let outcome = self.route(&message).await;
-        self.conclude(message, outcome, "an events-queue message")
-            .await;
+        self.conclude(message, outcome, &acks).await;
     }
 
-    /// Acks `message` once its outcome is safe in the broker, else hands it back after a pause
-    /// (so a broker in trouble is not hammered with it).
-    async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, what: &str) {
+    /// Has `message` acked once its outcome is safe in the broker (with others, see [`acks`]),
+    /// else hands it back after a pause (so a broker in trouble is not hammered with it).
+    async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, acks: &Acks) {
         match outcome {
-            Ok(()) => {
-                if !message.ack().await {
-                    self.metrics.ack_failed(what);
-                }
-            }
+            Ok(()) => acks.settled(message),
             Err(e) => {
                 tracing::error!(error = %e, "could not hand the message on; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = message.requeue().await;
+                acks.handed_back(message.delivery_tag());
             }
         }
     }

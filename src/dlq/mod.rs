@@ -197,6 +197,7 @@ impl Logger {
             log(&|| {
                 self.metrics.ack_failed(
                     "persisted dead letters (their redelivery is stored once, same ids)",
+                    messages.len() as u64,
                 )
             });
             done.ack_failed = true;

@@ -158,7 +158,6 @@ impl Metrics {
         self.delivery_logs_purged.inc_by(n);
     }
 
-    /// An ack that failed or timed out: `what` was settled, and its message comes back.
     /// Counts a control message by `result` (one of [`CONTROL_RESULTS`]).
     pub fn control_message(&self, result: &str) {
         self.control_messages.with_label_values(&[result]).inc();
@@ -173,11 +172,13 @@ impl Metrics {
         self.subscriptions_auto_disabled.inc();
     }
 
-    pub fn ack_failed(&self, what: &str) {
-        self.ack_failures.inc();
+    /// An ack of `messages` that failed or timed out: `what` was settled, and comes back.
+    pub fn ack_failed(&self, what: &str, messages: u64) {
+        self.ack_failures.inc_by(messages);
         tracing::warn!(
             what,
-            "ack failed or did not complete (channel gone); the broker will deliver the message again"
+            messages,
+            "ack failed or did not complete (channel gone); the broker will deliver the messages again"
         );
     }
 

@@ -88,7 +88,7 @@ impl Metrics {
             &registry,
             IntCounter::new(
                 "webhook_ack_failures_total",
-                "Acks that failed or did not complete in time; the broker delivers those messages again (a duplicate, never a loss).",
+                "Messages whose ack failed or did not complete in time; the broker delivers them again (a duplicate, never a loss).",
             ),
         );
         let deliveries_deferred = register(

@@ -1,0 +1,280 @@
+//! Acks for the events consumer, gathered: a settled message is noted here and its task ends;
+//! every [`GATHER`] the acks due go out as one `multiple` ack up to the highest delivery tag
+//! below which every message has been settled. One frame (and one round through the AMQP
+//! client's I/O thread) for many messages, instead of one each: a delivery's ack was a third of
+//! what the service spent on the broker per message (BENCHMARKS.md, "Steady path").
+//!
+//! A `multiple` ack covers every unsettled tag up to its own, so it is only ever sent up to the
+//! first message still under way (or waiting in its lane, or never to be handled). A settled
+//! message above such a gap waits one more round, then is acked alone: a slow delivery holds no
+//! one else's ack for longer than two rounds. A message handed back (`basic.reject`) is settled
+//! at once by its task and noted only so it no longer counts as under way. Nothing is acked
+//! before its task says it may be; what an ack that never goes out leaves unacked, the broker
+//! hands out again (as before).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+
+use crate::broker::Inbound;
+use crate::metrics::Metrics;
+
+/// How long a round gathers acks before sending them.
+pub const GATHER: Duration = Duration::from_millis(2);
+
+/// What a task tells the gatherer about one message.
+enum Note {
+    /// Taken from the consumer (by the consume loop, before any task can settle it).
+    Received(u64),
+    /// Its outcome is safe in the broker: ack it.
+    Settled(Box<Inbound>),
+    /// Handed back to its queue already: never ack it.
+    HandedBack(u64),
+}
+
+/// Where the dispatcher's tasks note their messages; cheap to clone. The gatherer runs until
+/// every clone is dropped, then acks what is due and ends.
+#[derive(Clone)]
+pub struct Acks {
+    to: mpsc::UnboundedSender<Note>,
+}
+
+impl Acks {
+    /// The notes' end and the gatherer, to be spawned (on the tracker the message tasks run on,
+    /// so shutdown waits for its last acks).
+    pub fn start(metrics: Metrics) -> (Acks, impl Future<Output = ()> + Send + 'static) {
+        let (to, notes) = mpsc::unbounded_channel();
+        (Acks { to }, gather(notes, metrics))
+    }
+
+    pub fn received(&self, message: &Inbound) {
+        let _ = self.to.send(Note::Received(message.delivery_tag()));
+    }
+
+    /// `message` may be acked: it is, within two rounds.
+    pub fn settled(&self, message: Inbound) {
+        let _ = self.to.send(Note::Settled(Box::new(message)));
+    }
+
+    /// `message` was handed back (rejected) by its task.
+    pub fn handed_back(&self, tag: u64) {
+        let _ = self.to.send(Note::HandedBack(tag));
+    }
+}
+
+/// What one round sends.
+#[derive(Debug, Default, PartialEq)]
+struct Round<T> {
+    /// Acked with `multiple` through this one's tag...
+    through: Option<T>,
+    /// ...which covers these too.
+    covered: Vec<T>,
+    /// Acked one by one (settled above a gap for a whole round, or the last round).
+    alone: Vec<T>,
+}
+
+/// The delivery tags under way and the settled messages not yet acked.
+struct Window<T> {
+    under_way: BTreeSet<u64>,
+    /// By tag: the message, and whether it already waited out a round.
+    settled: BTreeMap<u64, (T, bool)>,
+}
+
+impl<T> Window<T> {
+    fn new() -> Window<T> {
+        Window {
+            under_way: BTreeSet::new(),
+            settled: BTreeMap::new(),
+        }
+    }
+
+    fn received(&mut self, tag: u64) {
+        self.under_way.insert(tag);
+    }
+
+    fn settled(&mut self, tag: u64, message: T) {
+        self.under_way.remove(&tag);
+        self.settled.insert(tag, (message, false));
+    }
+
+    fn handed_back(&mut self, tag: u64) {
+        self.under_way.remove(&tag);
+    }
+
+    /// What to send now: everything settled below the first tag under way as one `multiple`
+    /// ack; above it, what already waited a round alone (all of it when `last`). The rest waits
+    /// for the next round.
+    fn round(&mut self, last: bool) -> Round<T> {
+        let mut round = Round {
+            through: None,
+            covered: Vec::new(),
+            alone: Vec::new(),
+        };
+        let above = match self.under_way.first() {
+            Some(&gap) => self.settled.split_off(&gap),
+            None => BTreeMap::new(),
+        };
+        let below = std::mem::replace(&mut self.settled, above);
+        let mut below: Vec<T> = below.into_values().map(|(message, _)| message).collect();
+        round.through = below.pop();
+        round.covered = below;
+        for (tag, (message, waited)) in std::mem::take(&mut self.settled) {
+            if waited || last {
+                round.alone.push(message);
+            } else {
+                self.settled.insert(tag, (message, true));
+            }
+        }
+        round
+    }
+
+    fn is_idle(&self) -> bool {
+        self.settled.is_empty()
+    }
+}
+
+async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, metrics: Metrics) {
+    let mut window = Window::new();
+    loop {
+        // Idle: wait for a note as long as it takes. Messages waiting above a gap: one round.
+        let next = if window.is_idle() {
+            notes.recv().await
+        } else {
+            match tokio::time::timeout(GATHER, notes.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    send(window.round(false), &metrics).await;
+                    continue;
+                }
+            }
+        };
+        let Some(note) = next else { break };
+        apply(&mut window, note);
+        // Gather what else comes meanwhile, then send it all.
+        tokio::time::sleep(GATHER).await;
+        let mut open = true;
+        loop {
+            match notes.try_recv() {
+                Ok(note) => apply(&mut window, note),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !open {
+            break;
+        }
+        send(window.round(false), &metrics).await;
+    }
+    // Every task is done: ack everything settled; what was never settled goes back to the queue
+    // when the channel closes.
+    send(window.round(true), &metrics).await;
+}
+
+fn apply(window: &mut Window<Box<Inbound>>, note: Note) {
+    match note {
+        Note::Received(tag) => window.received(tag),
+        Note::Settled(message) => window.settled(message.delivery_tag(), message),
+        Note::HandedBack(tag) => window.handed_back(tag),
+    }
+}
+
+async fn send(round: Round<Box<Inbound>>, metrics: &Metrics) {
+    let mut failed = 0;
+    if let Some(through) = &round.through
+        && !through.ack_through().await
+    {
+        failed += 1 + round.covered.len();
+    }
+    let alone = join_all(round.alone.iter().map(|message| message.ack())).await;
+    failed += alone.into_iter().filter(|acked| !acked).count();
+    if failed > 0 {
+        metrics.ack_failed("events-queue messages", failed as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(received: &[u64]) -> Window<u64> {
+        let mut w = Window::new();
+        for &tag in received {
+            w.received(tag);
+        }
+        w
+    }
+
+    #[test]
+    fn settled_messages_below_every_one_under_way_go_in_one_ack() {
+        let mut w = window(&[1, 2, 3, 4, 5]);
+        for tag in [3, 1, 2] {
+            w.settled(tag, tag);
+        }
+        let round = w.round(false);
+        assert_eq!(round.through, Some(3));
+        assert_eq!(round.covered, vec![1, 2]);
+        assert!(round.alone.is_empty());
+        assert_eq!(w.round(false), Round::default(), "nothing left to send");
+    }
+
+    #[test]
+    fn nothing_is_acked_through_a_message_under_way() {
+        let mut w = window(&[1, 2, 3]);
+        w.settled(2, 2);
+        w.settled(3, 3);
+        assert_eq!(
+            w.round(false),
+            Round::default(),
+            "1 is under way: 2 and 3 wait"
+        );
+        // A round later they go alone, still not through 1.
+        let round = w.round(false);
+        assert_eq!(round.through, None);
+        assert_eq!(round.alone, vec![2, 3]);
+        w.settled(1, 1);
+        let round = w.round(false);
+        assert_eq!(round.through, Some(1));
+        assert!(round.covered.is_empty() && round.alone.is_empty());
+    }
+
+    #[test]
+    fn a_message_handed_back_is_never_acked_and_no_longer_holds_the_others() {
+        let mut w = window(&[1, 2, 3]);
+        w.settled(2, 2);
+        w.handed_back(1);
+        w.settled(3, 3);
+        let round = w.round(false);
+        assert_eq!(round.through, Some(3));
+        assert_eq!(round.covered, vec![2]);
+    }
+
+    #[test]
+    fn the_last_round_acks_alone_what_waits_above_a_message_never_settled() {
+        // 2 waited in its lane when the consumer stopped: it is left for the broker to hand out
+        // again, and what was settled after it is acked alone.
+        let mut w = window(&[1, 2, 3, 4]);
+        w.settled(1, 1);
+        w.settled(3, 3);
+        w.settled(4, 4);
+        let round = w.round(true);
+        assert_eq!(round.through, Some(1));
+        assert_eq!(round.alone, vec![3, 4]);
+        assert!(w.is_idle());
+    }
+
+    #[test]
+    fn messages_settled_later_start_their_wait_afresh() {
+        let mut w = window(&[1, 2, 3]);
+        w.settled(2, 2);
+        assert_eq!(w.round(false), Round::default());
+        w.settled(3, 3);
+        let round = w.round(false);
+        assert_eq!(round.alone, vec![2], "3 has not waited a round yet");
+        assert_eq!(w.round(false).alone, vec![3]);
+    }
+}
