@@ -9,12 +9,6 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::cli::{self, OpsCommand};
 use webhook_dispatcher::{App, Config, telemetry};
 
-/// The allocator: glibc's malloc and free were a tenth of the service's CPU per delivery, most of
-/// it in their slow paths (`malloc_consolidate`, `unlink_chunk`); mimalloc's per-thread free
-/// lists serve the same small, short-lived allocations (BENCHMARKS.md, "Steady path").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Every setting is a flag and an environment variable. Each subcommand takes (after its name)
 /// only the settings it uses; `serve` is the default.
 #[derive(Parser)]
