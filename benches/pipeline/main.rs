@@ -8,8 +8,10 @@
 //!
 //! Scenarios (one Markdown row each):
 //! 1. ceiling    — a bare loop in this process: consume persistent messages, POST each body to
-//!    the receiver, ack; same prefetch as the service, at several concurrencies, the best kept,
-//!    timed like the service (deliveries over the span from the first to the last receipt).
+//!    the receiver, ack; same prefetch as the service, at several concurrencies, each acking
+//!    every message on its own and gathering its acks (one `multiple` ack every 2 ms, as the
+//!    service does), the best kept, timed like the service (deliveries over the span from the
+//!    first to the last receipt).
 //! 2. throughput — the service: N preloaded events, one matching subscription each.
 //! 3. latency    — the service: 2,000 events/s paced for 30 s, publish → receipt percentiles.
 //! 4. fan-out    — the service: each event matches 50 subscriptions, against a bare fan-out
@@ -191,7 +193,7 @@ async fn main() {
     if o.runs(1) {
         let c = ceiling::ceiling(&o, &conn, receiver, &counters, n, 1).await;
         table.row([
-            "1. ceiling (bare consume → POST → ack, best concurrency)",
+            "1. ceiling (bare consume → POST → ack, best concurrency and acking)",
             &format!("{n} messages"),
             &format!("{:.0} deliveries/s (tried {})", c.rate, c.tried()),
             "—",
@@ -235,7 +237,17 @@ async fn main() {
     }
     if o.runs(3) {
         let concurrency = best.as_ref().map_or(64, |c| c.concurrency);
-        let (lat, reference) = latency(&o, &service, &conn, &counters, receiver, concurrency).await;
+        let acking = best.as_ref().map_or(ceiling::Acking::Each, |c| c.acking);
+        let (lat, reference) = latency(
+            &o,
+            &service,
+            &conn,
+            &counters,
+            receiver,
+            concurrency,
+            acking,
+        )
+        .await;
         table.target(
             [
                 "3. latency",
@@ -246,7 +258,7 @@ async fn main() {
                     lat.len()
                 ),
                 &format!(
-                    "{} (bare loop at concurrency {concurrency}, same load: {})",
+                    "{} (bare loop at concurrency {concurrency}, acks {acking:?}, same load: {})",
                     latency_cells(&lat),
                     latency_cells(&reference)
                 ),

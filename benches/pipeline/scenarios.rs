@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection};
 
-use crate::ceiling::{bare_loop, bare_queue, channel, drop_queue, publish_all};
+use crate::ceiling::{Acking, bare_loop, bare_queue, channel, drop_queue, publish_all};
 use crate::receiver::Counters;
 use crate::support::{PATIENCE, ServiceProcess, wait_until_every};
 use crate::{FAN_OUT, Options, event};
@@ -185,6 +185,7 @@ pub async fn latency(
     counters: &Arc<Counters>,
     receiver: SocketAddr,
     concurrency: usize,
+    acking: Acking,
 ) -> (Vec<u64>, Vec<u64>) {
     let (queue, consumer_ch, consumer) = bare_queue(o, conn, "latency", 0).await;
     let worker = bare_loop(
@@ -192,6 +193,7 @@ pub async fn latency(
         format!("http://{receiver}/ok"),
         1,
         concurrency,
+        acking,
         Arc::default(),
     );
     let reference = paced(o, conn, counters, "", &queue).await;
