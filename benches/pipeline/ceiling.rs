@@ -143,7 +143,9 @@ pub fn bare_loop(
 /// start at 1); every 2 ms one `multiple` ack through the last of the unbroken run from the
 /// lowest tag not yet acked. A bare loop's POSTs all answer within milliseconds, so it needs
 /// none of the service's care for messages held long (acks alone above them).
-fn gather_acks(acked: Arc<AtomicU64>) -> tokio::sync::mpsc::UnboundedSender<(u64, lapin::Acker)> {
+pub fn gather_acks(
+    acked: Arc<AtomicU64>,
+) -> tokio::sync::mpsc::UnboundedSender<(u64, lapin::Acker)> {
     let (to, mut answered) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut waiting = std::collections::BTreeMap::<u64, lapin::Acker>::new();

@@ -1,12 +1,12 @@
 //! The broker's share of scenario 9, alone: the same topology the service declares (a quorum
 //! events queue, quorum delay queues of 2, 4 and 8 s dead-lettering back into it at least once,
 //! `P.dead`), and a bare loop that does only the broker's part of a failing delivery — consume,
-//! publish to the next delay queue (or, after the third, to `P.dead`) with a confirm, ack — no
-//! HTTP, no store. What it reaches is the most any dispatcher could reach on this broker and
+//! publish to the next delay queue (or, after the third, to `P.dead`) with a confirm, ack
+//! (gathered, as the service does) — no HTTP, no store. What it reaches is the most any dispatcher could reach on this broker and
 //! machine; scenario 9's rows are read against it as well as against the ceiling.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use webhook_dispatcher::broker::Topology;
 use webhook_dispatcher::config::{QueueSettings, QueueType, RetryDelays};
 
-use crate::ceiling::{channel, drop_queue, publish_all};
+use crate::ceiling::{channel, drop_queue, gather_acks, publish_all};
 use crate::{Options, event};
 
 /// Which delay queues a message has been through.
@@ -115,14 +115,17 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
     let (events_ch, mut events) = consume(conn, &topology.events, o.prefetch).await;
     let out = Arc::new(channel(conn).await);
     let topology = Arc::new(topology);
-    let acked = Arc::new(AtomicU64::new(0));
+    let gather = gather_acks(Arc::new(AtomicU64::new(0)));
     let worker = {
-        let (handed, out, topology, acked) =
-            (handed.clone(), out.clone(), topology.clone(), acked.clone());
+        let (handed, out, topology) = (handed.clone(), out.clone(), topology.clone());
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = events.next().await {
-                let (handed, out, topology, acked) =
-                    (handed.clone(), out.clone(), topology.clone(), acked.clone());
+                let (handed, out, topology, gather) = (
+                    handed.clone(),
+                    out.clone(),
+                    topology.clone(),
+                    gather.clone(),
+                );
                 tokio::spawn(async move {
                     let round = round_of(&delivery.properties);
                     let to = topology
@@ -138,9 +141,7 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
                     if round == 0 {
                         handed.lock().await.mark();
                     }
-                    if delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
-                        acked.fetch_add(1, Ordering::SeqCst);
-                    }
+                    let _ = gather.send((delivery.delivery_tag, delivery.acker));
                 });
             }
         })
