@@ -10,12 +10,10 @@ use utoipa::ToSchema;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiJson, ApiState};
-use crate::ops::replay::jobs;
+use crate::ops::replay::{RATES, jobs};
 use crate::ops::select::Filters;
 use crate::store::ReplayJob;
 
-/// Most replays a second a job may be held to (`rate`).
-pub const MAX_RATE: u32 = 1_000_000;
 /// Jobs the list shows, newest first.
 const LISTED: i64 = 50;
 
@@ -74,10 +72,12 @@ pub async fn start(
     ApiJson(req): ApiJson<ReplayJobRequest>,
 ) -> Result<(StatusCode, HeaderMap, Json<ReplayJob>), ApiError> {
     if let Some(rate) = req.rate
-        && !(1..=MAX_RATE).contains(&rate)
+        && !RATES.contains(&rate)
     {
         return Err(ApiError::Unprocessable(format!(
-            "rate must be between 1 and {MAX_RATE} replays a second, got {rate}"
+            "rate must be between {} and {} replays a second, got {rate}",
+            RATES.start(),
+            RATES.end()
         )));
     }
     // The selection as given, shown with the job (the rate is a field of its own).

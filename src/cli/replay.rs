@@ -12,7 +12,7 @@ use super::CliError;
 use super::OpsSettings;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
-use crate::ops::replay::{Limit, Pace, Replayer, Report, Skipped};
+use crate::ops::replay::{Limit, Pace, RATES, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
 use crate::store::DeliveryLog;
@@ -175,9 +175,11 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
 fn parse_rate(raw: &str) -> Result<u32, String> {
     let number = raw.trim().strip_suffix("/s").unwrap_or(raw.trim());
     match number.parse::<u32>() {
-        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Ok(n) if RATES.contains(&n) => Ok(n),
         _ => Err(format!(
-            "{raw:?} is not a rate: give replays a second, e.g. 200/s (1 to 1000000)"
+            "{raw:?} is not a rate: give replays a second, e.g. 200/s ({} to {})",
+            RATES.start(),
+            RATES.end()
         )),
     }
 }

@@ -27,7 +27,7 @@ pub mod jobs;
 mod pace;
 mod report;
 
-pub use pace::Pace;
+pub use pace::{Pace, RATES};
 pub use report::{Failed, Limit, ReplayError, Report, Skip, Skipped};
 
 /// Records read from the store at a time while a selection is worked through.

@@ -1,6 +1,12 @@
 //! How fast a replay sends, and so how big its batches are.
 
+use std::ops::RangeInclusive;
+
 use super::BATCH;
+
+/// The rates a replay may be held to, in replays a second (`replay --rate`, a replay job's
+/// `rate`): checked where they come in, against this one range.
+pub const RATES: RangeInclusive<u32> = 1..=1_000_000;
 
 /// How fast a replay sends: at most `per_second` tasks a second when set, as fast as the
 /// broker confirms otherwise.
