@@ -10,13 +10,17 @@
 //! one else's ack for longer than two rounds. A message handed back (`basic.reject`) is settled
 //! at once by its task and noted only so it no longer counts as under way. Nothing is acked
 //! before its task says it may be; what an ack that never goes out leaves unacked, the broker
-//! hands out again (as before).
+//! hands out again (as before). A round is cut short once half the intake window (`PREFETCH`)
+//! is settled and waiting for its ack, so a small window never stalls on the gathering (with
+//! `PREFETCH=1` every message is acked as soon as it is settled).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::broker::Inbound;
 use crate::metrics::Metrics;
@@ -39,14 +43,36 @@ enum Note {
 #[derive(Clone)]
 pub struct Acks {
     to: mpsc::UnboundedSender<Note>,
+    due: Arc<Due>,
+}
+
+/// Settled messages the gatherer has not taken in yet, and the wake-up when they are enough.
+struct Due {
+    settled: AtomicUsize,
+    enough: usize,
+    now: Notify,
 }
 
 impl Acks {
     /// The notes' end and the gatherer, to be spawned (on the tracker the message tasks run on,
-    /// so shutdown waits for its last acks).
-    pub fn start(metrics: Metrics) -> (Acks, impl Future<Output = ()> + Send + 'static) {
+    /// so shutdown waits for its last acks). `window` is the consumer's prefetch.
+    pub fn start(
+        metrics: Metrics,
+        window: usize,
+    ) -> (Acks, impl Future<Output = ()> + Send + 'static) {
         let (to, notes) = mpsc::unbounded_channel();
-        (Acks { to }, gather(notes, metrics))
+        let due = Arc::new(Due {
+            settled: AtomicUsize::new(0),
+            enough: (window / 2).max(1),
+            now: Notify::new(),
+        });
+        (
+            Acks {
+                to,
+                due: due.clone(),
+            },
+            gather(notes, due, metrics),
+        )
     }
 
     pub fn received(&self, message: &Inbound) {
@@ -56,6 +82,9 @@ impl Acks {
     /// `message` may be acked: it is, within two rounds.
     pub fn settled(&self, message: Inbound) {
         let _ = self.to.send(Note::Settled(Box::new(message)));
+        if self.due.settled.fetch_add(1, Ordering::AcqRel) + 1 >= self.due.enough {
+            self.due.now.notify_one();
+        }
     }
 
     /// `message` was handed back (rejected) by its task.
@@ -135,7 +164,7 @@ impl<T> Window<T> {
     }
 }
 
-async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, metrics: Metrics) {
+async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, due: Arc<Due>, metrics: Metrics) {
     let mut window = Window::new();
     loop {
         // Idle: wait for a note as long as it takes. Messages waiting above a gap: one round.
@@ -151,13 +180,16 @@ async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, metrics: Metrics) {
             }
         };
         let Some(note) = next else { break };
-        apply(&mut window, note);
-        // Gather what else comes meanwhile, then send it all.
-        tokio::time::sleep(GATHER).await;
+        let mut taken = apply(&mut window, note);
+        // Gather what else comes meanwhile (or until half the window waits), then send it all.
+        tokio::select! {
+            _ = tokio::time::sleep(GATHER) => {}
+            _ = due.now.notified() => {}
+        }
         let mut open = true;
         loop {
             match notes.try_recv() {
-                Ok(note) => apply(&mut window, note),
+                Ok(note) => taken += apply(&mut window, note),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
@@ -165,6 +197,7 @@ async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, metrics: Metrics) {
                 }
             }
         }
+        due.settled.fetch_sub(taken, Ordering::AcqRel);
         if !open {
             break;
         }
@@ -175,12 +208,17 @@ async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, metrics: Metrics) {
     send(window.round(true), &metrics).await;
 }
 
-fn apply(window: &mut Window<Box<Inbound>>, note: Note) {
+/// Takes `note` in; 1 when it was a settled message.
+fn apply(window: &mut Window<Box<Inbound>>, note: Note) -> usize {
     match note {
         Note::Received(tag) => window.received(tag),
-        Note::Settled(message) => window.settled(message.delivery_tag(), message),
+        Note::Settled(message) => {
+            window.settled(message.delivery_tag(), message);
+            return 1;
+        }
         Note::HandedBack(tag) => window.handed_back(tag),
     }
+    0
 }
 
 async fn send(round: Round<Box<Inbound>>, metrics: &Metrics) {

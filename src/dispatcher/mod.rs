@@ -162,7 +162,7 @@ impl Dispatcher {
         let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<String>();
         // The acks of this consumer's messages, gathered; the gatherer holds the session until
         // the last task's ack is out.
-        let (acks, gatherer) = Acks::start(self.metrics.clone());
+        let (acks, gatherer) = Acks::start(self.metrics.clone(), self.window);
         let held = session.clone();
         tracker.spawn(async move {
             gatherer.await;
