@@ -190,21 +190,31 @@ pub async fn bare_queue(
         .await
         .unwrap();
     publish_all(&ch, "", &queue, (0..preload).map(|i| event(label, i))).await;
-    let consumer_ch = conn.create_channel().await.unwrap();
-    consumer_ch
-        .basic_qos(o.prefetch, BasicQosOptions::default())
+    let (consumer_ch, consumer) = consumer(conn, &queue, o.prefetch, label).await;
+    (queue, consumer_ch, consumer)
+}
+
+/// A consumer tagged `tag` on `queue`, on a channel of its own with `prefetch`.
+pub async fn consumer(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> (Channel, lapin::Consumer) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
         .unwrap();
-    let consumer = consumer_ch
+    let consumer = ch
         .basic_consume(
-            queue.as_str().into(),
-            label.into(),
+            queue.into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
-    (queue, consumer_ch, consumer)
+    (ch, consumer)
 }
 
 pub async fn drop_queue(conn: &Connection, queue: &str) {

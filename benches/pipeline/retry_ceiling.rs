@@ -5,19 +5,18 @@
 //! (gathered, as the service does) — no HTTP, no store. What it reaches is the most any dispatcher could reach on this broker and
 //! machine; scenario 9's rows are read against it as well as against the ceiling.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
-use tokio::sync::Mutex;
 use webhook_dispatcher::broker::Topology;
 use webhook_dispatcher::config::{QueueSettings, QueueType, RetryDelays};
 
-use crate::ceiling::{channel, drop_queue, gather_acks, publish_all};
+use crate::ceiling::{channel, consumer, drop_queue, gather_acks, publish_all};
 use crate::{Options, event};
 
 /// Which delay queues a message has been through.
@@ -102,17 +101,17 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
 
     let handed = Arc::new(Mutex::new(Span::default()));
     let dead = Arc::new(Mutex::new(Span::default()));
-    let dead_consumer = consume(conn, &topology.dead, o.prefetch).await;
+    let (dead_ch, mut dead_deliveries) =
+        consumer(conn, &topology.dead, o.prefetch, "bench-retry").await;
     let dead_seen = dead.clone();
-    let (_, mut dead_deliveries) = dead_consumer;
     let dead_task = tokio::spawn(async move {
         while let Some(Ok(delivery)) = dead_deliveries.next().await {
-            dead_seen.lock().await.mark();
+            dead_seen.lock().unwrap().mark();
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
     });
 
-    let (events_ch, mut events) = consume(conn, &topology.events, o.prefetch).await;
+    let (events_ch, mut events) = consumer(conn, &topology.events, o.prefetch, "bench-retry").await;
     let out = Arc::new(channel(conn).await);
     let topology = Arc::new(topology);
     let gather = gather_acks(Arc::new(AtomicU64::new(0)));
@@ -139,7 +138,7 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
                         .with_headers(headers);
                     publish(&out, to, &delivery.data, props).await;
                     if round == 0 {
-                        handed.lock().await.mark();
+                        handed.lock().unwrap().mark();
                     }
                     let _ = gather.send((delivery.delivery_tag, delivery.acker));
                 });
@@ -147,21 +146,22 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
         })
     };
     let start = Instant::now();
-    while dead.lock().await.seen < n as u64 {
+    while dead.lock().unwrap().seen < n as u64 {
         assert!(
             start.elapsed() < Duration::from_secs(600),
             "the bare retry loop: {} of {n} in P.dead after 600 s",
-            dead.lock().await.seen
+            dead.lock().unwrap().seen
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let result = RetryCeiling {
-        handed_off: handed.lock().await.rate(),
-        dead: dead.lock().await.rate(),
+        handed_off: handed.lock().unwrap().rate(),
+        dead: dead.lock().unwrap().rate(),
     };
     let _ = events_ch.close(200, "done".into()).await;
     let _ = worker.await;
     dead_task.abort();
+    let _ = dead_ch.close(200, "done".into()).await;
     for queue in topology.queues() {
         drop_queue(conn, queue).await;
     }
@@ -172,23 +172,6 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
         .exchange_delete(topology.control.as_str().into(), Default::default())
         .await;
     result
-}
-
-async fn consume(conn: &Connection, queue: &str, prefetch: u16) -> (Channel, lapin::Consumer) {
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let consumer = ch
-        .basic_consume(
-            queue.into(),
-            "bench-retry".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (ch, consumer)
 }
 
 /// Publishes to `queue` through the default exchange and waits for the broker's confirm.
