@@ -12,7 +12,9 @@
 //! before its task says it may be; what an ack that never goes out leaves unacked, the broker
 //! hands out again (as before). A round is cut short once half the intake window (`PREFETCH`)
 //! is settled and waiting for its ack, so a small window never stalls on the gathering (with
-//! `PREFETCH=1` every message is acked as soon as it is settled).
+//! `PREFETCH=1` every message is acked as soon as it is settled). With nothing else under way
+//! there is nothing to gather: a settled message is acked at once, so a quiet service holds no
+//! settled message unacked (a cut connection would have it delivered again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,41 +31,76 @@ use crate::metrics::Metrics;
 pub const GATHER: Duration = Duration::from_millis(2);
 
 /// What a task tells the gatherer about one message.
-enum Note {
+enum Note<M> {
     /// Taken from the consumer (by the consume loop, before any task can settle it).
     Received(u64),
     /// Its outcome is safe in the broker: ack it.
-    Settled(Box<Inbound>),
+    Settled(M),
     /// Handed back to its queue already: never ack it.
     HandedBack(u64),
 }
 
 /// Where the dispatcher's tasks note their messages; cheap to clone. The gatherer runs until
 /// every clone is dropped, then acks what is due and ends.
-#[derive(Clone)]
-pub struct Acks {
-    to: mpsc::UnboundedSender<Note>,
+pub struct Acks<M = Box<Inbound>> {
+    to: mpsc::UnboundedSender<Note<M>>,
     due: Arc<Due>,
 }
 
-/// Settled messages the gatherer has not taken in yet, and the wake-up when they are enough.
+impl<M> Clone for Acks<M> {
+    fn clone(&self) -> Self {
+        Acks {
+            to: self.to.clone(),
+            due: self.due.clone(),
+        }
+    }
+}
+
+/// What the gatherer is woken for before its round ends: half the window settled and not
+/// taken in yet, or nothing under way any more.
 struct Due {
     settled: AtomicUsize,
     enough: usize,
+    /// Received and neither settled nor handed back.
+    under_way: AtomicUsize,
     now: Notify,
 }
 
-impl Acks {
+/// A message the gatherer can ack: the events consumer's, or a test's stand-in.
+pub trait Ackable: Send + 'static {
+    fn tag(&self) -> u64;
+    /// Acks it alone; false if the ack did not go out.
+    fn ack(&self) -> impl Future<Output = bool> + Send;
+    /// Acks it and every unsettled message before it on its channel (`multiple`).
+    fn ack_through(&self) -> impl Future<Output = bool> + Send;
+}
+
+impl Ackable for Box<Inbound> {
+    fn tag(&self) -> u64 {
+        self.delivery_tag()
+    }
+
+    fn ack(&self) -> impl Future<Output = bool> + Send {
+        Inbound::ack(self)
+    }
+
+    fn ack_through(&self) -> impl Future<Output = bool> + Send {
+        Inbound::ack_through(self)
+    }
+}
+
+impl<M: Ackable> Acks<M> {
     /// The notes' end and the gatherer, to be spawned (on the tracker the message tasks run on,
     /// so shutdown waits for its last acks). `window` is the consumer's prefetch.
     pub fn start(
         metrics: Metrics,
         window: usize,
-    ) -> (Acks, impl Future<Output = ()> + Send + 'static) {
+    ) -> (Acks<M>, impl Future<Output = ()> + Send + 'static) {
         let (to, notes) = mpsc::unbounded_channel();
         let due = Arc::new(Due {
             settled: AtomicUsize::new(0),
             enough: (window / 2).max(1),
+            under_way: AtomicUsize::new(0),
             now: Notify::new(),
         });
         (
@@ -75,21 +112,32 @@ impl Acks {
         )
     }
 
-    pub fn received(&self, message: &Inbound) {
-        let _ = self.to.send(Note::Received(message.delivery_tag()));
+    /// The message tagged `tag` was taken from the consumer.
+    pub fn received(&self, tag: u64) {
+        self.due.under_way.fetch_add(1, Ordering::AcqRel);
+        let _ = self.to.send(Note::Received(tag));
     }
 
     /// `message` may be acked: it is, within two rounds.
-    pub fn settled(&self, message: Inbound) {
-        let _ = self.to.send(Note::Settled(Box::new(message)));
-        if self.due.settled.fetch_add(1, Ordering::AcqRel) + 1 >= self.due.enough {
+    pub fn settled(&self, message: M) {
+        let _ = self.to.send(Note::Settled(message));
+        let enough = self.due.settled.fetch_add(1, Ordering::AcqRel) + 1 >= self.due.enough;
+        if self.left_none() || enough {
             self.due.now.notify_one();
         }
     }
 
-    /// `message` was handed back (rejected) by its task.
+    /// The message tagged `tag` was handed back (rejected) by its task.
     pub fn handed_back(&self, tag: u64) {
         let _ = self.to.send(Note::HandedBack(tag));
+        if self.left_none() {
+            self.due.now.notify_one();
+        }
+    }
+
+    /// Counts one message off those under way; true if it was the last.
+    fn left_none(&self) -> bool {
+        self.due.under_way.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
@@ -164,7 +212,11 @@ impl<T> Window<T> {
     }
 }
 
-async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, due: Arc<Due>, metrics: Metrics) {
+async fn gather<M: Ackable>(
+    mut notes: mpsc::UnboundedReceiver<Note<M>>,
+    due: Arc<Due>,
+    metrics: Metrics,
+) {
     let mut window = Window::new();
     loop {
         // Idle: wait for a note as long as it takes. Messages waiting above a gap: one round.
@@ -181,21 +233,15 @@ async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, due: Arc<Due>, metrics
         };
         let Some(note) = next else { break };
         let mut taken = apply(&mut window, note);
-        // Gather what else comes meanwhile (or until half the window waits), then send it all.
-        tokio::select! {
-            _ = tokio::time::sleep(GATHER) => {}
-            _ = due.now.notified() => {}
-        }
-        let mut open = true;
-        loop {
-            match notes.try_recv() {
-                Ok(note) => taken += apply(&mut window, note),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
+        let mut open = take_waiting(&mut notes, &mut window, &mut taken);
+        // Gather what else comes meanwhile (until half the window waits, or nothing is under
+        // way), then send it all; with nothing under way now there is nothing to wait for.
+        if open && !window.under_way.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = due.now.notified() => {}
             }
+            open = take_waiting(&mut notes, &mut window, &mut taken);
         }
         due.settled.fetch_sub(taken, Ordering::AcqRel);
         if !open {
@@ -208,12 +254,28 @@ async fn gather(mut notes: mpsc::UnboundedReceiver<Note>, due: Arc<Due>, metrics
     send(window.round(true), &metrics).await;
 }
 
+/// Takes in the notes already sent, counting the settled ones into `taken`; false once every
+/// sender is gone.
+fn take_waiting<M: Ackable>(
+    notes: &mut mpsc::UnboundedReceiver<Note<M>>,
+    window: &mut Window<M>,
+    taken: &mut usize,
+) -> bool {
+    loop {
+        match notes.try_recv() {
+            Ok(note) => *taken += apply(window, note),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+}
+
 /// Takes `note` in; 1 when it was a settled message.
-fn apply(window: &mut Window<Box<Inbound>>, note: Note) -> usize {
+fn apply<M: Ackable>(window: &mut Window<M>, note: Note<M>) -> usize {
     match note {
         Note::Received(tag) => window.received(tag),
         Note::Settled(message) => {
-            window.settled(message.delivery_tag(), message);
+            window.settled(message.tag(), message);
             return 1;
         }
         Note::HandedBack(tag) => window.handed_back(tag),
@@ -221,7 +283,7 @@ fn apply(window: &mut Window<Box<Inbound>>, note: Note) -> usize {
     0
 }
 
-async fn send(round: Round<Box<Inbound>>, metrics: &Metrics) {
+async fn send<M: Ackable>(round: Round<M>, metrics: &Metrics) {
     let mut failed = 0;
     if let Some(through) = &round.through
         && !through.ack_through().await
@@ -238,6 +300,152 @@ async fn send(round: Round<Box<Inbound>>, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// Each ack the gatherer sent: through which tag, `multiple` or alone, and when.
+    type Sent = Arc<Mutex<Vec<(u64, bool, Instant)>>>;
+
+    struct StandIn {
+        tag: u64,
+        sent: Sent,
+    }
+
+    impl Ackable for StandIn {
+        fn tag(&self) -> u64 {
+            self.tag
+        }
+
+        async fn ack(&self) -> bool {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((self.tag, false, Instant::now()));
+            true
+        }
+
+        async fn ack_through(&self) -> bool {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((self.tag, true, Instant::now()));
+            true
+        }
+    }
+
+    /// A gatherer on stand-in messages with a window of `window`, where to note them, and the
+    /// acks it sent.
+    fn gatherer(window: usize) -> (Acks<StandIn>, Sent, tokio::task::JoinHandle<()>) {
+        let (acks, gather) = Acks::start(Metrics::new(), window);
+        (acks, Sent::default(), tokio::spawn(gather))
+    }
+
+    fn stand_in(tag: u64, sent: &Sent) -> StandIn {
+        StandIn {
+            tag,
+            sent: sent.clone(),
+        }
+    }
+
+    /// Lets the gatherer run until it waits on the clock (time is paused: nothing advances it).
+    async fn let_it_run() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_message_with_nothing_else_under_way_is_acked_at_once() {
+        let (acks, sent, task) = gatherer(512);
+        let start = Instant::now();
+        acks.received(1);
+        let_it_run().await;
+        acks.settled(stand_in(1, &sent));
+        let_it_run().await;
+        assert_eq!(
+            *sent.lock().unwrap(),
+            vec![(1, true, start)],
+            "acked before any time passed, not at the end of a round"
+        );
+        drop(acks);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_messages_wait_for_the_round_while_another_is_under_way() {
+        let (acks, sent, task) = gatherer(512);
+        let start = Instant::now();
+        for tag in [1, 2, 3] {
+            acks.received(tag);
+        }
+        acks.settled(stand_in(1, &sent));
+        let_it_run().await;
+        assert!(sent.lock().unwrap().is_empty(), "2 and 3 are under way");
+        tokio::time::sleep(GATHER / 2).await;
+        acks.settled(stand_in(2, &sent));
+        let_it_run().await;
+        assert!(sent.lock().unwrap().is_empty(), "3 is still under way");
+        tokio::time::sleep(GATHER).await;
+        assert_eq!(
+            *sent.lock().unwrap(),
+            vec![(2, true, start + GATHER)],
+            "one ack through 2 for both, at the end of the round"
+        );
+        acks.settled(stand_in(3, &sent));
+        let_it_run().await;
+        assert_eq!(
+            sent.lock().unwrap().last(),
+            Some(&(3, true, start + GATHER + GATHER / 2)),
+            "3 was the last under way: acked at once"
+        );
+        drop(acks);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_waits_above_a_slow_message_goes_alone_and_that_message_at_once() {
+        let (acks, sent, task) = gatherer(512);
+        let start = Instant::now();
+        for tag in [1, 2, 3] {
+            acks.received(tag);
+        }
+        acks.settled(stand_in(2, &sent));
+        acks.settled(stand_in(3, &sent));
+        tokio::time::sleep(GATHER * 3).await;
+        assert_eq!(
+            *sent.lock().unwrap(),
+            vec![
+                (2, false, start + GATHER * 2),
+                (3, false, start + GATHER * 2)
+            ],
+            "above 1, still under way, 2 and 3 waited a round, then went alone"
+        );
+        acks.settled(stand_in(1, &sent));
+        let_it_run().await;
+        assert_eq!(
+            sent.lock().unwrap().last(),
+            Some(&(1, true, start + GATHER * 3)),
+            "1 was the last under way: acked at once"
+        );
+        drop(acks);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
+        let (acks, sent, task) = gatherer(512);
+        let start = Instant::now();
+        for tag in [1, 2] {
+            acks.received(tag);
+        }
+        acks.settled(stand_in(2, &sent));
+        let_it_run().await;
+        acks.handed_back(1);
+        let_it_run().await;
+        assert_eq!(*sent.lock().unwrap(), vec![(2, true, start)]);
+        drop(acks);
+        task.await.unwrap();
+    }
 
     fn window(received: &[u64]) -> Window<u64> {
         let mut w = Window::new();

@@ -187,7 +187,7 @@ impl Dispatcher {
                 }
                 next = consumer.next_until(&stop, "events") => {
                     let Some(message) = next else { break };
-                    acks.received(&message);
+                    acks.received(message.delivery_tag());
                     self.admit(message, &mut lanes, &mut parking, &acks, &session, &tracker);
                 }
             }
@@ -272,7 +272,7 @@ impl Dispatcher {
     /// else hands it back after a pause (so a broker in trouble is not hammered with it).
     async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, acks: &Acks) {
         match outcome {
-            Ok(()) => acks.settled(message),
+            Ok(()) => acks.settled(Box::new(message)),
             Err(e) => {
                 tracing::error!(error = %e, "could not hand the message on; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
