@@ -172,3 +172,33 @@ impl Producer {
         q.message_count()
     }
 }
+
+/// How many of `queue`'s messages its consumers hold unacked, as the shared broker counts them
+/// (`rabbitmqctl list_queues`: AMQP has no way to ask).
+pub async fn messages_unacknowledged(queue: &str) -> u64 {
+    let queue = queue.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = super::shared_rabbitmqctl()
+            .args(["list_queues", "-q", "--formatter", "json"])
+            .args(["name", "messages_unacknowledged"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("rabbitmqctl runs next to the shared broker");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl list_queues: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("rabbitmqctl's JSON");
+        let row = rows
+            .iter()
+            .find(|row| row["name"] == queue.as_str())
+            .unwrap_or_else(|| panic!("no queue {queue} on the broker"));
+        row["messages_unacknowledged"]
+            .as_u64()
+            .expect("a count of unacked messages")
+    })
+    .await
+    .expect("the rabbitmqctl thread")
+}
