@@ -1,11 +1,14 @@
 //! `webhook-dispatcher replay [filters] [--dry-run] [--yes] [--limit N]`: looks first (a dry
-//! run through the store), asks, then replays exactly the records it showed.
+//! run through the store), asks, then replays exactly the records it showed; with `--yes`,
+//! replays straight through the selection.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
+use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
@@ -15,7 +18,8 @@ use crate::broker::Publisher;
 use crate::ops::replay::{Limit, Pace, RATES, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
-use crate::store::DeliveryLog;
+use crate::seal::Keyring;
+use crate::store::{DeliveryLog, Store};
 
 /// The `--help` note on TIME.
 pub const TIME_HELP: &str = "TIME is RFC 3339 (2026-11-27T10:00:00Z, or with an offset), a date (2026-11-27, \
@@ -88,6 +92,39 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
     }
     let store = open_store(&settings.store).await?;
     let keys = load_keys(&store).await?;
+    let limit = args
+        .limit
+        .map_or(Limit::None, |n| Limit::Replayed(n as usize));
+    let mut pace = Pace::new(args.rate).until(stop.clone());
+    if args.yes && !args.dry_run {
+        // Nobody to show a listing to: replay straight through the selection, page by page,
+        // reading each record once.
+        let matched = store
+            .count_replay_candidates(&selection)
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let done = replaying(
+            settings,
+            store,
+            keys,
+            matched.max(0) as u64,
+            async |replayer, bar| {
+                let mut tick = |_: &DeliveryLog| bar.inc(1);
+                replayer
+                    .run(&selection, None, limit, false, &mut pace, &mut tick)
+                    .await
+            },
+        )
+        .await?
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        if done.replayed.is_empty() && done.failed.is_empty() && !done.interrupted {
+            println!("nothing to replay{}", skipped_summary(&done.skipped));
+            print!("{}", skipped_listing(&done.skipped));
+            return Ok(ExitCode::SUCCESS);
+        }
+        let more = done.more;
+        return summed_up(done, Vec::new(), more);
+    }
     // A dry run needs no broker; a replayer without a channel can only look.
     let looker = Replayer {
         store: store.clone(),
@@ -100,8 +137,7 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
         .run(
             &selection,
             None,
-            args.limit
-                .map_or(Limit::None, |n| Limit::Replayed(n as usize)),
+            limit,
             true,
             &mut Pace::new(None),
             &mut |log| listed.push(row(log)),
@@ -118,10 +154,29 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
         return Ok(ExitCode::SUCCESS);
     }
     let n = plan.replayed.len();
-    if !args.yes && confirm(&format!("Replay {n} deliveries?"), stop).await != Some(true) {
+    if confirm(&format!("Replay {n} deliveries?"), stop).await != Some(true) {
         eprintln!("nothing replayed");
         return Ok(ExitCode::FAILURE);
     }
+    let done = replaying(settings, store, keys, n as u64, async |replayer, bar| {
+        let mut tick = || bar.inc(1);
+        replayer
+            .replay_ids(&plan.replayed, stop, &mut pace, &mut tick)
+            .await
+    })
+    .await?;
+    summed_up(done, plan.skipped, plan.more)
+}
+
+/// Connects to the broker, runs `work` with a replayer on it and a progress bar of `total`,
+/// then closes the broker and `store`.
+async fn replaying<T>(
+    settings: &OpsSettings,
+    store: Store,
+    keys: Arc<Keyring>,
+    total: u64,
+    work: impl AsyncFnOnce(&Replayer, &ProgressBar) -> T,
+) -> Result<T, CliError> {
     let broker = connect_broker(&settings.access.amqp, settings.topology()).await?;
     let replayer = Replayer {
         store: store.clone(),
@@ -129,16 +184,20 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
         events_queue: broker.topology.events.clone(),
         keys,
     };
-    let bar = progress(n as u64, "replaying");
-    let mut done = replayer
-        .replay_ids(&plan.replayed, stop, &mut Pace::new(args.rate), &mut || {
-            bar.inc(1)
-        })
-        .await;
+    let bar = progress(total, "replaying");
+    let done = work(&replayer, &bar).await;
     bar.finish_and_clear();
     broker.close().await;
     store.close().await;
-    let mut skipped = plan.skipped;
+    Ok(done)
+}
+
+/// Prints what a replay did (`skipped` from its listing first) and the exit it ends with.
+fn summed_up(
+    mut done: Report,
+    mut skipped: Vec<Skipped>,
+    more: bool,
+) -> Result<ExitCode, CliError> {
     skipped.append(&mut done.skipped);
     print!("{}", skipped_listing(&skipped));
     for failed in &done.failed {
@@ -161,7 +220,7 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
             "interrupted: the records not yet replayed were left untouched; run again to replay them".into(),
         ));
     }
-    if plan.more {
+    if more {
         println!("more records match beyond --limit; run again for the next ones");
     }
     Ok(if done.failed.is_empty() {

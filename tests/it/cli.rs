@@ -765,6 +765,79 @@ async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
 }
 
 #[tokio::test]
+async fn ctrl_c_stops_a_replay_between_batches_and_a_second_run_replays_the_rest_once() {
+    let service = ServiceProcess::start(&[]).await;
+    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
+    let subscription = service.subscribe("acct_stop", &receiver.url).await;
+    let store = Store::connect(&sqlite_url(service.db_path()))
+        .await
+        .expect("the service's store");
+    const RECORDS: usize = 60;
+    for n in 0..RECORDS {
+        let letter = exhausted_purchase(&format!("evt_stop_{n}"), "acct_stop", &subscription);
+        store
+            .insert_dead_letter(&letter, Trust::Verified)
+            .await
+            .unwrap();
+    }
+    // 20 a second: 3 s for all of them; ctrl-c after about one.
+    let child = service
+        .cli_command(&["replay", "--all", "--yes", "--rate", "20/s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning replay");
+    let pid = libc::pid_t::try_from(child.id().expect("running")).expect("pid fits");
+    wait_until("the first replays", PATIENCE, || async {
+        receiver.total() >= 10
+    })
+    .await;
+    // SAFETY: plain kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let run = child.wait_with_output().await.expect("replay exits");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let replayed: usize = stdout
+        .split("replayed ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of replays in {stdout}"));
+    assert!(
+        (10..RECORDS).contains(&replayed),
+        "stopped part way: {stdout}"
+    );
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(service.db_path()))
+            .await
+            .unwrap();
+    let marked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM delivery_logs WHERE replayed_at IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    drop(conn);
+    assert_eq!(
+        marked as usize, replayed,
+        "what it said it replayed, and only that, is marked"
+    );
+    let again = service.cli(&["replay", "--all", "--yes"], b"").await;
+    again.expect_code(0);
+    assert!(
+        again
+            .stdout
+            .contains(&format!("replayed {}, skipped 0", RECORDS - replayed)),
+        "{again:?}"
+    );
+    receiver.wait_distinct(RECORDS, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.total(), RECORDS, "each record delivered once");
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_second_ctrl_c_ends_a_stuck_command_at_once_with_130() {
     // `publish -` blocks reading a stdin that never ends: the first ctrl-c cannot stop it.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhook-dispatcher"))

@@ -63,8 +63,8 @@ impl Replayer {
     }
 
     /// Works through the records `selection` matches, oldest first, after the record `after`
-    /// (an id) when given, as far as `limit` lets it, in batches sent at `pace`. A dry run only
-    /// checks each record. `seen` is called with each record once it is handled (progress
+    /// (an id) when given, as far as `limit` lets it, in batches sent at `pace` (and until it
+    /// says stop: then `interrupted`). A dry run only checks each record. `seen` is called with each record once it is handled (progress
     /// bars, listings).
     pub async fn run(
         &self,
@@ -85,6 +85,14 @@ impl Replayer {
                 .await?;
             let full = page.len() == PAGE;
             for log in page {
+                // Stopped: only between batches, so every record looked at is filed and the
+                // rest untouched.
+                if batch.is_empty() && pace.stopped() {
+                    report.interrupted = true;
+                    report.more = true;
+                    report.next_cursor = after;
+                    return Ok(report);
+                }
                 if limit.reached(&report, batch.len()) {
                     if let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await {
                         after = stopped_at;

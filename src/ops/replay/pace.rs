@@ -1,6 +1,8 @@
-//! How fast a replay sends, and so how big its batches are.
+//! How fast a replay sends, and so how big its batches are; and when it stops sending.
 
 use std::ops::RangeInclusive;
+
+use tokio_util::sync::CancellationToken;
 
 use super::BATCH;
 
@@ -9,11 +11,12 @@ use super::BATCH;
 pub const RATES: RangeInclusive<u32> = 1..=1_000_000;
 
 /// How fast a replay sends: at most `per_second` tasks a second when set, as fast as the
-/// broker confirms otherwise.
+/// broker confirms otherwise; and, with [`Pace::until`], no further batch once `stop` fires.
 #[derive(Debug)]
 pub struct Pace {
     per_second: Option<u32>,
     next: Option<tokio::time::Instant>,
+    stop: Option<CancellationToken>,
 }
 
 impl Pace {
@@ -21,7 +24,21 @@ impl Pace {
         Pace {
             per_second: per_second.filter(|n| *n > 0),
             next: None,
+            stop: None,
         }
+    }
+
+    /// The same pace, and no batch started after `stop` fires (one under way is finished).
+    pub fn until(self, stop: CancellationToken) -> Pace {
+        Pace {
+            stop: Some(stop),
+            ..self
+        }
+    }
+
+    /// Whether to start no further batch.
+    pub(super) fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.is_cancelled())
     }
 
     /// Records per batch: at a set rate, about 50 ms of sending, so the claims (on SQLite, the
