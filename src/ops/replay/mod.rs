@@ -17,7 +17,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Publisher, TASK_CONFIRM_TIMEOUT};
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
+use crate::broker::{BrokerError, Pending, Publisher, TASK_CONFIRM_TIMEOUT};
 use crate::seal::Keyring;
 use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
 use crate::time::now_rfc3339;
@@ -35,6 +39,10 @@ const PAGE: usize = 500;
 
 /// Records claimed and sent together: one transaction, their confirms in flight at once.
 pub const BATCH: usize = 256;
+
+/// Publishes of a batch handed to the AMQP client at once: each waits for its frames to be
+/// written, and one at a time that was a round through the client's I/O thread per record.
+const SENDING: usize = 64;
 
 /// A record waiting in a batch, with the id of the record looked at before it (where a run
 /// that stops at it goes on from).
@@ -225,15 +233,26 @@ impl Replayer {
                 return None;
             }
         };
-        // Sent in order, confirms awaited together; the first refusal ends the sending. The
-        // whole batch gets one confirm limit: a broker that blocks publishers (a resource alarm)
-        // holds the claims, on SQLite the store's write lock, no longer than that.
+        // Sent in order (lapin queues a publish's frames when it is first polled), up to
+        // SENDING at once, confirms awaited together; the first refusal ends the sending. The
+        // whole batch gets one confirm limit: a broker that blocks publishers (a resource
+        // alarm) holds the claims, on SQLite the store's write lock, no longer than that.
         let deadline = tokio::time::Instant::now() + TASK_CONFIRM_TIMEOUT;
         let late = || BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT);
         let mut outcomes: Vec<Option<Result<(), ReplayError>>> = Vec::new();
         let mut pending = Vec::new();
+        let mut sending = FuturesOrdered::new();
         let mut refused = false;
         for q in &queued {
+            // Take in the publishes written so far (with SENDING under way, wait for the oldest):
+            // once one is refused, nothing more is sent.
+            while let Some(Some((n, written))) = if sending.len() >= SENDING {
+                Some(sending.next().await)
+            } else {
+                sending.next().now_or_never()
+            } {
+                refused |= took(&mut outcomes, &mut pending, n, written);
+            }
             if refused {
                 outcomes.push(None);
                 continue;
@@ -244,22 +263,24 @@ impl Replayer {
             }
             pace.turn().await;
             let task = task_of(&q.log).expect("checked: the record has a subscription");
-            let send =
-                self.publisher
-                    .send_task(&self.events_queue, &task, TaskKind::Replay, &self.keys);
-            match tokio::time::timeout_at(deadline, send)
-                .await
-                .unwrap_or_else(|_| Err(late()))
-            {
-                Ok(sent) => {
-                    pending.push((outcomes.len(), sent));
-                    outcomes.push(Some(Ok(())));
-                }
-                Err(e) => {
-                    refused = true;
-                    outcomes.push(Some(Err(e.into())));
-                }
+            let n = outcomes.len();
+            outcomes.push(Some(Ok(())));
+            let (publisher, queue, keys) = (&self.publisher, &self.events_queue, &self.keys);
+            let send = async move {
+                let written = publisher.send_task(queue, &task, TaskKind::Replay, keys);
+                let written = tokio::time::timeout_at(deadline, written)
+                    .await
+                    .unwrap_or_else(|_| Err(late()));
+                (n, written)
+            };
+            sending.push_back(send);
+            // First poll: its frames are queued now, behind the ones before it.
+            if let Some(Some((n, written))) = sending.next().now_or_never() {
+                refused |= took(&mut outcomes, &mut pending, n, written);
             }
+        }
+        while let Some((n, written)) = sending.next().await {
+            took(&mut outcomes, &mut pending, n, written);
         }
         let confirms =
             futures_util::future::join_all(pending.into_iter().map(|(n, sent)| async move {
@@ -358,6 +379,26 @@ impl Replayer {
             return Err(Skip::AlreadyReplayed(Some(at.clone())).into());
         }
         Ok(())
+    }
+}
+
+/// Files the publish of record `n`: written, its confirm joins `pending`; refused, its outcome
+/// says why. True when refused.
+fn took(
+    outcomes: &mut [Option<Result<(), ReplayError>>],
+    pending: &mut Vec<(usize, Pending)>,
+    n: usize,
+    written: Result<Pending, BrokerError>,
+) -> bool {
+    match written {
+        Ok(sent) => {
+            pending.push((n, sent));
+            false
+        }
+        Err(e) => {
+            outcomes[n] = Some(Err(e.into()));
+            true
+        }
     }
 }
 
