@@ -45,8 +45,8 @@ struct Tally {
     /// By minute (unix seconds / 60).
     minutes: BTreeMap<i64, MinuteCounts>,
     state: StateChange,
-    /// The rule is worth checking: a delivery failed every attempt.
-    exhausted_seen: bool,
+    /// When a delivery last failed every attempt: the rule is worth checking, as of then.
+    last_exhausted: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -98,7 +98,7 @@ impl EndpointHealth {
         let mut tallies = self.tallies.lock().expect("health lock");
         let tally = tallies.entry(subscription_id.to_string()).or_default();
         tally.state.exhausted += 1;
-        tally.exhausted_seen = true;
+        tally.last_exhausted = Some(Utc::now());
     }
 
     fn take(&self) -> HashMap<String, Tally> {
@@ -123,7 +123,7 @@ impl EndpointHealth {
                 state.exhausted += old.state.exhausted;
                 state.failing_since = old.state.failing_since.or(state.failing_since.take());
             }
-            newer.exhausted_seen |= old.exhausted_seen;
+            newer.last_exhausted = newer.last_exhausted.max(old.last_exhausted);
         }
     }
 }
@@ -156,7 +156,7 @@ impl Flusher {
                 _ = stop.cancelled() => true,
                 _ = tokio::time::sleep(FLUSH_EVERY) => false,
             };
-            self.flush(Utc::now()).await;
+            self.flush().await;
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = tokio::time::Instant::now();
                 if let Err(e) = self.store.prune_health(Utc::now()).await {
@@ -170,7 +170,7 @@ impl Flusher {
     }
 
     /// Writes what was counted since the last write, then applies the rule.
-    pub async fn flush(&self, now: DateTime<Utc>) {
+    pub async fn flush(&self) {
         let tallies = self.health.take();
         if tallies.is_empty() {
             return;
@@ -203,9 +203,12 @@ impl Flusher {
         if self.rule.after.is_zero() {
             return;
         }
+        // As of the delivery that failed its last attempt, not of this write (up to
+        // FLUSH_EVERY later): whether the endpoint had been failing for AUTO_DISABLE_AFTER then
+        // must not depend on when the counts happened to be written.
         for (id, tally) in &tallies {
-            if tally.exhausted_seen {
-                self.apply_rule(id, now).await;
+            if let Some(at) = tally.last_exhausted {
+                self.apply_rule(id, at).await;
             }
         }
     }
@@ -352,6 +355,6 @@ mod tests {
             Some("2026-12-01T10:00:00.000Z")
         );
         assert_eq!(t.minutes[&minute("2026-12-01T10:00:00Z")].attempts, 2);
-        assert!(t.exhausted_seen);
+        assert!(t.last_exhausted.is_some());
     }
 }
