@@ -1,0 +1,226 @@
+//! The gatherer's window, and its timing on paused time with a stand-in message.
+
+use super::*;
+use std::sync::Mutex;
+use tokio::time::Instant;
+
+/// Each ack the gatherer sent: through which tag, `multiple` or alone, and when.
+type Sent = Arc<Mutex<Vec<(u64, bool, Instant)>>>;
+
+struct StandIn {
+    tag: u64,
+    sent: Sent,
+}
+
+impl Ackable for StandIn {
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    async fn ack(&self) -> bool {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((self.tag, false, Instant::now()));
+        true
+    }
+
+    async fn ack_through(&self) -> bool {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((self.tag, true, Instant::now()));
+        true
+    }
+}
+
+/// A gatherer on stand-in messages with a window of `window`, where to note them, and the
+/// acks it sent.
+fn gatherer(window: usize) -> (Acks<StandIn>, Sent, tokio::task::JoinHandle<()>) {
+    let (acks, gather) = Acks::start(Metrics::new(), window);
+    (acks, Sent::default(), tokio::spawn(gather))
+}
+
+fn stand_in(tag: u64, sent: &Sent) -> StandIn {
+    StandIn {
+        tag,
+        sent: sent.clone(),
+    }
+}
+
+/// Lets the gatherer run until it waits on the clock (time is paused: nothing advances it).
+async fn let_it_run() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settled_message_with_nothing_else_under_way_is_acked_at_once() {
+    let (acks, sent, task) = gatherer(512);
+    let start = Instant::now();
+    acks.received(1);
+    let_it_run().await;
+    acks.settled(stand_in(1, &sent));
+    let_it_run().await;
+    assert_eq!(
+        *sent.lock().unwrap(),
+        vec![(1, true, start)],
+        "acked before any time passed, not at the end of a round"
+    );
+    drop(acks);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_messages_wait_for_the_round_while_another_is_under_way() {
+    let (acks, sent, task) = gatherer(512);
+    let start = Instant::now();
+    for tag in [1, 2, 3] {
+        acks.received(tag);
+    }
+    acks.settled(stand_in(1, &sent));
+    let_it_run().await;
+    assert!(sent.lock().unwrap().is_empty(), "2 and 3 are under way");
+    tokio::time::sleep(GATHER / 2).await;
+    acks.settled(stand_in(2, &sent));
+    let_it_run().await;
+    assert!(sent.lock().unwrap().is_empty(), "3 is still under way");
+    tokio::time::sleep(GATHER).await;
+    assert_eq!(
+        *sent.lock().unwrap(),
+        vec![(2, true, start + GATHER)],
+        "one ack through 2 for both, at the end of the round"
+    );
+    acks.settled(stand_in(3, &sent));
+    let_it_run().await;
+    assert_eq!(
+        sent.lock().unwrap().last(),
+        Some(&(3, true, start + GATHER + GATHER / 2)),
+        "3 was the last under way: acked at once"
+    );
+    drop(acks);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_waits_above_a_slow_message_goes_alone_and_that_message_at_once() {
+    let (acks, sent, task) = gatherer(512);
+    let start = Instant::now();
+    for tag in [1, 2, 3] {
+        acks.received(tag);
+    }
+    acks.settled(stand_in(2, &sent));
+    acks.settled(stand_in(3, &sent));
+    tokio::time::sleep(GATHER * 3).await;
+    assert_eq!(
+        *sent.lock().unwrap(),
+        vec![
+            (2, false, start + GATHER * 2),
+            (3, false, start + GATHER * 2)
+        ],
+        "above 1, still under way, 2 and 3 waited a round, then went alone"
+    );
+    acks.settled(stand_in(1, &sent));
+    let_it_run().await;
+    assert_eq!(
+        sent.lock().unwrap().last(),
+        Some(&(1, true, start + GATHER * 3)),
+        "1 was the last under way: acked at once"
+    );
+    drop(acks);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
+    let (acks, sent, task) = gatherer(512);
+    let start = Instant::now();
+    for tag in [1, 2] {
+        acks.received(tag);
+    }
+    acks.settled(stand_in(2, &sent));
+    let_it_run().await;
+    acks.handed_back(1);
+    let_it_run().await;
+    assert_eq!(*sent.lock().unwrap(), vec![(2, true, start)]);
+    drop(acks);
+    task.await.unwrap();
+}
+
+fn window(received: &[u64]) -> Window<u64> {
+    let mut w = Window::new();
+    for &tag in received {
+        w.received(tag);
+    }
+    w
+}
+
+#[test]
+fn settled_messages_below_every_one_under_way_go_in_one_ack() {
+    let mut w = window(&[1, 2, 3, 4, 5]);
+    for tag in [3, 1, 2] {
+        w.settled(tag, tag);
+    }
+    let round = w.round(false);
+    assert_eq!(round.through, Some(3));
+    assert_eq!(round.covered, vec![1, 2]);
+    assert!(round.alone.is_empty());
+    assert_eq!(w.round(false), Round::default(), "nothing left to send");
+}
+
+#[test]
+fn nothing_is_acked_through_a_message_under_way() {
+    let mut w = window(&[1, 2, 3]);
+    w.settled(2, 2);
+    w.settled(3, 3);
+    assert_eq!(
+        w.round(false),
+        Round::default(),
+        "1 is under way: 2 and 3 wait"
+    );
+    // A round later they go alone, still not through 1.
+    let round = w.round(false);
+    assert_eq!(round.through, None);
+    assert_eq!(round.alone, vec![2, 3]);
+    w.settled(1, 1);
+    let round = w.round(false);
+    assert_eq!(round.through, Some(1));
+    assert!(round.covered.is_empty() && round.alone.is_empty());
+}
+
+#[test]
+fn a_message_handed_back_is_never_acked_and_no_longer_holds_the_others() {
+    let mut w = window(&[1, 2, 3]);
+    w.settled(2, 2);
+    w.handed_back(1);
+    w.settled(3, 3);
+    let round = w.round(false);
+    assert_eq!(round.through, Some(3));
+    assert_eq!(round.covered, vec![2]);
+}
+
+#[test]
+fn the_last_round_acks_alone_what_waits_above_a_message_never_settled() {
+    // 2 waited in its lane when the consumer stopped: it is left for the broker to hand out
+    // again, and what was settled after it is acked alone.
+    let mut w = window(&[1, 2, 3, 4]);
+    w.settled(1, 1);
+    w.settled(3, 3);
+    w.settled(4, 4);
+    let round = w.round(true);
+    assert_eq!(round.through, Some(1));
+    assert_eq!(round.alone, vec![3, 4]);
+    assert!(w.is_idle());
+}
+
+#[test]
+fn messages_settled_later_start_their_wait_afresh() {
+    let mut w = window(&[1, 2, 3]);
+    w.settled(2, 2);
+    assert_eq!(w.round(false), Round::default());
+    w.settled(3, 3);
+    let round = w.round(false);
+    assert_eq!(round.alone, vec![2], "3 has not waited a round yet");
+    assert_eq!(w.round(false).alone, vec![3]);
+}

@@ -1,0 +1,157 @@
+//! One batch of a replay: claimed in one transaction, sent, committed once confirmed.
+
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
+use super::{Failed, Pace, Queued, ReplayError, Replayer, Report, Skip, task_of};
+use crate::broker::{BrokerError, Pending, TASK_CONFIRM_TIMEOUT};
+use crate::store::{DeliveryLog, StoreError};
+use crate::time::now_rfc3339;
+use crate::wire::TaskKind;
+
+/// Publishes of a batch handed to the AMQP client at once: each waits for its frames to be
+/// written, and one at a time that was a round through the client's I/O thread per record.
+const SENDING: usize = 64;
+
+impl Replayer {
+    /// Claims, sends and commits `batch` (emptying it), filing each record in `report` and
+    /// calling `seen` with it. When the broker did not take a record, the records after it are
+    /// left untouched (released, not filed) and this returns `Some` with where a run goes on
+    /// from: the record looked at before the first one not taken.
+    pub(super) async fn send(
+        &self,
+        batch: &mut Vec<Queued>,
+        report: &mut Report,
+        pace: &mut Pace,
+        seen: &mut (dyn FnMut(&DeliveryLog) + Send),
+    ) -> Option<Option<String>> {
+        if batch.is_empty() {
+            return None;
+        }
+        let queued = std::mem::take(batch);
+        let ids: Vec<String> = queued.iter().map(|q| q.log.id.clone()).collect();
+        let at = now_rfc3339();
+        let mut claim = match self.store.claim_replays(&ids, &at).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                for q in &queued {
+                    report.failed.push(Failed {
+                        id: q.log.id.clone(),
+                        error: e.to_string(),
+                    });
+                    seen(&q.log);
+                }
+                return None;
+            }
+        };
+        // Sent in order (lapin queues a publish's frames when it is first polled), up to
+        // SENDING at once, confirms awaited together; the first refusal ends the sending. The
+        // whole batch gets one confirm limit: a broker that blocks publishers (a resource
+        // alarm) holds the claims, on SQLite the store's write lock, no longer than that.
+        let deadline = tokio::time::Instant::now() + TASK_CONFIRM_TIMEOUT;
+        let late = || BrokerError::ConfirmTimeout(TASK_CONFIRM_TIMEOUT);
+        let mut outcomes: Vec<Option<Result<(), ReplayError>>> = Vec::new();
+        let mut pending = Vec::new();
+        let mut sending = FuturesOrdered::new();
+        let mut refused = false;
+        for q in &queued {
+            // Take in the publishes written so far (with SENDING under way, wait for the oldest):
+            // once one is refused, nothing more is sent.
+            while let Some(Some((n, written))) = if sending.len() >= SENDING {
+                Some(sending.next().await)
+            } else {
+                sending.next().now_or_never()
+            } {
+                refused |= took(&mut outcomes, &mut pending, n, written);
+            }
+            if refused {
+                outcomes.push(None);
+                continue;
+            }
+            if !claim.holds(&q.log.id) {
+                outcomes.push(Some(Err(Skip::AlreadyReplayed(None).into())));
+                continue;
+            }
+            pace.turn().await;
+            let task = task_of(&q.log).expect("checked: the record has a subscription");
+            let n = outcomes.len();
+            outcomes.push(Some(Ok(())));
+            let (publisher, queue, keys) = (&self.publisher, &self.events_queue, &self.keys);
+            let send = async move {
+                let written = publisher.send_task(queue, &task, TaskKind::Replay, keys);
+                let written = tokio::time::timeout_at(deadline, written)
+                    .await
+                    .unwrap_or_else(|_| Err(late()));
+                (n, written)
+            };
+            sending.push_back(send);
+            // First poll: its frames are queued now, behind the ones before it.
+            if let Some(Some((n, written))) = sending.next().now_or_never() {
+                refused |= took(&mut outcomes, &mut pending, n, written);
+            }
+        }
+        while let Some((n, written)) = sending.next().await {
+            took(&mut outcomes, &mut pending, n, written);
+        }
+        let confirms =
+            futures_util::future::join_all(pending.into_iter().map(|(n, sent)| async move {
+                let confirmed = tokio::time::timeout_at(deadline, sent.confirmed())
+                    .await
+                    .unwrap_or_else(|_| Err(late()));
+                (n, confirmed)
+            }))
+            .await;
+        for (n, confirmed) in confirms {
+            if let Err(e) = confirmed {
+                outcomes[n] = Some(Err(e.into()));
+            }
+        }
+        // Everything not confirmed reads as not replayed; the rest is final.
+        let first_refused = outcomes
+            .iter()
+            .position(|o| matches!(o, Some(Err(ReplayError::Broker(_)))));
+        for (q, outcome) in queued.iter().zip(&outcomes) {
+            if !matches!(outcome, Some(Ok(()))) {
+                claim.release(&q.log.id);
+            }
+        }
+        let committed = claim.commit().await;
+        for (n, (q, outcome)) in queued.iter().zip(outcomes).enumerate() {
+            if first_refused.is_some_and(|first| n > first) {
+                continue; // untouched: the run goes on from before the first refusal
+            }
+            let Some(outcome) = outcome else { continue };
+            let outcome = match (&committed, outcome) {
+                (Err(e), Ok(())) => Err(ReplayError::NotMarked(StoreError::Shared(e.to_string()))),
+                (_, outcome) => outcome,
+            };
+            if outcome.is_ok() {
+                tracing::debug!(delivery_log_id = %q.log.id, event_id = %q.log.event_id, "replay queued");
+            }
+            report.record(&q.log.id, outcome);
+            seen(&q.log);
+        }
+        first_refused.map(|first| queued[first].before.clone())
+    }
+}
+
+/// Files the publish of record `n`: written, its confirm joins `pending`; refused, its outcome
+/// says why. True when refused.
+fn took(
+    outcomes: &mut [Option<Result<(), ReplayError>>],
+    pending: &mut Vec<(usize, Pending)>,
+    n: usize,
+    written: Result<Pending, BrokerError>,
+) -> bool {
+    match written {
+        Ok(sent) => {
+            pending.push((n, sent));
+            false
+        }
+        Err(e) => {
+            outcomes[n] = Some(Err(e.into()));
+            true
+        }
+    }
+}
