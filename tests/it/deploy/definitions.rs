@@ -3,46 +3,15 @@
 //! runs on what it imported.
 
 use std::collections::BTreeMap;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 use super::read;
-use crate::support::shared_rabbitmqctl;
 use crate::support::{LOAD_ACCOUNT, Producer, ServiceProcess, event_ids};
 use crate::support::{PATIENCE, Receiver, amqp_url, metric_sum, test_config, unique, wait_until};
-
-/// `rabbitmqctl` against the shared node, failing with the command's output.
-fn rabbitmqctl(args: &[&str]) -> Output {
-    let out = shared_rabbitmqctl()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("rabbitmqctl could not run ({e}): this test needs the RabbitMQ CLI next to the shared broker")
-        });
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `rabbitmqctl list_… --formatter json` as JSON rows.
-fn list(what: &str, vhost: &str, columns: &[&str]) -> Vec<Value> {
-    let mut args = vec![what, "-p", vhost, "-q", "--formatter", "json"];
-    args.extend_from_slice(columns);
-    let out = rabbitmqctl(&args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "rabbitmqctl {what}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use crate::support::{rabbitmqctl, rabbitmqctl_list as list, shared_rabbitmqctl};
 
 /// A vhost of the test's own on the shared broker, deleted on drop (also after a panic).
 struct Vhost(String);

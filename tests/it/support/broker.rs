@@ -178,19 +178,8 @@ impl Producer {
 pub async fn messages_unacknowledged(queue: &str) -> u64 {
     let queue = queue.to_string();
     tokio::task::spawn_blocking(move || {
-        let out = super::shared_rabbitmqctl()
-            .args(["list_queues", "-q", "--formatter", "json"])
-            .args(["name", "messages_unacknowledged"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("rabbitmqctl runs next to the shared broker");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl list_queues: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).expect("rabbitmqctl's JSON");
+        let columns = ["name", "messages_unacknowledged"];
+        let rows = super::rabbitmqctl_list("list_queues", "/", &columns);
         let row = rows
             .iter()
             .find(|row| row["name"] == queue.as_str())

@@ -12,10 +12,11 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use sqlx::Connection as _;
 
 use super::free_port;
@@ -62,6 +63,37 @@ pub fn shared_rabbitmqctl() -> Command {
         }
         None => Command::new("rabbitmqctl"),
     }
+}
+
+/// `rabbitmqctl` against the shared node, failing with the command's output.
+pub fn rabbitmqctl(args: &[&str]) -> Output {
+    let out = shared_rabbitmqctl()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("rabbitmqctl could not run ({e}): this test needs the RabbitMQ CLI next to the shared broker")
+        });
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `rabbitmqctl list_… --formatter json` as JSON rows.
+pub fn rabbitmqctl_list(what: &str, vhost: &str, columns: &[&str]) -> Vec<Value> {
+    let mut args = vec![what, "-p", vhost, "-q", "--formatter", "json"];
+    args.extend_from_slice(columns);
+    let out = rabbitmqctl(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rabbitmqctl {what}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The PostgreSQL server the tests share: an admin connection URL.
