@@ -14,6 +14,7 @@ mod deploy;
 mod endpoint_health;
 mod fairness;
 mod faults;
+mod fuzz_corpora;
 mod hostile_endpoints;
 mod hostile_input;
 mod invalid_input;
