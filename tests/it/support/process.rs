@@ -127,7 +127,7 @@ impl ServiceProcess {
         // `WEBHOOK_DISPATCHER_BIN` runs another build (the benchmark's before/after comparisons).
         let bin = std::env::var_os("WEBHOOK_DISPATCHER_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_webhook-dispatcher").into());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.arg("serve")
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -144,7 +144,13 @@ impl ServiceProcess {
                 Ok(())
             });
         }
-        self.child = Some(cmd.spawn().expect("spawning the service binary"));
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawning the service binary {}: {e}",
+                Path::new(&bin).display()
+            )
+        });
+        self.child = Some(child);
         self.exited = None;
     }
 
@@ -258,7 +264,11 @@ impl ServiceProcess {
         if self.exited.is_some() {
             return false;
         }
-        match self.child.as_mut().expect("spawned").try_wait() {
+        // Never spawned (the binary could not be started): nothing runs, nothing to reap.
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        match child.try_wait() {
             Ok(Some(status)) => {
                 self.exited = Some(status);
                 false
