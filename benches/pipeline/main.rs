@@ -36,7 +36,8 @@
 //!
 //! Every scenario checks that each event arrived exactly as often as it should (once, or 50 times
 //! in the fan-out) after a settle. `--quick` runs everything small (a minute or two) and checks
-//! only that: CI runs it as a smoke test. A full run exits 1 when a target is missed.
+//! only that: CI runs it as a smoke test, in the test build (`cargo test --bench pipeline --
+//! --quick`). A full run exits 1 when a target is missed.
 
 mod ceiling;
 mod noisy;
