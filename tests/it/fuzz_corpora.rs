@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::support::files_in;
+
 #[path = "../../fuzz/checks/admin_api_bodies.rs"]
 mod admin_api_bodies;
 #[path = "../../fuzz/checks/inbound_event.rs"]
@@ -14,11 +16,7 @@ fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("a corpus entry").path())
-        .filter(|path| path.is_file())
-        .collect();
+    let mut files = files_in(&dir);
     files.sort();
     files
 }

@@ -35,6 +35,7 @@ pub use metrics::*;
 pub use portal::*;
 pub use postgres::*;
 pub use private_broker::*;
+pub use private_node::files_in;
 pub use process::*;
 pub use proxy::*;
 pub use receiver::*;

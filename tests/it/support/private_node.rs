@@ -138,7 +138,8 @@ pub(super) fn group_alive(group: i32) -> bool {
     unsafe { libc::kill(-group, 0) == 0 }
 }
 
-pub(super) fn files_in(dir: &Path) -> Vec<PathBuf> {
+/// The files directly in `dir` (none when it cannot be read).
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
         .map(|entries| {
             entries
