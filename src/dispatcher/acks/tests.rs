@@ -34,11 +34,42 @@ impl Ackable for StandIn {
     }
 }
 
-/// A gatherer on stand-in messages with a window of `window`, where to note them, and the
-/// acks it sent.
-fn gatherer(window: usize) -> (Acks<StandIn>, Sent, tokio::task::JoinHandle<()>) {
-    let (acks, gather) = Acks::start(Metrics::new(), window);
-    (acks, Sent::default(), tokio::spawn(gather))
+/// A gatherer on stand-in messages (window 512) that has been handed `received`, with where
+/// its acks are noted, and the time it started.
+struct Gathering {
+    acks: Acks<StandIn>,
+    sent: Sent,
+    task: tokio::task::JoinHandle<()>,
+    start: Instant,
+}
+
+impl Gathering {
+    fn after_receiving(received: &[u64]) -> Gathering {
+        let (acks, gather) = Acks::start(Metrics::new(), 512);
+        for &tag in received {
+            acks.received(tag);
+        }
+        Gathering {
+            acks,
+            sent: Sent::default(),
+            task: tokio::spawn(gather),
+            start: Instant::now(),
+        }
+    }
+
+    fn settle(&self, tag: u64) {
+        self.acks.settled(stand_in(tag, &self.sent));
+    }
+
+    fn sent(&self) -> Vec<(u64, bool, Instant)> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Drops the handle and waits for the gatherer to finish.
+    async fn stop(self) {
+        drop(self.acks);
+        self.task.await.unwrap();
+    }
 }
 
 fn stand_in(tag: u64, sent: &Sent) -> StandIn {
@@ -57,95 +88,77 @@ async fn let_it_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_settled_message_with_nothing_else_under_way_is_acked_at_once() {
-    let (acks, sent, task) = gatherer(512);
-    let start = Instant::now();
-    acks.received(1);
+    let g = Gathering::after_receiving(&[1]);
     let_it_run().await;
-    acks.settled(stand_in(1, &sent));
+    g.settle(1);
     let_it_run().await;
     assert_eq!(
-        *sent.lock().unwrap(),
-        vec![(1, true, start)],
+        g.sent(),
+        vec![(1, true, g.start)],
         "acked before any time passed, not at the end of a round"
     );
-    drop(acks);
-    task.await.unwrap();
+    g.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn settled_messages_wait_for_the_round_while_another_is_under_way() {
-    let (acks, sent, task) = gatherer(512);
-    let start = Instant::now();
-    for tag in [1, 2, 3] {
-        acks.received(tag);
-    }
-    acks.settled(stand_in(1, &sent));
+    let g = Gathering::after_receiving(&[1, 2, 3]);
+    g.settle(1);
     let_it_run().await;
-    assert!(sent.lock().unwrap().is_empty(), "2 and 3 are under way");
+    assert!(g.sent().is_empty(), "2 and 3 are under way");
     tokio::time::sleep(GATHER / 2).await;
-    acks.settled(stand_in(2, &sent));
+    g.settle(2);
     let_it_run().await;
-    assert!(sent.lock().unwrap().is_empty(), "3 is still under way");
+    assert!(g.sent().is_empty(), "3 is still under way");
     tokio::time::sleep(GATHER).await;
     assert_eq!(
-        *sent.lock().unwrap(),
-        vec![(2, true, start + GATHER)],
+        g.sent(),
+        vec![(2, true, g.start + GATHER)],
         "one ack through 2 for both, at the end of the round"
     );
-    acks.settled(stand_in(3, &sent));
+    g.settle(3);
     let_it_run().await;
     assert_eq!(
-        sent.lock().unwrap().last(),
-        Some(&(3, true, start + GATHER + GATHER / 2)),
+        g.sent().last(),
+        Some(&(3, true, g.start + GATHER + GATHER / 2)),
         "3 was the last under way: acked at once"
     );
-    drop(acks);
-    task.await.unwrap();
+    g.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn what_waits_above_a_slow_message_goes_alone_and_that_message_at_once() {
-    let (acks, sent, task) = gatherer(512);
-    let start = Instant::now();
-    for tag in [1, 2, 3] {
-        acks.received(tag);
-    }
-    acks.settled(stand_in(2, &sent));
-    acks.settled(stand_in(3, &sent));
+    let g = Gathering::after_receiving(&[1, 2, 3]);
+    g.settle(2);
+    g.settle(3);
     tokio::time::sleep(GATHER * 3).await;
     assert_eq!(
-        *sent.lock().unwrap(),
+        g.sent(),
         vec![
-            (2, false, start + GATHER * 2),
-            (3, false, start + GATHER * 2)
+            (2, false, g.start + GATHER * 2),
+            (3, false, g.start + GATHER * 2)
         ],
         "above 1, still under way, 2 and 3 waited a round, then went alone"
     );
-    acks.settled(stand_in(1, &sent));
+    g.settle(1);
     let_it_run().await;
     assert_eq!(
-        sent.lock().unwrap().last(),
-        Some(&(1, true, start + GATHER * 3)),
+        g.sent().last(),
+        Some(&(1, true, g.start + GATHER * 3)),
         "1 was the last under way: acked at once"
     );
-    drop(acks);
-    task.await.unwrap();
+    g.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
-    let (acks, sent, task) = gatherer(512);
-    let start = Instant::now();
-    for tag in [1, 2] {
-        acks.received(tag);
-    }
-    acks.settled(stand_in(2, &sent));
+    let g = Gathering::after_receiving(&[1, 2]);
+    g.settle(2);
     let_it_run().await;
-    acks.handed_back(1);
+    g.acks.handed_back(1);
     let_it_run().await;
-    assert_eq!(*sent.lock().unwrap(), vec![(2, true, start)]);
-    drop(acks);
-    task.await.unwrap();
+    assert_eq!(g.sent(), vec![(2, true, g.start)]);
+    g.stop().await;
 }
 
 fn window(received: &[u64]) -> Window<u64> {
