@@ -120,8 +120,10 @@ impl<M: Ackable> Acks<M> {
 
     /// `message` may be acked: it is, within two rounds.
     pub fn settled(&self, message: M) {
-        let _ = self.to.send(Note::Settled(message));
+        // Counted before it is sent: the gatherer takes the count off once it has the note, and
+        // must never take off one not yet added.
         let enough = self.due.settled.fetch_add(1, Ordering::AcqRel) + 1 >= self.due.enough;
+        let _ = self.to.send(Note::Settled(message));
         if self.left_none() || enough {
             self.due.now.notify_one();
         }
