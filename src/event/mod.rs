@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::text::{check_account_id, check_event_id};
+use crate::text::{check_account_id, check_event_id, is_format};
 
 /// Largest inbound message accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
@@ -145,7 +145,7 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
         serde_json::from_slice(raw).map_err(|e| EventError::InvalidJson(e.to_string()))?;
 
     let event_name = required_string(env.event, "event")?;
-    let kind = EventKind::parse(&event_name).ok_or(EventError::UnknownEvent(event_name))?;
+    let kind = EventKind::parse(&event_name).ok_or_else(|| unknown_event(event_name))?;
     let account_id = required_string(env.account_id, "account_id")?;
     check_account_id(&account_id).map_err(EventError::InvalidEvent)?;
     let timestamp_raw = env.timestamp.ok_or_else(|| missing("timestamp"))?;
@@ -206,7 +206,14 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
     })
 }
 
+/// Longest unknown event name a rejected message's record keeps (and its error quotes whole).
+pub const MAX_REJECTED_EVENT: usize = 64;
+
 /// Best-effort extraction of `event` and `account_id` from a message that failed validation.
+/// Only what could name an account or an event is kept: an `account_id` the account rules
+/// accept, an `event` of at most [`MAX_REJECTED_EVENT`] bytes without control characters. Both
+/// are indexed columns of the delivery log (PostgreSQL refuses an index entry over ~2.7 KB, and
+/// one refused record would hold up every dead letter after it); the raw message keeps the rest.
 pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
     #[derive(Deserialize)]
     struct Loose {
@@ -215,11 +222,25 @@ pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
     }
     match serde_json::from_slice::<Loose>(raw) {
         Ok(l) => RejectedFields {
-            event: l.event,
-            account_id: l.account_id,
+            event: l.event.filter(|e| {
+                e.len() <= MAX_REJECTED_EVENT && !e.chars().any(|c| c.is_control() || is_format(c))
+            }),
+            account_id: l.account_id.filter(|a| check_account_id(a).is_ok()),
         },
         Err(_) => RejectedFields::default(),
     }
+}
+
+/// `name` as an unknown event's error quotes it: cut after [`MAX_REJECTED_EVENT`] bytes.
+fn unknown_event(name: String) -> EventError {
+    if name.len() <= MAX_REJECTED_EVENT {
+        return EventError::UnknownEvent(name);
+    }
+    let mut end = MAX_REJECTED_EVENT;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    EventError::UnknownEvent(format!("{}… ({} bytes)", &name[..end], name.len()))
 }
 
 /// The id of a message without an `id` field: its AMQP `message_id` when that is a usable id,

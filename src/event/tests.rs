@@ -138,3 +138,43 @@ fn rejected_fields_are_read_when_possible() {
     assert_eq!(f.account_id.as_deref(), Some("a"));
     assert_eq!(rejected_fields(b"nope"), RejectedFields::default());
 }
+
+#[test]
+fn rejected_fields_keep_only_what_could_name_an_event_or_an_account() {
+    let long = "x".repeat(MAX_REJECTED_EVENT + 1);
+    let raw = format!(
+        r#"{{"event":"{long}","account_id":"{}"}}"#,
+        "a".repeat(4096)
+    );
+    assert_eq!(rejected_fields(raw.as_bytes()), RejectedFields::default());
+    let f = rejected_fields(br#"{"event":"re\u0000fund","account_id":" a"}"#);
+    assert_eq!(f, RejectedFields::default());
+    let fits = "y".repeat(MAX_REJECTED_EVENT);
+    let raw = format!(r#"{{"event":"{fits}","account_id":"acc_1"}}"#);
+    let f = rejected_fields(raw.as_bytes());
+    assert_eq!(f.event.as_deref(), Some(fits.as_str()));
+    assert_eq!(f.account_id.as_deref(), Some("acc_1"));
+}
+
+#[test]
+fn an_unknown_event_is_quoted_whole_only_when_short() {
+    let err = parse(
+        PURCHASE.replace("\"purchase\"", "\"refund\"").as_bytes(),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err, EventError::UnknownEvent("refund".into()));
+    let long = "é".repeat(5000);
+    let err = parse(
+        PURCHASE
+            .replace("\"purchase\"", &format!("\"{long}\""))
+            .as_bytes(),
+        None,
+    )
+    .unwrap_err();
+    let EventError::UnknownEvent(quoted) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(quoted.len() < 100, "{quoted}");
+    assert!(quoted.ends_with("… (10000 bytes)"), "{quoted}");
+}

@@ -460,3 +460,64 @@ async fn a_postgresql_outage_holds_dead_letters_in_the_queue_until_it_is_back() 
     assert_eq!(producer.ready(&service.dead_queue()).await, 0);
     assert_eq!(service.readyz_status().await, Some(200));
 }
+
+/// A rejected message's `event` and `account_id` go into indexed columns; PostgreSQL refuses an
+/// index entry over ~2.7 KB, and one refused record held up every dead letter after it (the
+/// logger retried its batch forever). Such values are not kept; the raw message is.
+#[tokio::test]
+async fn a_rejected_message_with_huge_names_is_logged_and_holds_up_nothing_on_postgresql() {
+    let db = TempDatabase::create().await;
+    let app = spawn_app_with(&["--database-url", &db.url]).await;
+    let purchase = fixture("purchase");
+    let huge = |n: usize| {
+        // Random, so PostgreSQL's compression cannot bring the index entry under its limit.
+        (0..n)
+            .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+            .collect::<String>()
+    };
+    let unknown = purchase.replacen(
+        r#""event":"purchase""#,
+        &format!(r#""event":"{}""#, huge(6000)),
+        1,
+    );
+    let bad_account = purchase.replacen(
+        r#""account_id":"acct_acme""#,
+        &format!(r#""account_id":"{}""#, huge(6000)),
+        1,
+    );
+    let refund = purchase.replacen(r#""event":"purchase""#, r#""event":"refund""#, 1);
+    for body in [&unknown, &bad_account, &refund] {
+        app.publish("purchase", body.as_bytes()).await;
+    }
+    wait_until("three records in the delivery log", PATIENCE, || async {
+        app.get("/v1/delivery-logs").await.1["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 3)
+    })
+    .await;
+    let (_, logs) = app.get("/v1/delivery-logs").await;
+    let by_reason = |reason: &str| -> Vec<Value> {
+        logs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["reason"] == reason)
+            .cloned()
+            .collect()
+    };
+    let unknowns = by_reason("unknown_event");
+    assert_eq!(unknowns.len(), 2, "{logs}");
+    assert!(
+        unknowns.iter().any(|l| l["event"] == "refund"),
+        "the short name is kept: {logs}"
+    );
+    let [invalid] = by_reason("invalid_event")
+        .try_into()
+        .expect("one invalid_event");
+    assert_eq!(invalid["account_id"], Value::Null, "{invalid}");
+    for record in logs["items"].as_array().unwrap() {
+        let name = record["event"].as_str().unwrap_or("");
+        assert!(name.len() <= 64, "{record}");
+    }
+    app.stop().await.unwrap();
+}
