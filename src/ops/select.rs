@@ -29,7 +29,8 @@ pub struct Filters {
 
 impl Filters {
     /// Checks the filters and reads the times relative to `now`: at least one filter or `all`,
-    /// no empty value, `since` not in the future and before `until`; `until` defaults to `now`.
+    /// no empty value, `since` not in the future and before `until`; `until` is at most `now`
+    /// (its default).
     pub fn selection(&self, now: DateTime<Utc>) -> Result<ReplaySelection, OpsError> {
         let bad = |message: String| OpsError::BadInput(message);
         let named = [
@@ -67,7 +68,11 @@ impl Filters {
                  a clock time (10:00) is today's, in UTC"
             )));
         }
-        times.until.get_or_insert(now_text);
+        // Never past now: a later bound would let the run take its own replays' dead letters.
+        times.until = Some(match times.until.take() {
+            Some(given) => given.min(now_text),
+            None => now_text,
+        });
         Ok(ReplaySelection {
             filter: LogFilter {
                 account_id: self.account_id.clone(),
@@ -211,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn until_defaults_to_now_and_since_must_not_be_in_the_future() {
+    fn until_is_at_most_now_and_since_must_not_be_in_the_future() {
         let f = Filters {
             since: Some("2h".into()),
             ..Filters::default()
@@ -226,6 +231,20 @@ mod tests {
         let err = ahead.selection(now()).unwrap_err();
         assert!(matches!(err, OpsError::BadInput(_)), "{err:?}");
         assert!(err.to_string().contains("is in the future"), "{err}");
+        // An `until` ahead of now is now: the run must not reach its own replays' dead letters.
+        let later = Filters {
+            until: Some("2026-11-28".into()),
+            all: true,
+            ..Filters::default()
+        };
+        let s = later.selection(now()).unwrap();
+        assert_eq!(s.filter.until.as_deref(), Some("2026-11-27T16:00:00.000Z"));
+        let earlier = Filters {
+            until: Some("10:00".into()),
+            ..Filters::default()
+        };
+        let s = earlier.selection(now()).unwrap();
+        assert_eq!(s.filter.until.as_deref(), Some("2026-11-27T10:00:00.000Z"));
     }
 
     #[test]
