@@ -766,20 +766,13 @@ async fn cli_errors_name_the_exchange_and_hide_database_passwords() {
 
 #[tokio::test]
 async fn ctrl_c_stops_a_replay_between_batches_and_a_second_run_replays_the_rest_once() {
-    let service = ServiceProcess::start(&[]).await;
-    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
-    let subscription = service.subscribe("acct_stop", &receiver.url).await;
-    let store = Store::connect(&sqlite_url(service.db_path()))
-        .await
-        .expect("the service's store");
     const RECORDS: usize = 60;
-    for n in 0..RECORDS {
-        let letter = exhausted_purchase(&format!("evt_stop_{n}"), "acct_stop", &subscription);
-        store
-            .insert_dead_letter(&letter, Trust::Verified)
-            .await
-            .unwrap();
-    }
+    let Replayable {
+        service,
+        receiver,
+        store,
+        ..
+    } = Replayable::start("acct_stop", RECORDS).await;
     // 20 a second: 3 s for all of them; ctrl-c after about one.
     let child = service
         .cli_command(&["replay", "--all", "--yes", "--rate", "20/s"])
@@ -912,22 +905,62 @@ async fn dlq_drain_gives_up_on_a_store_that_keeps_failing_and_acks_nothing() {
     assert_eq!(again.stdout, "drained 1 dead letters (0 already stored)\n");
 }
 
+/// A replay held to a slow rate waits for each batch's turn before it claims the batch: the
+/// store (on SQLite, one writer at a time) stays free between its sends. Before, each claim was
+/// held through the wait for its turn and the next was taken as soon as it committed, so at
+/// 2 a second a write beside it waited half a second or more, or failed "database is locked".
 #[tokio::test]
-async fn replay_rate_spreads_the_sends_and_each_record_arrives_once() {
-    let service = ServiceProcess::start(&[]).await;
-    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
-    let subscription = service.subscribe("acct_rate", &receiver.url).await;
-    let store = Store::connect(&sqlite_url(service.db_path()))
-        .await
-        .expect("the service's store");
-    const RECORDS: usize = 30;
-    for n in 0..RECORDS {
-        let letter = exhausted_purchase(&format!("evt_rate_{n}"), "acct_rate", &subscription);
+async fn a_slow_replay_leaves_the_store_free_between_its_sends() {
+    const RECORDS: usize = 6;
+    let Replayable {
+        service,
+        receiver,
+        subscription,
+        store,
+    } = Replayable::start("acct_slow", RECORDS).await;
+    // 2 a second: a send every 500 ms, 2.5 s in all.
+    let mut child = service
+        .cli_command(&["replay", "--account", "acct_slow", "--yes", "--rate", "2/s"])
+        .spawn()
+        .expect("spawning replay");
+    wait_until("the first replay", PATIENCE, || async {
+        receiver.total() >= 1
+    })
+    .await;
+    let mut slowest = Duration::ZERO;
+    for n in 0..8 {
+        let letter = exhausted_purchase(&format!("evt_beside_{n}"), "acct_other", &subscription);
+        let started = std::time::Instant::now();
         store
             .insert_dead_letter(&letter, Trust::Verified)
             .await
-            .unwrap();
+            .expect("a write beside the replay");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "the slowest write beside the replay took {slowest:?}"
+    );
+    assert!(
+        child.try_wait().expect("replay status").is_none(),
+        "the replay was still running during every write"
+    );
+    let status = child.wait().await.expect("replay exits");
+    assert!(status.success(), "{status:?}");
+    receiver.wait_distinct(RECORDS, PATIENCE).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn replay_rate_spreads_the_sends_and_each_record_arrives_once() {
+    const RECORDS: usize = 30;
+    let Replayable {
+        service,
+        receiver,
+        store,
+        ..
+    } = Replayable::start("acct_rate", RECORDS).await;
     store.close().await;
     let bad = service
         .cli(&["replay", "--all", "--yes", "--rate", "fast"], b"")

@@ -4,31 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use webhook_dispatcher::store::{Store, Trust};
 
 use crate::support::*;
 
 const JOBS: &str = "/v1/replay-jobs";
-
-/// A service whose subscription for `account` points at a counting receiver, with `n` records
-/// of `account` in its delivery log (inserted directly: the endpoint was down).
-async fn service_with_records(account: &str, n: usize) -> (ServiceProcess, CountingReceiver) {
-    let service = ServiceProcess::start(&[]).await;
-    let receiver = CountingReceiver::start(200, Duration::ZERO).await;
-    let subscription = service.subscribe(account, &receiver.url).await;
-    let store = Store::connect(&sqlite_url(service.db_path()))
-        .await
-        .expect("the service's store");
-    let letters: Vec<_> = (0..n)
-        .map(|i| exhausted_purchase(&format!("evt_{account}_{i}"), account, &subscription))
-        .collect();
-    let rows: Vec<_> = letters.iter().map(|l| (l, Trust::Verified)).collect();
-    for chunk in rows.chunks(500) {
-        store.insert_dead_letters(chunk).await.unwrap();
-    }
-    store.close().await;
-    (service, receiver)
-}
 
 /// `GET path`: the status and the JSON answer.
 async fn get(service: &ServiceProcess, path: &str) -> (u16, Value) {
@@ -60,7 +39,9 @@ async fn until_ended(service: &ServiceProcess, id: &str) -> (Value, Vec<Value>) 
 
 #[tokio::test]
 async fn a_job_replays_its_selection_in_the_background_and_reports_its_progress() {
-    let (service, receiver) = service_with_records("acct_job", 600).await;
+    let Replayable {
+        service, receiver, ..
+    } = Replayable::start("acct_job", 600).await;
     let resp = service
         .http
         .post(service.url(JOBS))
@@ -118,7 +99,9 @@ async fn a_job_replays_its_selection_in_the_background_and_reports_its_progress(
 
 #[tokio::test]
 async fn a_cancelled_job_stops_and_what_it_did_not_reach_stays_replayable() {
-    let (service, receiver) = service_with_records("acct_cancel", 400).await;
+    let Replayable {
+        service, receiver, ..
+    } = Replayable::start("acct_cancel", 400).await;
     let (status, started) = service
         .post_json(JOBS, json!({"account_id": "acct_cancel", "rate": 50}))
         .await;

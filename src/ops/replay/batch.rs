@@ -31,6 +31,7 @@ impl Replayer {
         }
         let queued = std::mem::take(batch);
         let ids: Vec<String> = queued.iter().map(|q| q.log.id.clone()).collect();
+        pace.turn(ids.len()).await;
         let at = now_rfc3339();
         let mut claim = match self.store.claim_replays(&ids, &at).await {
             Ok(claim) => claim,
@@ -73,7 +74,6 @@ impl Replayer {
                 outcomes.push(Some(Err(Skip::AlreadyReplayed(None).into())));
                 continue;
             }
-            pace.turn().await;
             let task = task_of(&q.log).expect("checked: the record has a subscription");
             let n = outcomes.len();
             outcomes.push(Some(Ok(())));

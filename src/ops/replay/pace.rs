@@ -41,21 +41,67 @@ impl Pace {
         self.stop.as_ref().is_some_and(|stop| stop.is_cancelled())
     }
 
-    /// Records per batch: at a set rate, about 50 ms of sending, so the claims (on SQLite, the
-    /// store's write lock) are never held long; [`BATCH`] otherwise.
+    /// Records per batch: at a set rate, 50 ms worth; [`BATCH`] otherwise.
     pub(super) fn batch(&self) -> usize {
         self.per_second
             .map_or(BATCH, |n| (n as usize / 20).clamp(1, BATCH))
     }
 
-    /// Waits for the next send's turn.
-    pub(super) async fn turn(&mut self) {
+    /// Waits for the turn of a batch of `records`, which then goes out at once: the next batch's
+    /// turn is `records` sends' time later. Waited before the batch is claimed, so a slow rate
+    /// never holds a claim (on SQLite, the store's write lock) while it waits.
+    pub(super) async fn turn(&mut self, records: usize) {
         let Some(per_second) = self.per_second else {
             return;
         };
         let now = tokio::time::Instant::now();
         let at = self.next.map_or(now, |next| next.max(now));
         tokio::time::sleep_until(at).await;
-        self.next = Some(at + std::time::Duration::from_secs(1) / per_second);
+        let records = u32::try_from(records).unwrap_or(u32::MAX);
+        self.next = Some(at + std::time::Duration::from_secs(1) * records / per_second);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_goes_at_its_turn_and_the_next_waits_for_its_records_time() {
+        let mut pace = Pace::new(Some(100));
+        assert_eq!(pace.batch(), 5, "50 ms worth");
+        let start = Instant::now();
+        for (records, turn_ms) in [(5, 0), (5, 50), (2, 100), (1, 120), (5, 130)] {
+            pace.turn(records).await;
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_millis(turn_ms),
+                "the batch after {records}"
+            );
+        }
+        // A run that fell behind (a slow confirm) does not send a burst to catch up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let late = Instant::now();
+        pace.turn(5).await;
+        assert_eq!(late.elapsed(), Duration::ZERO);
+        pace.turn(5).await;
+        assert_eq!(late.elapsed(), Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_rate_nothing_waits_and_batches_are_full() {
+        let mut pace = Pace::new(None);
+        assert_eq!(pace.batch(), BATCH);
+        let start = Instant::now();
+        for _ in 0..3 {
+            pace.turn(BATCH).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(Pace::new(Some(1)).batch(), 1);
+        assert_eq!(Pace::new(Some(1_000_000)).batch(), BATCH);
     }
 }

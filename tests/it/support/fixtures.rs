@@ -57,3 +57,41 @@ pub fn exhausted_purchase(
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
+
+/// A service with a counting receiver subscribed for one account, and `records` exhausted dead
+/// letters of that account in its store (events `evt_{account}_0`, `evt_{account}_1`, …;
+/// inserted directly, as if the endpoint had been down), ready to replay. The test's own
+/// connection to the store stays open.
+pub struct Replayable {
+    pub service: super::ServiceProcess,
+    pub receiver: super::CountingReceiver,
+    pub subscription: String,
+    pub store: webhook_dispatcher::store::Store,
+}
+
+impl Replayable {
+    pub async fn start(account: &str, records: usize) -> Replayable {
+        let service = super::ServiceProcess::start(&[]).await;
+        let receiver = super::CountingReceiver::start(200, std::time::Duration::ZERO).await;
+        let subscription = service.subscribe(account, &receiver.url).await;
+        let store = webhook_dispatcher::store::Store::connect(&sqlite_url(service.db_path()))
+            .await
+            .expect("the service's store");
+        let letters: Vec<_> = (0..records)
+            .map(|i| exhausted_purchase(&format!("evt_{account}_{i}"), account, &subscription))
+            .collect();
+        let rows: Vec<_> = letters
+            .iter()
+            .map(|l| (l, webhook_dispatcher::store::Trust::Verified))
+            .collect();
+        for chunk in rows.chunks(500) {
+            store.insert_dead_letters(chunk).await.unwrap();
+        }
+        Replayable {
+            service,
+            receiver,
+            subscription,
+            store,
+        }
+    }
+}
