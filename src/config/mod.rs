@@ -107,9 +107,30 @@ pub struct Config {
 
     /// How long a delivery-log record is kept after it was dead-lettered (replayed or not);
     /// older ones are deleted in the background, a thousand at a time, by the replicas with the
-    /// `dlq-logger` role. `0` keeps every record.
-    #[arg(long, env = "DELIVERY_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    /// `dlq-logger` role. `0` keeps every record; otherwise at least an hour and at most 100
+    /// years (`6m` is six minutes: months are `6M` or `6months`).
+    #[arg(long, env = "DELIVERY_LOG_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub delivery_log_retention: Duration,
+}
+
+/// The shortest retention but `0`: anything shorter is almost surely a slip (`m` for months).
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+/// The longest retention: past it the purge's cut-off would be before any date.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 36_525 * 864);
+
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        d if d.is_zero() => Ok(d),
+        d if d < MIN_RETENTION => Err(format!(
+            "{} would delete the delivery log almost as it is written: give at least 1h \
+             (months are written 6M or 6months, minutes 6m), or 0 to keep every record",
+            humantime::format_duration(d)
+        )),
+        d if d > MAX_RETENTION => {
+            Err("must be at most 100 years (or 0 to keep every record)".into())
+        }
+        d => Ok(d),
+    }
 }
 
 fn parse_overlap(raw: &str) -> Result<Duration, String> {
@@ -321,6 +342,24 @@ mod tests {
         ] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
+    }
+
+    #[test]
+    fn a_retention_under_an_hour_or_past_a_century_is_refused() {
+        let slip = try_parse(&["--delivery-log-retention", "6m"])
+            .unwrap_err()
+            .to_string();
+        assert!(slip.contains("6m would delete the delivery log"), "{slip}");
+        assert!(slip.contains("6M or 6months"), "{slip}");
+        assert!(try_parse(&["--delivery-log-retention", "1000000y"]).is_err());
+        for ok in ["0", "1h", "6M", "30d", "100y"] {
+            let cfg = try_parse(&["--delivery-log-retention", ok]);
+            assert!(cfg.is_ok(), "{ok}: {:?}", cfg.err());
+        }
+        assert_eq!(
+            parse(&[]).delivery_log_retention,
+            Duration::from_secs(30 * 86_400)
+        );
     }
 
     #[test]
