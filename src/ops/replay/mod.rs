@@ -80,11 +80,12 @@ impl Replayer {
         let mut subscriptions = Subscriptions::new();
         let mut batch: Vec<Queued> = Vec::new();
         loop {
+            let wanted = limit.page(&report, batch.len(), PAGE);
             let page = self
                 .store
-                .replay_candidates(selection, after.as_deref(), PAGE as i64)
+                .replay_candidates(selection, after.as_deref(), wanted as i64)
                 .await?;
-            let full = page.len() == PAGE;
+            let full = page.len() == wanted;
             for log in page {
                 // Stopped: only between batches, so every record looked at is filed and the
                 // rest untouched.

@@ -144,4 +144,39 @@ impl Limit {
             Limit::Replayed(n) => report.replayed.len() + queued >= n,
         }
     }
+
+    /// Records worth reading in the next page of at most `page`: for [`Limit::Looked`], what the
+    /// limit has left and one more (to tell whether more are left), so a request for one
+    /// record does not read a whole page of payloads.
+    pub(super) fn page(self, report: &Report, queued: usize, page: usize) -> usize {
+        match self {
+            Limit::Looked(n) => n
+                .saturating_sub(report.matched() + queued)
+                .saturating_add(1)
+                .min(page),
+            Limit::None | Limit::Replayed(_) => page,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_what_a_looked_limit_has_left_and_one_more() {
+        let mut report = Report::default();
+        assert_eq!(Limit::Looked(1).page(&report, 0, 500), 2);
+        assert_eq!(Limit::Looked(1000).page(&report, 0, 500), 500);
+        report.replayed = vec!["dl_1".into(); 7];
+        assert_eq!(Limit::Looked(10).page(&report, 2, 500), 2);
+        assert_eq!(
+            Limit::Looked(5).page(&report, 0, 500),
+            1,
+            "past the limit: one, to say more are left"
+        );
+        for other in [Limit::None, Limit::Replayed(1)] {
+            assert_eq!(other.page(&report, 0, 500), 500, "{other:?}");
+        }
+    }
 }
