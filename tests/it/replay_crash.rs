@@ -78,9 +78,10 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         "a replay killed before the confirm marks nothing replayed"
     );
 
-    // Not killed, it gives up on the first record after the 4 s confirm limit and stops there:
-    // that record stays replayable and the others are left untouched (each would hold its
-    // claim, on SQLite the store's write lock, for the whole limit too).
+    // Not killed, it gives up after the 4 s confirm limit and stops there: the three were sent
+    // together (one batch) and none was confirmed, so all three failed and stay replayable.
+    // They share the one limit (each would otherwise hold its claim, on SQLite the store's
+    // write lock, for a limit of its own).
     let started = std::time::Instant::now();
     let run = service
         .cli_within(
@@ -91,7 +92,7 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
         .await;
     run.expect_code(1);
     assert!(
-        run.stdout.contains("replayed 0, skipped 0, failed 1"),
+        run.stdout.contains("replayed 0, skipped 0, failed 3"),
         "{run:?}"
     );
     assert!(

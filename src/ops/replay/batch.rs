@@ -16,9 +16,10 @@ const SENDING: usize = 64;
 
 impl Replayer {
     /// Claims, sends and commits `batch` (emptying it), filing each record in `report` and
-    /// calling `seen` with it. When the broker did not take a record, the records after it are
-    /// left untouched (released, not filed) and this returns `Some` with where a run goes on
-    /// from: the record looked at before the first one not taken.
+    /// calling `seen` with it. When the broker did not take a record, nothing more is sent: the
+    /// records not sent yet are left untouched (released, not filed; those already sent are
+    /// filed as they went) and this returns `Some` with where a run goes on from: the record
+    /// looked at before the first one not taken.
     pub(super) async fn send(
         &self,
         batch: &mut Vec<Queued>,
@@ -117,10 +118,11 @@ impl Replayer {
             }
         }
         let committed = claim.commit().await;
-        for (n, (q, outcome)) in queued.iter().zip(outcomes).enumerate() {
-            if first_refused.is_some_and(|first| n > first) {
-                continue; // untouched: the run goes on from before the first refusal
-            }
+        // Filed: every record sent, those after the first refusal too (up to SENDING of them
+        // were under way when it came; the confirmed ones are replayed and stay so). Only the
+        // ones never sent are untouched; the run goes on from before the first refusal, where a
+        // later run finds the replayed ones already replayed.
+        for (q, outcome) in queued.iter().zip(outcomes) {
             let Some(outcome) = outcome else { continue };
             let outcome = match (&committed, outcome) {
                 (Err(e), Ok(())) => Err(ReplayError::NotMarked(StoreError::Shared(e.to_string()))),

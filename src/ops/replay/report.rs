@@ -100,11 +100,11 @@ impl Report {
     }
 
     /// Files `id` under what `result` says; sets (and returns) [`broker_failed`] when the broker
-    /// did not take it, after which a run stops.
+    /// did not take it, after which a run stops (it stays set).
     ///
     /// [`broker_failed`]: Report::broker_failed
     pub(super) fn record(&mut self, id: &str, result: Result<(), ReplayError>) -> bool {
-        self.broker_failed = matches!(result, Err(ReplayError::Broker(_)));
+        self.broker_failed |= matches!(result, Err(ReplayError::Broker(_)));
         match result {
             Ok(()) => self.replayed.push(id.to_string()),
             Err(ReplayError::Skipped(skip)) => self.skipped.push(Skipped {
