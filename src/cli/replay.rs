@@ -212,7 +212,7 @@ fn summed_up(
     );
     if done.broker_failed {
         return Err(CliError::Failed(
-            "stopped at the first replay the broker did not take; the records after it were left untouched: run again once the broker takes publishes".into(),
+            "stopped at the first replay the broker did not take; the records not sent yet were left untouched: run again once the broker takes publishes".into(),
         ));
     }
     if done.interrupted {
