@@ -76,6 +76,7 @@ pub struct BulkReplayResponse {
         (status = 202, description = "Replays queued", body = BulkReplayResponse),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "No filter (and not `all`), an unknown field, a bad time, limit or cursor, a `since` in the future", body = ErrorBody),
+        (status = 503, description = "The broker took none of the replays; every record stays replayable", body = ErrorBody),
     ),
 )]
 pub async fn replay(
@@ -123,6 +124,11 @@ pub async fn replay(
             .await
     })
     .await?;
+    // Nothing queued because the broker took nothing: as for one record, a 503 to try again.
+    if report.broker_failed && report.replayed.is_empty() {
+        let why = report.failed.last().map_or("", |f| f.error.as_str());
+        return Err(ApiError::ReplaysRefused(why.to_string()));
+    }
     let next_cursor = report
         .next_cursor
         .clone()

@@ -32,6 +32,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the broker is not reachable right now: {0}")]
     Broker(#[from] BrokerError),
+    /// A bulk replay the broker took none of (the records stay replayable).
+    #[error("the broker did not take the replays, so none was replayed: {0}")]
+    ReplaysRefused(String),
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
     #[error("the store failed: {0}")]
@@ -49,7 +52,9 @@ impl ApiError {
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Broker(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            ApiError::Broker(_) | ApiError::ReplaysRefused(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+            }
             ApiError::Store(_) | ApiError::Lookup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
             }

@@ -426,10 +426,10 @@ async fn bulk_replay_needs_the_admin_token() {
     app.stop().await.unwrap();
 }
 
-/// With the broker unreachable, a bulk replay stops at the first record (nothing marked, the
-/// rest untouched, `more` with a cursor before it) instead of failing every record in turn.
+/// With the broker unreachable, a bulk replay takes nothing and says so: a 503, as for one
+/// record, with nothing marked; once the broker is back the same request replays them all.
 #[tokio::test]
-async fn a_bulk_replay_stops_at_the_first_record_the_broker_does_not_take() {
+async fn a_bulk_replay_the_broker_takes_none_of_is_a_503_and_marks_nothing() {
     let proxy = Proxy::to_broker().await;
     let app = spawn_app_with(&["--amqp-url", &proxy.amqp_url(), "--retry-delays", "50ms"]).await;
     let receiver = Receiver::start().await;
@@ -451,19 +451,10 @@ async fn a_bulk_replay_stops_at_the_first_record_the_broker_does_not_take() {
     })
     .await;
     let (status, down) = app.post(BULK, json!({"all": true})).await;
-    assert_eq!(status, 202, "{down}");
-    assert_eq!(down["replayed"], json!([]), "{down}");
-    assert_eq!(down["failed"][0]["id"], json!(all_ids[0]), "{down}");
-    assert_eq!(
-        down["failed"].as_array().unwrap().len(),
-        1,
-        "stopped at the first: {down}"
-    );
-    assert_eq!(
-        (&down["matched"], &down["more"]),
-        (&json!(1), &json!(true)),
-        "{down}"
-    );
+    assert_eq!(status, 503, "{down}");
+    assert_eq!(down["error"]["code"], "broker_unavailable", "{down}");
+    let message = down["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("none was replayed"), "{down}");
     assert_eq!(replayed_count(&app).await, 0);
 
     proxy.restore();

@@ -107,6 +107,20 @@ async fn a_replay_killed_before_the_broker_confirmed_leaves_the_record_unreplaye
     );
     assert_eq!(replayed(&store).await, 0);
 
+    // The bulk API under the same alarm: the broker takes none, so a 503 as for one record
+    // (not a 202 that queued nothing), and every record stays replayable.
+    service.restart().await;
+    let (status, body) = service
+        .post_json(
+            "/v1/delivery-logs/replay",
+            serde_json::json!({"account_id": "acct_alarm"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    assert_eq!(replayed(&store).await, 0);
+    service.stop(PATIENCE).await;
+
     // Alarm cleared: the next run replays all three.
     set_memory_watermark(&broker, "0.4").await;
     let run = service
