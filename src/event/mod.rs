@@ -206,14 +206,15 @@ pub fn parse(raw: &[u8], message_id: Option<&str>) -> Result<Event, EventError> 
     })
 }
 
-/// Longest unknown event name a rejected message's record keeps (and its error quotes whole).
+/// Most of an unknown event name a rejected message's record and its error keep.
 pub const MAX_REJECTED_EVENT: usize = 64;
 
-/// Best-effort extraction of `event` and `account_id` from a message that failed validation.
-/// Only what could name an account or an event is kept: an `account_id` the account rules
-/// accept, an `event` of at most [`MAX_REJECTED_EVENT`] bytes without control characters. Both
-/// are indexed columns of the delivery log (PostgreSQL refuses an index entry over ~2.7 KB, and
-/// one refused record would hold up every dead letter after it); the raw message keeps the rest.
+/// Best-effort extraction of `event` and `account_id` from a message that failed validation,
+/// bounded: both are indexed columns of the delivery log (PostgreSQL refuses an index entry over
+/// ~2.7 KB, and one refused record would hold up every dead letter after it); the raw message
+/// keeps the rest. An `event` without control characters is kept, its first
+/// [`MAX_REJECTED_EVENT`] bytes and `…` when longer; an `account_id` only when the account rules
+/// accept it (anything else names no account).
 pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
     #[derive(Deserialize)]
     struct Loose {
@@ -222,25 +223,34 @@ pub fn rejected_fields(raw: &[u8]) -> RejectedFields {
     }
     match serde_json::from_slice::<Loose>(raw) {
         Ok(l) => RejectedFields {
-            event: l.event.filter(|e| {
-                e.len() <= MAX_REJECTED_EVENT && !e.chars().any(|c| c.is_control() || is_format(c))
-            }),
+            event: l
+                .event
+                .filter(|e| !e.chars().any(|c| c.is_control() || is_format(c)))
+                .map(|e| cut_name(&e)),
             account_id: l.account_id.filter(|a| check_account_id(a).is_ok()),
         },
         Err(_) => RejectedFields::default(),
     }
 }
 
-/// `name` as an unknown event's error quotes it: cut after [`MAX_REJECTED_EVENT`] bytes.
-fn unknown_event(name: String) -> EventError {
+/// `name`, or its first [`MAX_REJECTED_EVENT`] bytes and `…` when longer.
+fn cut_name(name: &str) -> String {
     if name.len() <= MAX_REJECTED_EVENT {
-        return EventError::UnknownEvent(name);
+        return name.to_string();
     }
     let mut end = MAX_REJECTED_EVENT;
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    EventError::UnknownEvent(format!("{}… ({} bytes)", &name[..end], name.len()))
+    format!("{}…", &name[..end])
+}
+
+/// An unknown event's error, quoting the name cut as the record keeps it, and its length.
+fn unknown_event(name: String) -> EventError {
+    if name.len() <= MAX_REJECTED_EVENT {
+        return EventError::UnknownEvent(name);
+    }
+    EventError::UnknownEvent(format!("{} ({} bytes)", cut_name(&name), name.len()))
 }
 
 /// The id of a message without an `id` field: its AMQP `message_id` when that is a usable id,
