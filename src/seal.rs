@@ -11,8 +11,8 @@
 //! messages already in the queues stay valid.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -33,6 +33,26 @@ const DOMAIN: &[u8] = b"webhook-dispatcher/message/v1";
 /// Fewest seconds between two reloads caused by an unknown key id: a flood of messages naming
 /// made-up keys must not become a flood of store queries.
 const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a message's seal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    #[error(transparent)]
+    Forged(#[from] Forgery),
+    /// It names a key this process has not loaded, and the keys could not be read again to look
+    /// for it: not known to be forged, nor to be genuine (a rotation made elsewhere while the
+    /// store is failing). The message waits, as for any store failure.
+    #[error(
+        "it names key {key:?}, which is not loaded here, and the keys could not be read again: {error}"
+    )]
+    KeysUnavailable { key: String, error: String },
+}
+
+/// The last reload caused by an unknown key id: when it began, and its error if it failed.
+struct Reload {
+    began: tokio::time::Instant,
+    failed: Option<String>,
+}
 
 /// A message's seal: the header values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +184,8 @@ impl KeySet {
 pub struct Keyring {
     keys: RwLock<Arc<KeySet>>,
     source: Option<Arc<dyn KeySource>>,
-    last_reload: Mutex<Option<Instant>>,
+    /// Held while such a reload runs, so the callers waiting for one share it.
+    last_reload: tokio::sync::Mutex<Option<Reload>>,
 }
 
 impl Keyring {
@@ -174,7 +195,10 @@ impl Keyring {
         Ok(Keyring {
             keys: RwLock::new(Arc::new(keys)),
             source: Some(source),
-            last_reload: Mutex::new(Some(Instant::now())),
+            last_reload: tokio::sync::Mutex::new(Some(Reload {
+                began: tokio::time::Instant::now(),
+                failed: None,
+            })),
         })
     }
 
@@ -183,7 +207,7 @@ impl Keyring {
         Ok(Keyring {
             keys: RwLock::new(Arc::new(KeySet::new(keys)?)),
             source: None,
-            last_reload: Mutex::new(None),
+            last_reload: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -212,43 +236,76 @@ impl Keyring {
     }
 
     /// Checks a message's seal (its header values, `None` when absent). A key id this process
-    /// does not know makes it reload the keys first (at most once a second).
+    /// does not know makes it read the keys again first (see [`Keyring::reloaded`]).
     pub async fn verify(
         &self,
         kind: &str,
         body: &[u8],
         key_id: Option<&str>,
         mac: Option<&str>,
-    ) -> Result<(), Forgery> {
+    ) -> Result<(), Unverified> {
         let (Some(key_id), Some(mac)) = (key_id, mac) else {
-            return Err(Forgery::Unsigned);
+            return Err(Forgery::Unsigned.into());
         };
-        let mut key = self.current().by_id.get(key_id).cloned();
-        if key.is_none() && self.may_reload() {
-            if let Err(e) = self.reload().await {
-                tracing::warn!(error = %e, "could not reload the message keys");
-            }
-            key = self.current().by_id.get(key_id).cloned();
-        }
+        let key = match self.current().by_id.get(key_id).cloned() {
+            Some(key) => Some(key),
+            None => self.reloaded(key_id).await?,
+        };
         let key = key
             .filter(|k| !k.retired(Utc::now()))
             .ok_or_else(|| Forgery::UnknownKey(shorten(key_id)))?;
         let presented = STANDARD.decode(mac).map_err(|_| Forgery::BadMac)?;
         key.mac_of(kind, body)
             .verify_slice(&presented)
-            .map_err(|_| Forgery::BadMac)
+            .map_err(|_| Forgery::BadMac.into())
     }
 
-    fn may_reload(&self) -> bool {
-        if self.source.is_none() {
-            return false;
+    /// `key_id` as the keys read again say, once a reload that began after this call has
+    /// finished: a key made by a rotation elsewhere is found; one still unknown then is not a
+    /// key. Such reloads run one at a time, at most once per [`RELOAD_AT_MOST_EVERY`], each
+    /// answering every caller waiting for it, so a flood of messages naming made-up keys costs
+    /// one store query a second and each of them at most about two seconds. A failed reload
+    /// answers [`Unverified::KeysUnavailable`]: the message is neither accepted nor condemned.
+    async fn reloaded(&self, key_id: &str) -> Result<Option<Arc<Key>>, Unverified> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        let asked = tokio::time::Instant::now();
+        loop {
+            let mut last = self.last_reload.lock().await;
+            if let Some(reload) = last.as_ref() {
+                if reload.began >= asked {
+                    return match &reload.failed {
+                        None => Ok(self.current().by_id.get(key_id).cloned()),
+                        Some(error) => Err(Unverified::KeysUnavailable {
+                            key: shorten(key_id),
+                            error: error.clone(),
+                        }),
+                    };
+                }
+                let next = reload.began + RELOAD_AT_MOST_EVERY;
+                if tokio::time::Instant::now() < next {
+                    drop(last);
+                    tokio::time::sleep_until(next).await;
+                    continue;
+                }
+            }
+            let began = tokio::time::Instant::now();
+            let read = read(source.as_ref())
+                .await
+                .and_then(|keys| KeySet::new(&keys));
+            let failed = match read {
+                Ok(keys) => {
+                    *self.keys.write().expect("keyring lock") = Arc::new(keys);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the message keys again");
+                    Some(e.to_string())
+                }
+            };
+            *last = Some(Reload { began, failed });
         }
-        let mut last = self.last_reload.lock().expect("reload lock");
-        if last.is_some_and(|at| at.elapsed() < RELOAD_AT_MOST_EVERY) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
     }
 }
 
@@ -293,25 +350,25 @@ mod tests {
         );
         assert_eq!(
             verify("delivery", b"{\"a\":2}", seal.mac.clone()).await,
-            Err(Forgery::BadMac)
+            Err(Unverified::Forged(Forgery::BadMac))
         );
         assert_eq!(
             verify("replay", b"{\"a\":1}", seal.mac.clone()).await,
-            Err(Forgery::BadMac),
+            Err(Unverified::Forged(Forgery::BadMac)),
             "a seal made for one kind does not pass for another"
         );
         assert_eq!(
             verify("delivery", b"{\"a\":1}", "not base64!".into()).await,
-            Err(Forgery::BadMac)
+            Err(Unverified::Forged(Forgery::BadMac))
         );
         assert_eq!(
             ring.verify("delivery", b"{}", None, None).await,
-            Err(Forgery::Unsigned)
+            Err(Unverified::Forged(Forgery::Unsigned))
         );
         assert_eq!(
             ring.verify("delivery", b"{}", Some("9"), Some(&seal.mac))
                 .await,
-            Err(Forgery::UnknownKey("9".into()))
+            Err(Unverified::Forged(Forgery::UnknownKey("9".into())))
         );
     }
 
@@ -336,6 +393,135 @@ mod tests {
         assert!(Keyring::fixed(&[]).is_err());
     }
 
+    /// Keys kept where a test can change them, or make reading them fail; counts the reads.
+    #[derive(Default)]
+    struct Source {
+        keys: std::sync::Mutex<Vec<StoredKey>>,
+        failing: std::sync::atomic::AtomicBool,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeySource for Source {
+        async fn message_keys(
+            &self,
+            _now: DateTime<Utc>,
+        ) -> Result<Vec<StoredKey>, Box<dyn std::error::Error + Send + Sync>> {
+            use std::sync::atomic::Ordering;
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("the store is down".into());
+            }
+            Ok(self.keys.lock().unwrap().clone())
+        }
+    }
+
+    impl Source {
+        fn with(keys: Vec<StoredKey>) -> Arc<Source> {
+            let source = Source::default();
+            *source.keys.lock().unwrap() = keys;
+            Arc::new(source)
+        }
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_made_elsewhere_is_found_even_right_after_a_reload() {
+        let source = Source::with(vec![key(1, 1)]);
+        let ring = Keyring::load(source.clone()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        // A rotation elsewhere, half a second after this process read its keys: before, the
+        // once-a-second limit on reloads had a message sealed with it taken for a forgery.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        source.keys.lock().unwrap().insert(0, key(2, 2));
+        let sealed = Keyring::fixed(&[key(2, 2)]).unwrap().seal("delivery", b"x");
+        assert_eq!(
+            ring.verify("delivery", b"x", Some("2"), Some(&sealed.mac))
+                .await,
+            Ok(())
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "waited for the next reload"
+        );
+        assert_eq!(source.reads(), 2);
+        // Found now without reading again.
+        assert_eq!(
+            ring.verify("delivery", b"x", Some("2"), Some(&sealed.mac))
+                .await,
+            Ok(())
+        );
+        assert_eq!(source.reads(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn made_up_keys_share_one_reload_a_second_and_stay_forgeries() {
+        let source = Source::with(vec![key(1, 1)]);
+        let ring = Keyring::load(source.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mac = ring.seal("delivery", b"x").mac;
+        let flood = (0..50).map(|n| {
+            let (ring, mac) = (&ring, &mac);
+            async move {
+                let id = format!("made-up-{n}");
+                ring.verify("delivery", b"x", Some(&id), Some(mac)).await
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let verdicts = futures_util::future::join_all(flood).await;
+        for (n, verdict) in verdicts.into_iter().enumerate() {
+            assert_eq!(
+                verdict,
+                Err(Unverified::Forged(Forgery::UnknownKey(format!(
+                    "made-up-{n}"
+                ))))
+            );
+        }
+        assert_eq!(source.reads(), 2, "one reload for all fifty");
+        assert!(started.elapsed() <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_that_cannot_be_read_again_condemn_nothing() {
+        let source = Source::with(vec![key(1, 1)]);
+        let ring = Keyring::load(source.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        source
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let sealed = Keyring::fixed(&[key(2, 2)]).unwrap().seal("delivery", b"x");
+        let verdict = ring
+            .verify("delivery", b"x", Some("2"), Some(&sealed.mac))
+            .await;
+        let Err(Unverified::KeysUnavailable { key: named, error }) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(named, "2");
+        assert!(error.contains("the store is down"), "{error}");
+        // The keys it had still verify, with no reload.
+        let known = ring.seal("delivery", b"y");
+        assert_eq!(
+            ring.verify("delivery", b"y", Some(&known.key_id), Some(&known.mac))
+                .await,
+            Ok(())
+        );
+        // The store back (and the key made meanwhile): the message, handed back and taken
+        // again a second later, is found genuine.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        source
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        source.keys.lock().unwrap().insert(0, key(2, 2));
+        assert_eq!(
+            ring.verify("delivery", b"x", Some("2"), Some(&sealed.mac))
+                .await,
+            Ok(())
+        );
+    }
+
     #[tokio::test]
     async fn a_key_stops_verifying_when_its_overlap_ends() {
         let sealed = Keyring::fixed(&[key(1, 1)]).unwrap().seal("delivery", b"x");
@@ -345,7 +531,7 @@ mod tests {
         assert_eq!(
             ring.verify("delivery", b"x", Some("1"), Some(&sealed.mac))
                 .await,
-            Err(Forgery::UnknownKey("1".into()))
+            Err(Unverified::Forged(Forgery::UnknownKey("1".into())))
         );
     }
 }

@@ -119,6 +119,8 @@ pub enum HandleError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Lookup(#[from] LookupError),
+    #[error(transparent)]
+    Keys(crate::seal::Unverified),
 }
 
 impl Dispatcher {

@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use super::{Dispatcher, HandleError};
 use crate::broker::Inbound;
 use crate::event;
+use crate::seal::Unverified;
 use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason};
 
 impl Dispatcher {
@@ -53,11 +54,15 @@ impl Dispatcher {
     async fn task(&self, message: &Inbound, kind: &str) -> Result<(), HandleError> {
         let raw = message.body();
         let (key_id, mac) = message.seal();
-        if let Err(forgery) = self
+        let verified = self
             .keys
             .verify(kind, raw, key_id.as_deref(), mac.as_deref())
-            .await
-        {
+            .await;
+        if let Err(unverified) = verified {
+            // Keys that could not be read again: handed back, as for any store failure.
+            let Unverified::Forged(forgery) = unverified else {
+                return Err(HandleError::Keys(unverified));
+            };
             self.metrics.forged_message("events", &forgery);
             return self
                 .dead_letter(&DeadLetter::forged_task(raw, &forgery))

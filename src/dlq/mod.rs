@@ -118,6 +118,23 @@ impl Logger {
         }
     }
 
+    /// The records of `messages`, ready to store: sanitized, with their trust and whether
+    /// RabbitMQ made them.
+    async fn records_of(
+        &self,
+        messages: &[Inbound],
+    ) -> Result<Vec<record::Record>, record::NotYet> {
+        let mut records = Vec::with_capacity(messages.len());
+        for message in messages {
+            let record = self.record_of(message).await?;
+            records.push(record::Record {
+                dead: record.dead.sanitized(),
+                ..record
+            });
+        }
+        Ok(records)
+    }
+
     /// Commits the records of `messages` in one transaction (retrying while the store fails,
     /// until `stop` or as `patience` says), and only then acks them all with one `multiple`
     /// ack on the last: `messages` must be every unsettled message of their channel, in
@@ -135,19 +152,27 @@ impl Logger {
                 ack_failed: false,
             });
         };
-        let mut records = Vec::with_capacity(messages.len());
-        for message in messages {
-            let record = self.record_of(message).await;
-            let dead = record.dead.sanitized();
-            records.push((dead, record.trust, record.broker_made));
-        }
-        let rows: Vec<(&DeadLetter, Trust)> = records.iter().map(|(d, t, _)| (d, *t)).collect();
         let mut wait = Duration::from_millis(100);
         let started = tokio::time::Instant::now();
         let log = patience.log;
-        let inserted = loop {
-            match self.store.insert_dead_letters(&rows).await {
-                Ok(inserted) => break inserted,
+        // The records are made again at each try: what they are made from (the keys, a
+        // subscription) is read from the store too, and a failure to read it must not be
+        // frozen into a record (a genuine dead letter taken for a forged one).
+        let (records, inserted) = loop {
+            let stored = match self.records_of(messages).await {
+                Ok(records) => {
+                    let rows: Vec<(&DeadLetter, Trust)> =
+                        records.iter().map(|r| (&r.dead, r.trust)).collect();
+                    match self.store.insert_dead_letters(&rows).await {
+                        Ok(inserted) => Ok(inserted),
+                        Err(e) => Err(e.to_string()),
+                    }
+                    .map(|inserted| (records, inserted))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(done) => break done,
                 Err(e) => {
                     if let Some(limit) = patience.give_up_after {
                         let left = limit.saturating_sub(started.elapsed());
@@ -157,7 +182,7 @@ impl Logger {
                         wait = wait.min(left);
                     }
                     log(
-                        &|| tracing::error!(error = %e, dead_letters = rows.len(), first = %rows[0].0.id, retry_in = ?wait, "cannot persist dead letters; keeping them in the queue"),
+                        &|| tracing::error!(error = %e, dead_letters = messages.len(), retry_in = ?wait, "cannot persist dead letters; keeping them in the queue"),
                     );
                     tokio::select! {
                         _ = stop.cancelled() => return Err(Stored::Stopped),
@@ -172,17 +197,22 @@ impl Logger {
             duplicates: 0,
             ack_failed: false,
         };
-        for ((dead, trust, broker_made), new) in records.iter().zip(inserted) {
+        for (record, new) in records.iter().zip(inserted) {
+            let dead = &record.dead;
+            // Every forged message taken off the queue counts, a copy already stored too.
+            if let Some(forgery) = &record.forged {
+                self.metrics.forged_message("dead", forgery);
+            }
             if !new {
                 done.duplicates += 1;
                 tracing::debug!(id = %dead.id, "dead letter already persisted");
                 continue;
             }
             done.new += 1;
-            let trusted = *trust == Trust::Verified;
+            let trusted = record.trust == Trust::Verified;
             self.metrics
                 .dead_letter_persisted(&dead.id, &dead.event_id, &dead.reason, trusted);
-            if *broker_made {
+            if record.broker_made {
                 self.metrics.dead_lettered(event_label(dead), &dead.reason);
             }
         }

@@ -3,8 +3,8 @@
 use super::Logger;
 use crate::broker::{Death, Inbound};
 use crate::event;
-use crate::seal::DEAD_LETTER_KIND;
-use crate::store::Trust;
+use crate::seal::{DEAD_LETTER_KIND, Forgery, Unverified};
+use crate::store::{StoreError, Trust};
 use crate::time::{now_rfc3339, rfc3339};
 use crate::wire::{self, DeadLetter, DeliveryTask, Reason};
 
@@ -15,6 +15,20 @@ pub(super) struct Record {
     /// Made from what RabbitMQ dead-lettered (not counted when it was published, as the
     /// service's own dead letters are): counted when stored.
     pub broker_made: bool,
+    /// Why its seal did not verify, when it did not: counted when stored.
+    pub forged: Option<Forgery>,
+}
+
+/// Why a message's record cannot be made yet: what it depends on could not be read. Nothing
+/// is decided about it; it waits, as for a failure to store it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotYet {
+    /// The keys, to check a seal naming a key not loaded here.
+    #[error(transparent)]
+    Keys(Unverified),
+    /// The record's subscription (its URL).
+    #[error("looking up the subscription failed: {0}")]
+    Subscription(StoreError),
 }
 
 impl Logger {
@@ -26,44 +40,54 @@ impl Logger {
     ///   naming no subscription;
     /// - anything else (no seal, a wrong one, not even JSON): kept raw as untrusted, naming no
     ///   account or subscription, never replayable, and counted as forged.
-    pub(super) async fn record_of(&self, message: &Inbound) -> Record {
+    pub(super) async fn record_of(&self, message: &Inbound) -> Result<Record, NotYet> {
         let data = message.body();
         if let Some(death) = message.death().filter(|d| d.queue == self.events_queue) {
             return self.broker_dead_letter(message, &death).await;
         }
         let (key_id, mac) = message.seal();
-        let verdict = self
+        let verdict = match self
             .keys
             .verify(DEAD_LETTER_KIND, data, key_id.as_deref(), mac.as_deref())
-            .await;
-        match verdict.map(|()| serde_json::from_slice::<DeadLetter>(data)) {
-            Ok(Ok(dead)) => Record {
-                dead,
-                trust: Trust::Verified,
-                broker_made: false,
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Unverified::Forged(forgery)) => Err(forgery),
+            Err(keys) => return Err(NotYet::Keys(keys)),
+        };
+        Ok(
+            match verdict.map(|()| serde_json::from_slice::<DeadLetter>(data)) {
+                Ok(Ok(dead)) => Record {
+                    dead,
+                    trust: Trust::Verified,
+                    broker_made: false,
+                    forged: None,
+                },
+                // Sealed by the service, yet not a dead letter it can read (another version's?).
+                Ok(Err(e)) => untrusted(
+                    data,
+                    Reason::Unreadable,
+                    format!("a sealed message that is not a dead letter this version reads: {e}"),
+                ),
+                Err(forgery) => {
+                    let (reason, claim) = match serde_json::from_slice::<Claimed>(data) {
+                        Ok(claimed) => (
+                            Reason::ForgedDeadLetter,
+                            format!("; it claims reason {:?}", shorten(&claimed.reason)),
+                        ),
+                        Err(_) => (Reason::Unreadable, String::new()),
+                    };
+                    Record {
+                        forged: Some(forgery.clone()),
+                        ..untrusted(data, reason, format!("not believed: {forgery}{claim}"))
+                    }
+                }
             },
-            // Sealed by the service, yet not a dead letter it can read (another version's?).
-            Ok(Err(e)) => untrusted(
-                data,
-                Reason::Unreadable,
-                format!("a sealed message that is not a dead letter this version reads: {e}"),
-            ),
-            Err(forgery) => {
-                self.metrics.forged_message("dead", &forgery);
-                let (reason, claim) = match serde_json::from_slice::<Claimed>(data) {
-                    Ok(claimed) => (
-                        Reason::ForgedDeadLetter,
-                        format!("; it claims reason {:?}", shorten(&claimed.reason)),
-                    ),
-                    Err(_) => (Reason::Unreadable, String::new()),
-                };
-                untrusted(data, reason, format!("not believed: {forgery}{claim}"))
-            }
-        }
+        )
     }
 
     /// The record of a message RabbitMQ dead-lettered from `P.events`.
-    async fn broker_dead_letter(&self, message: &Inbound, death: &Death) -> Record {
+    async fn broker_dead_letter(&self, message: &Inbound, death: &Death) -> Result<Record, NotYet> {
         let data = message.body();
         let reason = Reason::of_death(&death.reason);
         let detail = format!(
@@ -88,11 +112,13 @@ impl Logger {
             .time
             .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
             .map_or_else(now_rfc3339, rfc3339);
-        if let Some(task) = self.verified_task(message).await {
-            let url = match self.store.subscription(&task.subscription_id).await {
-                Ok(sub) => sub.map(|s| s.url),
-                Err(_) => None,
-            };
+        if let Some(task) = self.verified_task(message).await? {
+            let url = self
+                .store
+                .subscription(&task.subscription_id)
+                .await
+                .map_err(NotYet::Subscription)?
+                .map(|s| s.url);
             let dead = DeadLetter {
                 id,
                 event_id: task.event_id,
@@ -106,11 +132,12 @@ impl Logger {
                 attempts: task.attempts,
                 dead_lettered_at: at,
             };
-            return Record {
+            return Ok(Record {
                 dead,
                 trust: Trust::Verified,
                 broker_made: true,
-            };
+                forged: None,
+            });
         }
         // An inbound event (or whatever else was on the queue): kept raw, like a rejected one.
         let message_id = message.message_id();
@@ -136,22 +163,29 @@ impl Logger {
             dead_lettered_at: at,
             ..DeadLetter::for_raw(data, event_id, reason, detail)
         };
-        Record {
+        Ok(Record {
             dead,
             trust: Trust::Verified,
             broker_made: true,
-        }
+            forged: None,
+        })
     }
 
     /// The delivery task in a message, if it is one and its seal verifies.
-    async fn verified_task(&self, message: &Inbound) -> Option<DeliveryTask> {
-        let kind = message.task_kind()?;
+    async fn verified_task(&self, message: &Inbound) -> Result<Option<DeliveryTask>, NotYet> {
+        let Some(kind) = message.task_kind() else {
+            return Ok(None);
+        };
         let (key_id, mac) = message.seal();
-        self.keys
+        match self
+            .keys
             .verify(&kind, message.body(), key_id.as_deref(), mac.as_deref())
             .await
-            .ok()?;
-        DeliveryTask::read(message.body()).ok()
+        {
+            Ok(()) => Ok(DeliveryTask::read(message.body()).ok()),
+            Err(Unverified::Forged(_)) => Ok(None),
+            Err(keys) => Err(NotYet::Keys(keys)),
+        }
     }
 }
 
@@ -167,6 +201,7 @@ fn untrusted(data: &[u8], reason: Reason, detail: String) -> Record {
         dead: DeadLetter::untrusted(data, reason, detail),
         trust: Trust::Untrusted,
         broker_made: false,
+        forged: None,
     }
 }
 
