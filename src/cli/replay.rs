@@ -210,6 +210,11 @@ fn summed_up(
         skipped_summary(&skipped),
         done.failed.len()
     );
+    if let Some(why) = &done.store_failed {
+        return Err(CliError::Failed(format!(
+            "stopped when the store failed ({why}); the records not reached were left untouched: run again once it is back"
+        )));
+    }
     if done.broker_failed {
         return Err(CliError::Failed(
             "stopped at the first replay the broker did not take; the records not sent yet were left untouched: run again once the broker takes publishes".into(),

@@ -952,6 +952,61 @@ async fn a_slow_replay_leaves_the_store_free_between_its_sends() {
     store.close().await;
 }
 
+/// A replay whose store fails past its first page stops there and says what it did (the counts
+/// and why it stopped), not only the error; what it did not reach stays replayable. The failure
+/// here is a record the store cannot read (its attempts are not JSON), 51st on the second page.
+#[tokio::test]
+async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays() {
+    const RECORDS: usize = 600;
+    let Replayable {
+        service,
+        receiver,
+        store,
+        ..
+    } = Replayable::start("acct_midway", RECORDS).await;
+    store.close().await;
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(service.db_path()))
+            .await
+            .unwrap();
+    let corrupt = |attempts: &'static str| {
+        sqlx::query(
+            "UPDATE delivery_logs SET attempts = $1 \
+             WHERE id = (SELECT id FROM delivery_logs ORDER BY id LIMIT 1 OFFSET 550)",
+        )
+        .bind(attempts)
+    };
+    corrupt("not json").execute(&mut conn).await.unwrap();
+
+    let run = service
+        .cli(&["replay", "--account", "acct_midway", "--yes"], b"")
+        .await;
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("replayed 500, skipped 0, failed 0"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("stopped when the store failed"),
+        "{run:?}"
+    );
+    receiver.wait_distinct(500, PATIENCE).await;
+
+    corrupt("[]").execute(&mut conn).await.unwrap();
+    drop(conn);
+    let rest = service
+        .cli(&["replay", "--account", "acct_midway", "--yes"], b"")
+        .await;
+    rest.expect_code(0);
+    assert!(
+        rest.stdout.contains("replayed 100, skipped 0, failed 0"),
+        "{rest:?}"
+    );
+    receiver.wait_distinct(RECORDS, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.total(), RECORDS, "each record delivered once");
+}
+
 #[tokio::test]
 async fn replay_rate_spreads_the_sends_and_each_record_arrives_once() {
     const RECORDS: usize = 30;

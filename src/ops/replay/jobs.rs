@@ -109,6 +109,14 @@ async fn work(
                 false
             }
         };
+        if let Some(why) = report.store_failed {
+            return (
+                "failed",
+                Some(format!(
+                    "the store failed ({why}); the records not reached stay replayable"
+                )),
+            );
+        }
         if report.broker_failed {
             let why = report.failed.last().map_or("", |f| f.error.as_str());
             return (

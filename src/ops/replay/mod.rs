@@ -81,10 +81,24 @@ impl Replayer {
         let mut batch: Vec<Queued> = Vec::new();
         loop {
             let wanted = limit.page(&report, batch.len(), PAGE);
-            let page = self
+            let page = match self
                 .store
                 .replay_candidates(selection, after.as_deref(), wanted as i64)
-                .await?;
+                .await
+            {
+                Ok(page) => page,
+                // Nothing done yet: the run failed. Past the first page, what was done is
+                // worth reporting (a request's thousands of replays, a job's counts): it
+                // stops there, as at a broker refusal, with where to go on from.
+                Err(e) if report.matched() == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, handled = report.matched(), "the store failed during a replay; it stops with what it did");
+                    report.store_failed = Some(e.to_string());
+                    report.more = true;
+                    report.next_cursor = after;
+                    return Ok(report);
+                }
+            };
             let full = page.len() == wanted;
             for log in page {
                 // Stopped: only between batches, so every record looked at is filed and the

@@ -91,6 +91,9 @@ pub struct Report {
     /// Stopped at the first record the broker did not take: the ones after it were not
     /// touched (each would wait out the confirm limit too, holding its claim meanwhile).
     pub broker_failed: bool,
+    /// Stopped when the store failed to give the next page, after records had been handled:
+    /// why. What was done is in the report; the records after `next_cursor` were not touched.
+    pub store_failed: Option<String>,
 }
 
 impl Report {

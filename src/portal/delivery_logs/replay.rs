@@ -165,7 +165,7 @@ pub(super) async fn replay_all(
         section.card.narrow {
             h1 { "Replayed " (deliveries(report.replayed.len())) }
             @if !report.skipped.is_empty() { p { (report.skipped.len()) " could not be replayed (already replayed, or their webhook was deleted or disabled)." } }
-            @if !report.failed.is_empty() || report.broker_failed { p.problem role="alert" { "Some could not be sent right now; they stay replayable. Try again in a moment." } }
+            @if !report.failed.is_empty() || report.broker_failed || report.store_failed.is_some() { p.problem role="alert" { "Some could not be sent right now; they stay replayable. Try again in a moment." } }
             div.actions { a.button href=(format!("/portal/delivery-logs?{}", q.params())) { "Back to Delivery Logs" } }
         }
     };
