@@ -13,7 +13,8 @@ use super::openapi::ErrorBody;
 use super::subscription_bodies::{CreateBody, PatchBody, refused_for_operator, vet};
 use super::{ApiError, ApiJson, ApiState, OptionalJson};
 use crate::config::MAX_SECRET_OVERLAP;
-use crate::store::{Page, page_limit};
+use crate::delivery::SigningKey;
+use crate::store::{Page, Rotated, page_limit};
 use crate::subscriptions::Subscription;
 use crate::wire::control::Change;
 
@@ -226,10 +227,10 @@ pub async fn rotate_secret(
             )));
         }
     };
-    let sub = rotate_subscription_secret(&state, &id, overlap)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(Json(sub.into()))
+    match rotate_subscription_secret(&state, &id, overlap, None).await? {
+        Rotated::Done(sub) | Rotated::Already(sub) => Ok(Json(sub.into())),
+        Rotated::Missing => Err(not_found(&id)),
+    }
 }
 
 pub(super) fn not_found(id: &str) -> ApiError {
@@ -304,13 +305,17 @@ pub(crate) async fn delete_subscription(state: &ApiState, id: &str) -> Result<bo
 }
 
 /// Gives a subscription a new secret, the old one signing beside it for `overlap`.
+/// Rotates subscription `id`'s secret (with `from`, only if it is still that one: see
+/// [`Rotated`]).
 pub(crate) async fn rotate_subscription_secret(
     state: &ApiState,
     id: &str,
     overlap: Duration,
-) -> Result<Option<Subscription>, ApiError> {
-    let Some(sub) = state.store.rotate_secret(id, overlap).await? else {
-        return Ok(None);
+    from: Option<&SigningKey>,
+) -> Result<Rotated, ApiError> {
+    let sub = match state.store.rotate_secret(id, overlap, from).await? {
+        Rotated::Done(sub) => sub,
+        other => return Ok(other),
     };
     changed(state, id).await;
     tracing::info!(
@@ -318,5 +323,5 @@ pub(crate) async fn rotate_subscription_secret(
         overlap = %humantime::format_duration(overlap),
         "subscription secret rotated"
     );
-    Ok(Some(sub))
+    Ok(Rotated::Done(sub))
 }

@@ -21,7 +21,7 @@ pub use delivery_logs::{DeliveryLog, LogFilter, Trust};
 pub use log_counts::{GroupBy, LogGroup};
 pub use replay_jobs::{JobProgress, ReplayJob};
 pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};
-pub use subscriptions::{NewSubscription, SubscriptionPatch};
+pub use subscriptions::{NewSubscription, Rotated, SubscriptionPatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -174,29 +174,45 @@ impl Store {
 
     /// Gives a subscription a new secret; the current one becomes the previous secret, signing
     /// next to the new one until `now + overlap` (an earlier previous secret is dropped). A zero
-    /// overlap retires the old secret at once. `None` if there is no such subscription.
+    /// overlap retires the old secret at once. With `from`, only if the current secret is still
+    /// that one (a second click on the same form must not drop the secret the endpoint uses).
     pub async fn rotate_secret(
         &self,
         id: &str,
         overlap: std::time::Duration,
-    ) -> Result<Option<Subscription>, StoreError> {
+        from: Option<&SigningKey>,
+    ) -> Result<Rotated, StoreError> {
         let now = chrono::Utc::now();
         let expires_at = (!overlap.is_zero()).then(|| {
             let overlap = chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::MAX);
             rfc3339(now.checked_add_signed(overlap).unwrap_or(now))
         });
-        let done = sqlx::query(
+        let condition = if from.is_some() {
+            " AND secret = $6"
+        } else {
+            ""
+        };
+        let sql = format!(
             "UPDATE subscriptions SET previous_secret = CASE WHEN $1 = 1 THEN secret ELSE NULL END, \
-             previous_secret_expires_at = $2, secret = $3, updated_at = $4 WHERE id = $5",
-        )
-        .bind(i64::from(expires_at.is_some()))
-        .bind(&expires_at)
-        .bind(SigningKey::generate().expose())
-        .bind(rfc3339(now))
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        self.changed(done.rows_affected(), id).await
+             previous_secret_expires_at = $2, secret = $3, updated_at = $4 WHERE id = $5{condition}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(expires_at.is_some()))
+            .bind(&expires_at)
+            .bind(SigningKey::generate().expose())
+            .bind(rfc3339(now))
+            .bind(id);
+        if let Some(from) = from {
+            query = query.bind(from.expose());
+        }
+        let done = query.execute(&self.pool).await?;
+        Ok(match self.changed(done.rows_affected(), id).await? {
+            Some(sub) => Rotated::Done(sub),
+            None => match self.subscription(id).await? {
+                Some(sub) => Rotated::Already(sub),
+                None => Rotated::Missing,
+            },
+        })
     }
 
     /// The subscription as an UPDATE of `rows` rows left it; `None` if it matched none.
@@ -296,4 +312,16 @@ impl SubscriptionSource for Store {
             .await
             .map_err(|e| LookupError(Box::new(e)))
     }
+}
+
+/// What [`Store::rotate_secret`] did.
+#[derive(Debug)]
+pub enum Rotated {
+    /// Rotated: the subscription with its new secret.
+    Done(Subscription),
+    /// Not rotated: the secret was no longer the one given (rotated since); the subscription as
+    /// it is.
+    Already(Subscription),
+    /// No such subscription.
+    Missing,
 }

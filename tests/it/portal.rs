@@ -568,3 +568,57 @@ async fn the_portal_link_command_signs_links_the_service_opens() {
     );
     service.stop(PATIENCE).await;
 }
+
+/// The rotate form carries (a digest of) the secret it was shown with: a second click, a reload
+/// of the answer or another tab does not rotate again, which would drop at once the secret the
+/// endpoint still verifies with. The answer shows the current secret either way.
+#[tokio::test]
+async fn a_second_click_on_rotate_keeps_the_secret_the_endpoint_uses() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let sub = app
+        .subscribe("acct_acme", &receiver.url, &["purchase"])
+        .await;
+    let id = sub["id"].as_str().unwrap();
+    let first = sub["secret"].as_str().unwrap();
+    let user = PortalUser::signed_in(&app, "acct_acme").await;
+    let shown = user.get(&format!("/portal/integrations/{id}")).await;
+    let rotating = shown.hidden("rotating");
+    assert!(
+        !shown.html.contains(first),
+        "the form does not carry the secret"
+    );
+    let path = format!("/portal/integrations/{id}/rotate");
+    let secret_on = |html: &str| -> String {
+        let at = html.find("whsec_").expect("a secret on the page");
+        html[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "_+/=".contains(*c))
+            .collect()
+    };
+
+    let once = user.submit(&path, &[("rotating", &rotating)]).await;
+    assert_eq!(once.status, StatusCode::OK, "{}", once.html);
+    let second = secret_on(&once.html);
+    assert_ne!(second, first);
+    let again = user.submit(&path, &[("rotating", &rotating)]).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.html);
+    assert!(again.html.contains("already rotated"), "{}", again.html);
+    assert_eq!(secret_on(&again.html), second, "nothing changed");
+
+    // Both secrets still sign: the endpoint may go on verifying with the first.
+    app.publish("purchase", fixture("purchase").as_bytes())
+        .await;
+    let received = receiver.wait_for(1, PATIENCE).await;
+    verify_signature(first, &received[0]);
+    verify_signature(&second, &received[0]);
+
+    // A rotation from a page showing the current secret goes through.
+    let fresh = user.get(&format!("/portal/integrations/{id}")).await;
+    let third = user
+        .submit(&path, &[("rotating", &fresh.hidden("rotating"))])
+        .await;
+    assert!(!third.html.contains("already rotated"), "{}", third.html);
+    assert_ne!(secret_on(&third.html), second);
+    app.stop().await.unwrap();
+}

@@ -29,10 +29,7 @@ pub(super) fn integration_card(
                     (csrf_field(session))
                     button.secondary type="submit" { "Send test event" }
                 }
-                form method="post" action=(format!("{base}/rotate")) {
-                    (csrf_field(session))
-                    button.secondary type="submit" { "Rotate secret" }
-                }
+                (rotate_form(session, &base, sub))
                 a.button.danger href=(format!("{base}/delete")) { "Delete" }
             }
         }

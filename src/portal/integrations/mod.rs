@@ -233,10 +233,7 @@ async fn edit_page(
                     (csrf_field(session))
                     button.secondary type="submit" { "Reveal secret" }
                 }
-                form method="post" action=(format!("{base}/rotate")) {
-                    (csrf_field(session))
-                    button.secondary type="submit" { "Rotate secret" }
-                }
+                (rotate_form(session, &base, sub))
             }
             p.hint { "After a rotation the old secret keeps signing next to the new one for a while, so you can switch without losing a delivery." }
         }
