@@ -1,4 +1,4 @@
-//! One delivery: wait for a global permit and an endpoint slot, make one signed attempt, count
+//! One delivery: wait for its account's share, a global permit and an endpoint slot, make one signed attempt, count
 //! and log it, and hand the delivery to whatever [`retry`](crate::retry) says comes next.
 
 use tracing::{Instrument, Span, field};
@@ -33,14 +33,19 @@ impl Dispatcher {
             );
             return self.dead_letter(&dead).await;
         }
-        // The global permit first: a delivery holding its endpoint's slot must never sit waiting
-        // for a global permit, or busy-but-healthy endpoints (a fan-out) would look stuck.
+        // Its account's share, then the global permit, then the endpoint's slot, always in that
+        // order. The share first: an account at its share waits holding nothing the others
+        // need. The global permit before the slot: a delivery holding its endpoint's slot must
+        // never sit waiting for a global permit, or busy-but-healthy endpoints (a fan-out)
+        // would look stuck.
+        let share = self.shares.acquire(ev.account_id).await;
         let permit = self.limit.acquire().await.expect("semaphore never closed");
         let slot = self.endpoints.acquire(&sub.id, WAIT_FOR_SLOT).await;
         if slot.is_err()
             && let Some(next) = retry::when_endpoint_full(self.topology.retries.len())
         {
             drop(permit);
+            drop(share);
             return self.hand_off(next, ev, sub, attempts, deferrals).await;
         }
         let number = attempts.len() as u32 + 1;
@@ -67,6 +72,7 @@ impl Dispatcher {
                     slot.finished(attempt.signal);
                 }
                 drop(permit);
+                drop(share);
                 (attempt.outcome, attempt.record)
             };
             Span::current().record("outcome", outcome.label());

@@ -9,6 +9,7 @@ mod attempt;
 mod handoff;
 pub mod lanes;
 mod route;
+mod shares;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
 use acks::Acks;
 use lanes::Lanes;
+use shares::Shares;
 
 pub struct Dispatcher {
     directory: Arc<Directory>,
@@ -38,6 +40,9 @@ pub struct Dispatcher {
     metrics: Metrics,
     /// Seals the tasks and dead letters it publishes, and checks the tasks it consumes.
     keys: Arc<Keyring>,
+    /// Bounds each account's deliveries under way (half of `MAX_IN_FLIGHT`, as `per_account`),
+    /// taken before `limit`: see [`shares`].
+    shares: Shares,
     /// Bounds HTTP attempts in flight across all messages (`MAX_IN_FLIGHT`).
     limit: Semaphore,
     /// Bounds attempts in flight per subscription (`MAX_IN_FLIGHT_PER_ENDPOINT`).
@@ -47,8 +52,9 @@ pub struct Dispatcher {
     max_started: usize,
     /// The intake window (`PREFETCH`).
     window: usize,
-    /// Messages of one account under way at once: half of `MAX_IN_FLIGHT` (at least
-    /// `MAX_IN_FLIGHT_PER_ENDPOINT`), so other accounts always find room to start.
+    /// Messages of one account under way at once, and its deliveries under way ([`shares`]):
+    /// half of `MAX_IN_FLIGHT` (at least `MAX_IN_FLIGHT_PER_ENDPOINT`), so other accounts always
+    /// find room to start and to deliver.
     per_account: usize,
 }
 
@@ -129,6 +135,7 @@ impl Dispatcher {
             parts.max_in_flight_per_endpoint,
             Some(parts.metrics.endpoint_limits()),
         );
+        let per_account = (parts.max_in_flight / 2).max(parts.max_in_flight_per_endpoint);
         Dispatcher {
             directory: parts.directory,
             activity: parts.activity,
@@ -138,12 +145,13 @@ impl Dispatcher {
             topology: parts.topology,
             metrics: parts.metrics,
             keys: parts.keys,
+            shares: Shares::new(per_account),
             limit: Semaphore::new(parts.max_in_flight),
             endpoints,
             starts: Arc::new(Semaphore::new(parts.max_in_flight)),
             max_started: parts.max_in_flight,
             window: parts.prefetch,
-            per_account: (parts.max_in_flight / 2).max(parts.max_in_flight_per_endpoint),
+            per_account,
         }
     }
 

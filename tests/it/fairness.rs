@@ -34,29 +34,8 @@ async fn a_burst_past_the_intake_window_does_not_hold_back_a_quiet_account() {
     let burst_published = Instant::now();
 
     // The quiet account's events, one every 100 ms while the burst is delivered.
-    let mut sent = Vec::new();
-    for i in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let id = format!("evt_quiet_{i}");
-        let body = json!({
-            "id": id, "event": "purchase", "timestamp": "2026-12-01T10:00:00Z",
-            "account_id": "acct_quiet", "data": {"visitor_id": "v_q"}
-        });
-        let at = Instant::now();
-        app.publish("purchase", body.to_string().as_bytes()).await;
-        sent.push((id, at));
-    }
-    let received = quiet.wait_for(sent.len(), PATIENCE).await;
+    let slowest = quiet_events(&app, &quiet, "quiet", 10).await;
     let noisy_so_far = noisy.count();
-    let mut slowest = Duration::ZERO;
-    for (id, at) in &sent {
-        let got: Vec<_> = received
-            .iter()
-            .filter(|r| r.header("webhook-id") == id)
-            .collect();
-        assert_eq!(got.len(), 1, "{id} delivered once");
-        slowest = slowest.max(got[0].at.duration_since(*at));
-    }
     assert!(
         noisy_so_far < burst.len() / 2,
         "the quiet events arrived while the burst was still being delivered ({noisy_so_far} of {} in {:?})",
@@ -91,4 +70,67 @@ async fn a_burst_past_the_intake_window_does_not_hold_back_a_quiet_account() {
         "webhook_dead_letters_total{event=\"purchase\",reason=\"exhausted\"} 0",
     );
     app.stop().await.unwrap();
+}
+
+/// One account's deliveries take at most half of `MAX_IN_FLIGHT`, however many subscriptions
+/// each of its events fans out to: with four subscriptions to an endpoint that takes 1.5 s, the
+/// noisy account's events once filled every global slot (its cap counted messages, each of which
+/// became four deliveries), and a quiet account's event waited for the slow attempts to end.
+#[tokio::test]
+async fn an_account_whose_events_fan_out_to_a_slow_endpoint_leaves_room_for_others() {
+    let slow = Receiver::start().await;
+    slow.always(Reply::Slow(Duration::from_millis(1500), 200));
+    let quiet = Receiver::start().await;
+    let app = spawn_app_with(&["--max-in-flight", "16", "--max-in-flight-per-endpoint", "4"]).await;
+    for _ in 0..4 {
+        app.subscribe(LOAD_ACCOUNT, &slow.url, &["purchase"]).await;
+    }
+    app.subscribe("acct_quiet", &quiet.url, &["purchase"]).await;
+    let producer = Producer::connect(&app.exchange).await;
+    let burst = event_ids("fanned", 40);
+    assert_eq!(producer.publish_events(&burst).await, burst.len());
+    wait_until("the slow endpoint to be busy", PATIENCE, || async {
+        slow.count() >= 8
+    })
+    .await;
+
+    let slowest = quiet_events(&app, &quiet, "quiet_fan", 5).await;
+    assert!(
+        slow.count() < burst.len() * 4,
+        "the quiet events arrived while the fan-out was still under way"
+    );
+    // Waiting behind the noisy account's slow attempts would take at least their 1.5 s.
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "the slowest quiet event took {slowest:?}"
+    );
+    app.stop().await.unwrap();
+}
+
+/// Publishes `n` events of `acct_quiet` (ids `evt_{label}_0`, …), one every 100 ms, waits until
+/// `quiet` has each exactly once, and returns the slowest one's time from publish to receipt.
+async fn quiet_events(app: &TestApp, quiet: &Receiver, label: &str, n: usize) -> Duration {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = format!("evt_{label}_{i}");
+        let body = json!({
+            "id": id, "event": "purchase", "timestamp": "2026-12-01T10:00:00Z",
+            "account_id": "acct_quiet", "data": {"visitor_id": "v_q"}
+        });
+        let at = Instant::now();
+        app.publish("purchase", body.to_string().as_bytes()).await;
+        sent.push((id, at));
+    }
+    let received = quiet.wait_for(sent.len(), PATIENCE).await;
+    let mut slowest = Duration::ZERO;
+    for (id, at) in &sent {
+        let got: Vec<_> = received
+            .iter()
+            .filter(|r| r.header("webhook-id") == id)
+            .collect();
+        assert_eq!(got.len(), 1, "{id} delivered once");
+        slowest = slowest.max(got[0].at.duration_since(*at));
+    }
+    slowest
 }
