@@ -76,11 +76,22 @@ pub(super) fn webhook_form(session: &Session, action: &str, draft: &Draft, submi
     }
 }
 
-/// What a customer reads about a refused URL (the operator's setting is none of theirs).
+/// What a customer reads about a refused URL: not the operator's setting, nor what the name
+/// resolved to here (addresses of the operator's own network), nor whether it resolved at all.
 pub(super) fn refused(blocked: &Blocked) -> String {
+    let what = if blocked
+        .host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        "is not a public address"
+    } else {
+        "does not resolve to a public address"
+    };
     format!(
-        "This address is not reachable from the internet ({} {}): use your endpoint's public address.",
-        blocked.host, blocked.reason
+        "This address is not reachable from the internet ({} {what}): use your endpoint's public address.",
+        blocked.host
     )
 }
 
