@@ -136,6 +136,9 @@ pub enum Limit {
     /// count, so records that can never be replayed cannot use up the limit (the CLI, which
     /// has no cursor).
     Replayed(usize),
+    /// At most `replayed` replayed, looking at no more than `looked` records: a run on a
+    /// request's time (the portal) that many unreplayable records cannot make unbounded.
+    ReplayedWithin { replayed: usize, looked: usize },
 }
 
 impl Limit {
@@ -145,6 +148,9 @@ impl Limit {
             Limit::None => false,
             Limit::Looked(n) => report.matched() + queued >= n,
             Limit::Replayed(n) => report.replayed.len() + queued >= n,
+            Limit::ReplayedWithin { replayed, looked } => {
+                report.replayed.len() + queued >= replayed || report.matched() + queued >= looked
+            }
         }
     }
 
@@ -153,7 +159,7 @@ impl Limit {
     /// record does not read a whole page of payloads.
     pub(super) fn page(self, report: &Report, queued: usize, page: usize) -> usize {
         match self {
-            Limit::Looked(n) => n
+            Limit::Looked(n) | Limit::ReplayedWithin { looked: n, .. } => n
                 .saturating_sub(report.matched() + queued)
                 .saturating_add(1)
                 .min(page),
@@ -181,5 +187,27 @@ mod tests {
         for other in [Limit::None, Limit::Replayed(1)] {
             assert_eq!(other.page(&report, 0, 500), 500, "{other:?}");
         }
+    }
+
+    #[test]
+    fn replayed_within_stops_at_whichever_bound_comes_first() {
+        let within = Limit::ReplayedWithin {
+            replayed: 3,
+            looked: 10,
+        };
+        let mut report = Report::default();
+        report.skipped = (0..8)
+            .map(|n| Skipped {
+                id: format!("dl_{n}"),
+                reason: "subscription_deleted",
+                detail: String::new(),
+            })
+            .collect();
+        assert!(!within.reached(&report, 1), "9 looked at, 1 replayable");
+        assert!(within.reached(&report, 2), "10 looked at");
+        assert_eq!(within.page(&report, 0, 500), 3);
+        report.skipped.clear();
+        assert!(within.reached(&report, 3), "3 replayable");
+        assert!(!within.reached(&report, 2));
     }
 }

@@ -24,6 +24,9 @@ use crate::store::{DeliveryLog, LogFilter, ReplaySelection};
 const PAGE: i64 = 50;
 /// Most records one "Replay all shown" replays.
 const MAX_BULK: usize = 1000;
+/// Most records "Replay all shown" looks at in one go: records it cannot replay (their webhook
+/// deleted, say) do not count against [`MAX_BULK`], and must not make a request unbounded.
+const MAX_BULK_LOOKED: usize = 10 * MAX_BULK;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()

@@ -59,7 +59,12 @@ pub(super) fn selection(q: &LogQuery, session: &Session) -> Result<ReplaySelecti
         title: "Check the filters",
         message,
     })?;
-    filter.until.get_or_insert_with(crate::time::now_rfc3339);
+    // Never past now: a later bound would let the run take its own replays' dead letters.
+    let now = crate::time::now_rfc3339();
+    filter.until = Some(match filter.until.take() {
+        Some(until) => until.min(now),
+        None => now,
+    });
     Ok(ReplaySelection {
         filter,
         ids: Vec::new(),
@@ -81,7 +86,10 @@ pub(super) async fn confirm_replay_all(
         .run(
             &selection,
             None,
-            Limit::Replayed(MAX_BULK),
+            Limit::ReplayedWithin {
+                replayed: MAX_BULK,
+                looked: MAX_BULK_LOOKED,
+            },
             true,
             &mut Pace::new(None),
             &mut |_| {},
@@ -101,7 +109,7 @@ pub(super) async fn confirm_replay_all(
             } @else {
                 h1 { "Replay " (deliveries(n)) "?" }
                 p { "Each goes out again from its first attempt, under its original webhook-id." }
-                @if plan.more { p.hint { "At most " (MAX_BULK) " at a time: replay again for the rest." } }
+                @if plan.more { p.hint { "At most " (MAX_BULK) " at a time (among the next " (MAX_BULK_LOOKED) " records): replay again for the rest." } }
                 div.actions {
                     form method="post" action="/portal/delivery-logs/replay" {
                         (csrf_field(&session))
@@ -149,7 +157,10 @@ pub(super) async fn replay_all(
             .run(
                 &selection,
                 None,
-                Limit::Replayed(MAX_BULK),
+                Limit::ReplayedWithin {
+                    replayed: MAX_BULK,
+                    looked: MAX_BULK_LOOKED,
+                },
                 false,
                 &mut Pace::new(None),
                 &mut |_| {},
