@@ -195,14 +195,16 @@ mod tests {
             replayed: 3,
             looked: 10,
         };
-        let mut report = Report::default();
-        report.skipped = (0..8)
-            .map(|n| Skipped {
-                id: format!("dl_{n}"),
-                reason: "subscription_deleted",
-                detail: String::new(),
-            })
-            .collect();
+        let mut report = Report {
+            skipped: (0..8)
+                .map(|n| Skipped {
+                    id: format!("dl_{n}"),
+                    reason: "subscription_deleted",
+                    detail: String::new(),
+                })
+                .collect(),
+            ..Report::default()
+        };
         assert!(!within.reached(&report, 1), "9 looked at, 1 replayable");
         assert!(within.reached(&report, 2), "10 looked at");
         assert_eq!(within.page(&report, 0, 500), 3);
