@@ -173,30 +173,47 @@ impl Config {
             return Ok(());
         }
         let loopback = self.listen_addr.ip().is_loopback();
-        match &self.admin_token {
-            None if !loopback => return Err(ConfigError::TokenRequired(self.listen_addr)),
+        // Reached from beyond this machine: listening off loopback, or published under a
+        // PUBLIC_URL that is not this machine (a reverse proxy in front of a loopback listener
+        // would otherwise expose an admin API without a token).
+        let exposed = if !loopback {
+            Some(format!(
+                "LISTEN_ADDR ({}) is not a loopback address",
+                self.listen_addr
+            ))
+        } else {
+            self.portal
+                .public_url
+                .as_ref()
+                .filter(|url| !is_this_machine(url))
+                .map(|url| format!("PUBLIC_URL ({url}) is not this machine"))
+        };
+        match (&self.admin_token, &exposed) {
+            (None, Some(_)) if !loopback => {
+                return Err(ConfigError::TokenRequired(self.listen_addr));
+            }
+            (None, Some(why)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "ADMIN_TOKEN is required when {why}: the admin API would be reachable through it without a token; set ADMIN_TOKEN"
+                )));
+            }
             // An empty token would be compared with a missing header read as "": open to all.
-            Some(token) if token.expose().trim().is_empty() => {
+            (Some(token), _) if token.expose().trim().is_empty() => {
                 return Err(ConfigError::Invalid(
                     "ADMIN_TOKEN is set but empty: set a token of 16 or more characters, or unset it (allowed only on a loopback LISTEN_ADDR)".into(),
                 ));
             }
-            Some(_) if self.weak_token() && !loopback => {
+            (Some(_), Some(why)) if self.weak_token() => {
                 return Err(ConfigError::Invalid(format!(
-                    "ADMIN_TOKEN must be at least {MIN_PUBLIC_TOKEN} characters when LISTEN_ADDR ({}) is not a loopback address",
-                    self.listen_addr
+                    "ADMIN_TOKEN must be at least {MIN_PUBLIC_TOKEN} characters when {why}"
                 )));
             }
             _ => {}
         }
-        match &self.portal.portal_key {
-            None if !loopback => {
-                return Err(ConfigError::Invalid(format!(
-                    "PORTAL_KEY is required when LISTEN_ADDR ({}) is not a loopback address: set one of {MIN_PORTAL_KEY} or more random characters, the same on every instance",
-                    self.listen_addr
-                )));
-            }
-            _ => {}
+        if let (None, Some(why)) = (&self.portal.portal_key, &exposed) {
+            return Err(ConfigError::Invalid(format!(
+                "PORTAL_KEY is required when {why}: set one of {MIN_PORTAL_KEY} or more random characters, the same on every instance"
+            )));
         }
         Ok(())
     }
@@ -204,6 +221,19 @@ impl Config {
     /// Number of delivery attempts an event gets: the first plus one per retry delay.
     pub fn max_attempts(&self) -> u32 {
         1 + self.queues.retry_delays.0.len() as u32
+    }
+}
+
+/// Whether `url` names this machine: `localhost` (or a name under it) or a loopback address.
+fn is_this_machine(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -277,6 +307,65 @@ mod tests {
         let short_local = parse(&["--listen-addr", "127.0.0.1:8080", "--admin-token", "short"]);
         assert!(short_local.validate().is_ok() && short_local.weak_token());
         assert!(parse(&["--listen-addr", "[::1]:8080"]).validate().is_ok());
+    }
+
+    #[test]
+    fn a_public_url_off_this_machine_needs_the_token_and_key_a_public_address_does() {
+        let proxied = ["--listen-addr", "127.0.0.1:8080", "--public-url"];
+        let err = parse(&[&proxied[..], &["https://hooks.example.com"]].concat())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ADMIN_TOKEN is required when PUBLIC_URL (https://hooks.example.com/) is not this machine"),
+            "{err}"
+        );
+        let token = ["--admin-token", "a-long-enough-token"];
+        let err = parse(&[&proxied[..], &["https://hooks.example.com"], &token[..]].concat())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PORTAL_KEY is required when PUBLIC_URL"),
+            "{err}"
+        );
+        let err = parse(
+            &[
+                &proxied[..],
+                &["https://hooks.example.com", "--admin-token", "short"],
+            ]
+            .concat(),
+        )
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("at least 16 characters when PUBLIC_URL"),
+            "{err}"
+        );
+        let key = ["--portal-key", PORTAL_KEY];
+        assert!(
+            parse(
+                &[
+                    &proxied[..],
+                    &["https://hooks.example.com"],
+                    &token[..],
+                    &key[..]
+                ]
+                .concat()
+            )
+            .validate()
+            .is_ok()
+        );
+        for local in [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://app.localhost:8080",
+        ] {
+            let cfg = parse(&[&proxied[..], &[local]].concat());
+            assert!(cfg.validate().is_ok(), "{local}: {:?}", cfg.validate());
+        }
     }
 
     const PORTAL_KEY: &str = "0123456789abcdef0123456789abcdef";

@@ -164,8 +164,29 @@ async fn a_link_starts_a_session_and_leaves_the_address_bar() {
 
 #[tokio::test]
 async fn behind_https_the_session_cookie_is_secure() {
-    let app = spawn_app_with(&["--public-url", "https://hooks.example.com"]).await;
-    let link = portal_link(&app, "acct_a").await;
+    // Published beyond this machine: the token and the portal key are required.
+    let token = "test-token-0123456789abcdef";
+    let app = spawn_app_with(&[
+        "--public-url",
+        "https://hooks.example.com",
+        "--admin-token",
+        token,
+        "--portal-key",
+        "portal-key-0123456789abcdef-0123456789",
+    ])
+    .await;
+    let minted: Value = app
+        .http
+        .post(app.url("/v1/portal-links"))
+        .bearer_auth(token)
+        .json(&json!({ "account_id": "acct_a" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = minted["url"].as_str().expect("a url").to_string();
     let path = link
         .strip_prefix("https://hooks.example.com")
         .unwrap_or_else(|| panic!("the link uses PUBLIC_URL: {link}"));
