@@ -221,14 +221,18 @@ pub struct Attempt {
     pub signal: Signal,
 }
 
-/// A `Retry-After` value (RFC 9110: delay-seconds or an HTTP date) as a wait from `now`; `None`
-/// if it is neither or already past.
+/// A `Retry-After` value (RFC 9110: delay-seconds or an HTTP date, in any of the three forms a
+/// recipient must read: IMF-fixdate, RFC 850, asctime; other RFC 2822 dates too) as a wait from
+/// `now`; `None` if it is neither or already past.
 pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return (seconds > 0).then(|| Duration::from_secs(seconds));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?.to_utc();
+    let at = match httpdate::parse_http_date(value) {
+        Ok(at) => chrono::DateTime::<chrono::Utc>::from(at),
+        Err(_) => chrono::DateTime::parse_from_rfc2822(value).ok()?.to_utc(),
+    };
     (at - now).to_std().ok().filter(|d| !d.is_zero())
 }
 

@@ -78,6 +78,18 @@ fn retry_after_is_read_as_seconds_or_an_http_date() {
         None,
         "past"
     );
+    // The obsolete forms RFC 9110 still has recipients read, and a numeric zone.
+    for form in [
+        "Tuesday, 01-Dec-26 10:00:30 GMT",
+        "Tue Dec  1 10:00:30 2026",
+        "Tue, 01 Dec 2026 11:00:30 +0100",
+    ] {
+        assert_eq!(
+            retry_after(form, now),
+            Some(Duration::from_secs(30)),
+            "{form}"
+        );
+    }
     assert_eq!(retry_after("0", now), None);
     assert_eq!(retry_after("-3", now), None);
     assert_eq!(retry_after("soon", now), None);
