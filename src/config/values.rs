@@ -220,6 +220,36 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{raw:?} is not a duration like 10s or 500ms: {e}"))
 }
 
+/// Longest overlap a secret rotation may keep the old secret signing.
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest retention but `0`: anything shorter is almost surely a slip (`m` for months).
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+/// The longest retention: past it the purge's cut-off would be before any date.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 36_525 * 864);
+
+pub fn parse_retention(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        d if d.is_zero() => Ok(d),
+        d if d < MIN_RETENTION => Err(format!(
+            "{} would delete the delivery log almost as it is written: give at least 1h \
+             (months are written 6M or 6months, minutes 6m), or 0 to keep every record",
+            humantime::format_duration(d)
+        )),
+        d if d > MAX_RETENTION => {
+            Err("must be at most 100 years (or 0 to keep every record)".into())
+        }
+        d => Ok(d),
+    }
+}
+
+pub fn parse_overlap(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        d if d > MAX_SECRET_OVERLAP => Err("must be at most 30 days".into()),
+        d => Ok(d),
+    }
+}
+
 /// A duration above zero.
 pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
     match parse_duration(raw)? {
