@@ -135,6 +135,21 @@ impl Logger {
         Ok(records)
     }
 
+    /// One try at storing `messages`' records: the records, and which of them were new.
+    async fn try_store(
+        &self,
+        messages: &[Inbound],
+    ) -> Result<(Vec<record::Record>, Vec<bool>), String> {
+        let records = self.records_of(messages).await.map_err(|e| e.to_string())?;
+        let rows: Vec<(&DeadLetter, Trust)> = records.iter().map(|r| (&r.dead, r.trust)).collect();
+        let inserted = self
+            .store
+            .insert_dead_letters(&rows)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((records, inserted))
+    }
+
     /// Commits the records of `messages` in one transaction (retrying while the store fails,
     /// until `stop` or as `patience` says), and only then acks them all with one `multiple`
     /// ack on the last: `messages` must be every unsettled message of their channel, in
@@ -159,19 +174,7 @@ impl Logger {
         // subscription) is read from the store too, and a failure to read it must not be
         // frozen into a record (a genuine dead letter taken for a forged one).
         let (records, inserted) = loop {
-            let stored = match self.records_of(messages).await {
-                Ok(records) => {
-                    let rows: Vec<(&DeadLetter, Trust)> =
-                        records.iter().map(|r| (&r.dead, r.trust)).collect();
-                    match self.store.insert_dead_letters(&rows).await {
-                        Ok(inserted) => Ok(inserted),
-                        Err(e) => Err(e.to_string()),
-                    }
-                    .map(|inserted| (records, inserted))
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match stored {
+            match self.try_store(messages).await {
                 Ok(done) => break done,
                 Err(e) => {
                     if let Some(limit) = patience.give_up_after {
