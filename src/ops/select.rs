@@ -68,11 +68,7 @@ impl Filters {
                  a clock time (10:00) is today's, in UTC"
             )));
         }
-        // Never past now: a later bound would let the run take its own replays' dead letters.
-        times.until = Some(match times.until.take() {
-            Some(given) => given.min(now_text),
-            None => now_text,
-        });
+        times.until = Some(replay_bound(times.until.take(), now_text));
         Ok(ReplaySelection {
             filter: LogFilter {
                 account_id: self.account_id.clone(),
@@ -110,6 +106,16 @@ impl Filters {
             until,
             ..LogFilter::default()
         })
+    }
+}
+
+/// The upper bound a replay takes: `until` if given and earlier, else `now` (both as the store
+/// writes times). Never past now: a later bound would let a run take its own replays' dead
+/// letters.
+pub fn replay_bound(until: Option<String>, now: String) -> String {
+    match until {
+        Some(until) => until.min(now),
+        None => now,
     }
 }
 

@@ -59,12 +59,10 @@ pub(super) fn selection(q: &LogQuery, session: &Session) -> Result<ReplaySelecti
         title: "Check the filters",
         message,
     })?;
-    // Never past now: a later bound would let the run take its own replays' dead letters.
-    let now = crate::time::now_rfc3339();
-    filter.until = Some(match filter.until.take() {
-        Some(until) => until.min(now),
-        None => now,
-    });
+    filter.until = Some(crate::ops::select::replay_bound(
+        filter.until.take(),
+        crate::time::now_rfc3339(),
+    ));
     Ok(ReplaySelection {
         filter,
         ids: Vec::new(),
