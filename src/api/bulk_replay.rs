@@ -126,7 +126,7 @@ pub async fn replay(
     .await?;
     // Nothing queued because the broker took nothing: as for one record, a 503 to try again.
     if report.broker_failed && report.replayed.is_empty() {
-        let why = report.failed.last().map_or("", |f| f.error.as_str());
+        let why = report.last_error();
         return Err(ApiError::ReplaysRefused(why.to_string()));
     }
     let next_cursor = report

@@ -118,7 +118,7 @@ async fn work(
             );
         }
         if report.broker_failed {
-            let why = report.failed.last().map_or("", |f| f.error.as_str());
+            let why = report.last_error();
             return (
                 "failed",
                 Some(format!(

@@ -98,6 +98,11 @@ pub struct Report {
 
 impl Report {
     /// Records looked at: replayed, skipped and failed.
+    /// Why the last failed record failed ("" if none did): what a stopped run reports.
+    pub fn last_error(&self) -> &str {
+        self.failed.last().map_or("", |f| f.error.as_str())
+    }
+
     pub fn matched(&self) -> usize {
         self.replayed.len() + self.skipped.len() + self.failed.len()
     }
