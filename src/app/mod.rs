@@ -83,7 +83,7 @@ impl App {
         let deliverer = Deliverer::new(
             cfg.delivery_timeout,
             cfg.allow_private_targets,
-            cfg.max_in_flight_per_endpoint as usize,
+            cfg.max_in_flight as usize,
         )?;
         let activity = Arc::new(Activity::default());
         let health = Arc::new(EndpointHealth::default());

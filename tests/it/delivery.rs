@@ -113,6 +113,38 @@ async fn a_slow_endpoint_does_not_hold_up_another_subscription() {
 }
 
 #[tokio::test]
+async fn subscriptions_to_one_endpoint_reuse_its_connections() {
+    // Eight subscriptions of one account to the same endpoint, each with at most two attempts
+    // in flight: up to eight at once against one host (the account's share of sixteen). The
+    // client's pool must keep that many connections to the host between attempts; it used to
+    // keep only one subscription's worth (two), closing the rest after each attempt and opening
+    // new ones for the next (the fan-out benchmark spent its CPU on it).
+    let receiver = CountingReceiver::start(200, Duration::from_millis(2)).await;
+    let app = spawn_app_with(&["--max-in-flight", "16", "--max-in-flight-per-endpoint", "2"]).await;
+    for _ in 0..8 {
+        app.subscribe(LOAD_ACCOUNT, &receiver.url, &["purchase"])
+            .await;
+    }
+    let producer = Producer::connect(&app.exchange).await;
+    let ids = event_ids("pooled", 200);
+    assert_eq!(producer.publish_events(&ids).await, ids.len());
+    wait_until("every delivery", PATIENCE * 2, || async {
+        receiver.total() >= ids.len() * 8
+    })
+    .await;
+    assert_eq!(receiver.distinct(), ids.len());
+    // Each connection is opened once and kept: at most one per attempt in flight, plus a few
+    // opened while a finished attempt's connection was on its way back to the pool.
+    let opened = receiver.connections();
+    assert!(
+        opened <= 16,
+        "{opened} connections opened for {} deliveries with at most 8 in flight",
+        ids.len() * 8
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_an_attempt() {
     // Deferrals wait in the longest delay queue: keep it short here.
     let app = spawn_app_with(&[

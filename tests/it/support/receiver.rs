@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::serve::ListenerExt;
 
 use super::wait_until;
 
@@ -167,6 +168,8 @@ struct Counts {
     total: AtomicUsize,
     /// Requests received and not answered yet.
     in_progress: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
     status: StatusCode,
     delay: Duration,
 }
@@ -178,14 +181,28 @@ impl CountingReceiver {
             per_id: Mutex::default(),
             total: AtomicUsize::new(0),
             in_progress: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             status: StatusCode::from_u16(status).expect("status"),
             delay,
         });
         let app = axum::Router::new()
             .fallback(count)
             .with_state(state.clone());
-        let url = serve_receiver(app).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("receiver port");
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let accepted = state.clone();
+        let listener = listener.tap_io(move |_| {
+            accepted.connections.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
         CountingReceiver { url, state }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Distinct `webhook-id`s received.
