@@ -9,6 +9,23 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::cli::{self, OpsCommand};
 use webhook_dispatcher::{App, Config, telemetry};
 
+/// jemalloc, not the system allocator: under load glibc's spent a fifth of the service's CPU in
+/// its own bookkeeping and arena locks (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment overrides
+/// them): pages a burst left unused go back to the system after about a second instead of ten.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string's address, as jemalloc reads its `malloc_conf`.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, never written.
+unsafe impl Sync for MallocConf {}
+
 /// Every setting is a flag and an environment variable. Each subcommand takes (after its name)
 /// only the settings it uses; `serve` is the default.
 #[derive(Parser)]
