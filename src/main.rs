@@ -76,7 +76,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     let second_exits = !matches!(command, Command::Serve(_));
     tokio::spawn(cancel_on_signal(shutdown.clone(), second_exits));
     match command {
-        Command::Serve(config) => serve(*config, shutdown).await.map(|()| ExitCode::SUCCESS),
+        // Spawned onto a worker: `block_on` polls its own future on the main thread, where the
+        // consume loop paid a thread wake-up (a futex call) for every message's turn.
+        Command::Serve(config) => tokio::spawn(serve(*config, shutdown))
+            .await?
+            .map(|()| ExitCode::SUCCESS),
         Command::Ops(command) => Ok(cli::run(*command, shutdown).await),
     }
 }

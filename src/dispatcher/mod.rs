@@ -283,12 +283,17 @@ impl Dispatcher {
     async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, acks: &Acks) {
         match outcome {
             Ok(()) => acks.settled(Box::new(message)),
-            Err(e) => {
-                tracing::error!(error = %e, "could not hand the message on; requeueing it");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = message.requeue().await;
-                acks.handed_back(message.delivery_tag());
-            }
+            // Boxed: the rare path's future (the reject's) would otherwise be part of every
+            // message's task, copied when it is spawned.
+            Err(e) => Box::pin(hand_back(message, e, acks)).await,
         }
     }
+}
+
+/// Requeues `message` after a pause, since its outcome could not be made safe in the broker.
+async fn hand_back(message: Inbound, error: HandleError, acks: &Acks) {
+    tracing::error!(error = %error, "could not hand the message on; requeueing it");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = message.requeue().await;
+    acks.handed_back(message.delivery_tag());
 }
