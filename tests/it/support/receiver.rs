@@ -50,10 +50,18 @@ struct ReceiverState {
 
 /// Serves `app` on a free loopback port; returns the URL receivers give out (`…/hooks`).
 pub async fn serve_receiver(app: axum::Router) -> String {
+    serve_receiver_counting(app, Arc::new(AtomicUsize::new(0))).await
+}
+
+/// [`serve_receiver`], counting the TCP connections it accepts into `accepted`.
+pub async fn serve_receiver_counting(app: axum::Router, accepted: Arc<AtomicUsize>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("receiver port");
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let listener = listener.tap_io(move |_| {
+        accepted.fetch_add(1, Ordering::SeqCst);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }
@@ -169,7 +177,7 @@ struct Counts {
     /// Requests received and not answered yet.
     in_progress: AtomicUsize,
     /// TCP connections accepted.
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
     status: StatusCode,
     delay: Duration,
 }
@@ -181,22 +189,14 @@ impl CountingReceiver {
             per_id: Mutex::default(),
             total: AtomicUsize::new(0),
             in_progress: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
             status: StatusCode::from_u16(status).expect("status"),
             delay,
         });
         let app = axum::Router::new()
             .fallback(count)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("receiver port");
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        let accepted = state.clone();
-        let listener = listener.tap_io(move |_| {
-            accepted.connections.fetch_add(1, Ordering::SeqCst);
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_receiver_counting(app, state.connections.clone()).await;
         CountingReceiver { url, state }
     }
 
