@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use webhook_dispatcher::cli::{self, OpsCommand};
 use webhook_dispatcher::{App, Config, telemetry};
 
-/// jemalloc, not the system allocator: under load glibc's spent a fifth of the service's CPU in
-/// its own bookkeeping and arena locks (BENCHMARKS.md, "The allocator").
+/// jemalloc, not the system allocator: under load glibc's spent about a third of the service's
+/// CPU in its own bookkeeping and arena locks (BENCHMARKS.md, "Connections kept per host, and
+/// jemalloc").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -80,8 +81,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         // consume loop pays a thread wake-up for every message's turn. Spawned onto a worker it
         // cost ~3 µs less CPU per delivery, but then newly started deliveries took an endpoint's
         // freed slots ahead of those waiting for one, and a slow endpoint's burst was deferred
-        // (BENCHMARKS.md, "The service's future on a worker thread"): not before the limiter's
-        // waits are first come, first served.
+        // (BENCHMARKS.md, "The service's future on a worker thread (tried, taken back)"): not
+        // before the limiter's waits are first come, first served.
         Command::Serve(config) => serve(*config, shutdown).await.map(|()| ExitCode::SUCCESS),
         Command::Ops(command) => Ok(cli::run(*command, shutdown).await),
     }
