@@ -19,9 +19,15 @@
 //! A delivery that finds its endpoint full waits for a slot as long as the endpoint makes
 //! progress (an attempt finished within the last [`WAIT_FOR_SLOT`]; at most [`MAX_WAIT`]) and is
 //! otherwise deferred, so a hanging endpoint's backlog waits in the broker instead of in the
-//! prefetch window while a slow one's is served as fast as it answers. Once a wait has timed out, the
-//! endpoint counts as stuck for [`STUCK_FOR`]: while it stays full, deliveries to it are deferred
-//! at once instead of each holding a prefetched message for the whole wait.
+//! prefetch window while a slow one's is served as fast as it answers. Once a wait has timed out,
+//! the endpoint counts as stuck for [`STUCK_FOR`]: while it stays full, deliveries to it are
+//! deferred at once instead of each holding a prefetched message for the whole wait.
+//!
+//! The waits are first come, first served: a freed slot is handed to the longest waiting
+//! delivery under the endpoint's lock, and a delivery that arrives while others wait queues
+//! behind them. Before, a woken waiter had to take the slot itself and a delivery started at
+//! that moment could get there first; some waiters lost turn after turn until their wait ran
+//! out and the endpoint was taken for stuck (BENCHMARKS.md, "First come, first served").
 //!
 //! The rule is [`aimd`]; this module keeps the slots, the waits and the pauses. The limits are
 //! exposed as a distribution with bounded labels:
@@ -29,12 +35,12 @@
 
 mod aimd;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::IntGaugeVec;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use aimd::Aimd;
@@ -64,11 +70,28 @@ struct State {
     last_used: Instant,
     /// When an attempt to it last finished.
     last_finished: Instant,
+    /// The deliveries waiting for a slot, longest waiting first.
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+}
+
+/// A delivery waiting for a slot: told, once, whether it got one.
+struct Waiter {
+    id: u64,
+    answer: oneshot::Sender<Turn>,
+}
+
+/// What a waiting delivery is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// A slot, already counted in `in_flight`: it is the waiter's.
+    Slot,
+    /// The endpoint paused itself (`Retry-After`).
+    Paused,
 }
 
 struct Endpoint {
     state: Mutex<State>,
-    freed: Notify,
 }
 
 pub struct EndpointLimiter {
@@ -158,55 +181,89 @@ impl EndpointLimiter {
                 paused_until: None,
                 last_used: now,
                 last_finished: now,
+                waiters: VecDeque::new(),
+                next_waiter: 0,
             }),
-            freed: Notify::new(),
         });
         self.moved(None, Some(self.max));
         endpoints.by_key.insert(key.to_string(), endpoint.clone());
         endpoint
     }
 
-    /// A slot for `key`: waits while the endpoint makes progress, giving up once none of its
-    /// attempts has finished for `wait` (it hangs), or after [`MAX_WAIT`] in all; not at all
+    /// A slot for `key`: waits in turn while the endpoint makes progress, giving up once none of
+    /// its attempts has finished for `wait` (it hangs), or after [`MAX_WAIT`] in all; not at all
     /// while the endpoint counts as stuck or is paused.
     pub async fn acquire(&self, key: &str, wait: Duration) -> Result<Slot<'_>, Full> {
         let endpoint = self.endpoint(key);
         let started = Instant::now();
-        let mut deadline = started + wait;
-        loop {
-            // Registered before the check, so a slot freed in between wakes this wait.
-            let freed = endpoint.freed.notified();
-            {
-                let now = Instant::now();
-                let mut s = endpoint.state.lock().expect("limiter lock");
-                s.last_used = now;
-                if s.paused_until.is_some_and(|until| now < until) {
-                    return Err(Full::Paused);
-                }
-                if s.in_flight < s.limit.current() {
-                    s.in_flight += 1;
-                    return Ok(Slot {
-                        limiter: self,
-                        endpoint: endpoint.clone(),
-                    });
-                }
-                if s.stuck_until.is_some_and(|until| now < until) {
-                    return Err(Full::AtLimit);
-                }
+        let mut waiting = {
+            let mut s = endpoint.state.lock().expect("limiter lock");
+            s.last_used = started;
+            if s.paused_until.is_some_and(|until| started < until) {
+                return Err(Full::Paused);
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                let mut s = endpoint.state.lock().expect("limiter lock");
-                let now = Instant::now();
-                // A slow endpoint that keeps finishing attempts is worth waiting for (its
-                // deliveries would otherwise be deferred for seconds while it has capacity).
-                let progress_until = s.last_finished + wait;
-                if progress_until > now && now.duration_since(started) < MAX_WAIT {
-                    deadline = progress_until.min(started + MAX_WAIT);
-                    continue;
-                }
-                s.stuck_until = Some(now + STUCK_FOR);
+            if s.in_flight < s.limit.current() && s.waiters.is_empty() {
+                s.in_flight += 1;
+                drop(s);
+                return Ok(self.slot(endpoint));
+            }
+            if s.stuck_until.is_some_and(|until| started < until) {
                 return Err(Full::AtLimit);
             }
+            let (answer, turn) = oneshot::channel();
+            let id = s.next_waiter;
+            s.next_waiter += 1;
+            s.waiters.push_back(Waiter { id, answer });
+            Waiting {
+                endpoint: &endpoint,
+                id,
+                turn,
+                queued: true,
+            }
+        };
+        let mut deadline = started + wait;
+        loop {
+            let turn = match tokio::time::timeout_at(deadline, &mut waiting.turn).await {
+                Ok(turn) => turn.ok(),
+                Err(_) => {
+                    let mut s = endpoint.state.lock().expect("limiter lock");
+                    // Handed a turn just as the wait ran out: it is taken.
+                    match waiting.turn.try_recv() {
+                        Ok(turn) => Some(turn),
+                        Err(_) => {
+                            let now = Instant::now();
+                            // A slow endpoint that keeps finishing attempts is worth waiting for
+                            // (its deliveries would otherwise be deferred for seconds while it has
+                            // capacity); the place in the queue is kept.
+                            let progress_until = s.last_finished + wait;
+                            if progress_until > now && now.duration_since(started) < MAX_WAIT {
+                                deadline = progress_until.min(started + MAX_WAIT);
+                                continue;
+                            }
+                            s.waiters.retain(|w| w.id != waiting.id);
+                            waiting.queued = false;
+                            s.stuck_until = Some(now + STUCK_FOR);
+                            return Err(Full::AtLimit);
+                        }
+                    }
+                }
+            };
+            // Answered, so taken out of the queue by whoever answered.
+            waiting.queued = false;
+            drop(waiting);
+            return match turn {
+                Some(Turn::Slot) => Ok(self.slot(endpoint)),
+                Some(Turn::Paused) => Err(Full::Paused),
+                // Only a turn's sender is ever dropped unsent, never a waiter's.
+                None => Err(Full::AtLimit),
+            };
+        }
+    }
+
+    fn slot(&self, endpoint: Arc<Endpoint>) -> Slot<'_> {
+        Slot {
+            limiter: self,
+            endpoint,
         }
     }
 
@@ -238,6 +295,10 @@ impl EndpointLimiter {
             if s.paused_until.is_none_or(|p| p < until) {
                 s.paused_until = Some(until);
             }
+            // Deferred like the deliveries that arrive during the pause.
+            for waiter in s.waiters.drain(..) {
+                let _ = waiter.answer.send(Turn::Paused);
+            }
         }
         let before = s.limit.current();
         s.limit.on(signal, now);
@@ -256,10 +317,47 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut s = self.endpoint.state.lock().expect("limiter lock");
-        s.in_flight -= 1;
         s.last_finished = Instant::now();
-        drop(s);
-        self.endpoint.freed.notify_one();
+        s.release();
+    }
+}
+
+impl State {
+    /// Frees a slot, handing it (and any the limit now allows) to the longest waiting delivery.
+    fn release(&mut self) {
+        self.in_flight -= 1;
+        while self.in_flight < self.limit.current() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            // A waiter is removed from the queue before it stops listening; a failed send
+            // would be one given up meanwhile, and the slot goes to the next.
+            if waiter.answer.send(Turn::Slot).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+    }
+}
+
+/// A delivery's place in its endpoint's queue. Dropped while queued (the delivery cancelled
+/// mid-wait), it leaves the queue, and a slot it was handed but never took is freed.
+struct Waiting<'a> {
+    endpoint: &'a Arc<Endpoint>,
+    id: u64,
+    turn: oneshot::Receiver<Turn>,
+    queued: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            return;
+        }
+        let mut s = self.endpoint.state.lock().expect("limiter lock");
+        s.waiters.retain(|w| w.id != self.id);
+        if let Ok(Turn::Slot) = self.turn.try_recv() {
+            s.release();
+        }
     }
 }
 

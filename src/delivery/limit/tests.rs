@@ -188,3 +188,129 @@ async fn retry_after_pauses_the_endpoint_for_that_long_at_most_a_minute() {
     slot.finished(Signal::Other);
     assert_eq!(limiter.limit("e"), before);
 }
+
+/// Polls `waiting` once, so it takes its place in the endpoint's queue.
+async fn queue<F: Future + Unpin>(waiting: &mut F) {
+    tokio::select! {
+        biased;
+        _ = waiting => panic!("expected to wait for a slot"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+#[tokio::test]
+async fn freed_slots_go_to_the_waiters_in_turn_and_a_newcomer_queues_behind_them() {
+    let limiter = EndpointLimiter::new(1, None);
+    let held = limiter.acquire("e", Duration::ZERO).await.unwrap();
+    let order = Mutex::new(Vec::new());
+    let wait = Duration::from_secs(5);
+    let waiter = |n: usize| {
+        let (limiter, order) = (&limiter, &order);
+        async move {
+            let slot = limiter.acquire("e", wait).await.expect("a turn");
+            order.lock().unwrap().push(n);
+            // Holds the slot across a turn of the runtime, so the others stay queued.
+            tokio::task::yield_now().await;
+            drop(slot);
+        }
+    };
+    let newcomer = async {
+        tokio::task::yield_now().await;
+        // Frees the slot and asks for one at once: the first waiter has been handed it and
+        // not yet run, and the newcomer must not take it from under it.
+        drop(held);
+        assert_eq!(limiter.in_flight("e"), 1, "handed over, not freed");
+        waiter(4).await;
+    };
+    tokio::join!(waiter(1), waiter(2), waiter(3), newcomer);
+    assert_eq!(*order.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(limiter.in_flight("e"), 0);
+}
+
+#[tokio::test]
+async fn a_waiter_cancelled_after_it_was_handed_a_slot_passes_the_slot_on() {
+    let limiter = EndpointLimiter::new(1, None);
+    let held = limiter.acquire("e", Duration::ZERO).await.unwrap();
+    let wait = Duration::from_secs(5);
+    let mut first = Box::pin(limiter.acquire("e", wait));
+    let mut second = Box::pin(limiter.acquire("e", wait));
+    let mut third = Box::pin(limiter.acquire("e", wait));
+    queue(&mut first).await;
+    queue(&mut second).await;
+    queue(&mut third).await;
+
+    drop(held);
+    // Handed to `first`, which is cancelled before it runs: the slot goes to `second`.
+    drop(first);
+    // `third` is cancelled while it waits: it leaves the queue holding nothing.
+    drop(third);
+    let slot = second.await.expect("passed on");
+    assert_eq!(limiter.in_flight("e"), 1);
+    drop(slot);
+    assert_eq!(limiter.in_flight("e"), 0, "nothing leaked");
+    assert!(
+        limiter.acquire("e", Duration::ZERO).await.is_ok(),
+        "nobody left in the queue ahead of a newcomer"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_sends_the_waiting_deliveries_away() {
+    let limiter = EndpointLimiter::new(2, None);
+    let a = limiter.acquire("e", Duration::ZERO).await.unwrap();
+    let _b = limiter.acquire("e", Duration::ZERO).await.unwrap();
+    let mut waiting = Box::pin(limiter.acquire("e", Duration::from_secs(5)));
+    queue(&mut waiting).await;
+    a.finished(Signal::Overloaded {
+        retry_after: Some(Duration::from_secs(5)),
+    });
+    assert_eq!(waiting.await.err(), Some(Full::Paused));
+    assert_eq!(limiter.in_flight("e"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deliveries_some_cancelled_never_exceed_the_limit_nor_leak_a_slot() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts a slot in use until dropped (a cancelled delivery drops it mid-attempt too).
+    struct InUse(Arc<AtomicUsize>);
+    impl Drop for InUse {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    let limiter = Arc::new(EndpointLimiter::new(4, None));
+    let in_use = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..400u64 {
+        let (limiter, in_use, most) = (limiter.clone(), in_use.clone(), most.clone());
+        tasks.spawn(async move {
+            let attempt = async {
+                let slot = limiter.acquire("e", Duration::from_secs(5)).await.ok()?;
+                let now = in_use.fetch_add(1, Ordering::SeqCst) + 1;
+                let counted = InUse(in_use.clone());
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_micros(200 + n % 7 * 100)).await;
+                // Uncounted before the slot is freed, as the slot was taken before counted.
+                drop(counted);
+                drop(slot);
+                Some(())
+            };
+            // Every third delivery is cancelled part-way: some while queued, some just as
+            // they were handed a slot, some holding one.
+            if n % 3 == 0 {
+                let _ = tokio::time::timeout(Duration::from_micros(n * 37 % 3000), attempt).await;
+                true
+            } else {
+                attempt.await.is_some()
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert!(done.unwrap(), "a delivery that kept waiting got its turn");
+    }
+    assert!(most.load(Ordering::SeqCst) <= 4, "{most:?} at once");
+    assert_eq!(limiter.in_flight("e"), 0, "every slot came back");
+}
