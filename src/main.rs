@@ -77,13 +77,12 @@ async fn main() -> anyhow::Result<ExitCode> {
     let second_exits = !matches!(command, Command::Serve(_));
     tokio::spawn(cancel_on_signal(shutdown.clone(), second_exits));
     match command {
-        // On the main thread (`block_on` polls its own future there, not on a worker), where the
-        // consume loop pays a thread wake-up for every message's turn. Spawned onto a worker it
-        // cost ~3 µs less CPU per delivery, but then newly started deliveries took an endpoint's
-        // freed slots ahead of those waiting for one, and a slow endpoint's burst was deferred
-        // (BENCHMARKS.md, "The service's future on a worker thread (tried, taken back)"): not
-        // before the limiter's waits are first come, first served.
-        Command::Serve(config) => serve(*config, shutdown).await.map(|()| ExitCode::SUCCESS),
+        // Spawned onto a worker: `block_on` polls its own future on the main thread, where the
+        // consume loop paid a thread wake-up (a futex call) for every message's turn
+        // (BENCHMARKS.md, "First come, first served").
+        Command::Serve(config) => tokio::spawn(serve(*config, shutdown))
+            .await?
+            .map(|()| ExitCode::SUCCESS),
         Command::Ops(command) => Ok(cli::run(*command, shutdown).await),
     }
 }
