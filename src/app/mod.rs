@@ -95,6 +95,7 @@ impl App {
                 deliverer,
                 publisher: broker.publisher.clone(),
                 topology: broker.topology.clone(),
+                broker: broker.clone(),
                 metrics: metrics.clone(),
                 keys: keys.clone(),
                 max_in_flight: cfg.max_in_flight as usize,

@@ -150,6 +150,15 @@ impl Broker {
         })
     }
 
+    /// Another consumer on the events queue, on a channel of its own (which it keeps open), for
+    /// the dispatcher to move to when the acks on its current channel stopped being gathered.
+    pub async fn events_consumer(&self) -> Result<Consumer, BrokerError> {
+        let (_, consumer) = self
+            .consume(&self.topology.events, self.prefetch, "webhook-dispatcher")
+            .await?;
+        Ok(consumer)
+    }
+
     /// A consumer on `queue` with `prefetch` on a channel of its own.
     async fn consume(
         &self,
@@ -169,7 +178,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok((channel, Consumer::new(consumer)))
+        Ok((channel.clone(), Consumer::new(consumer, channel)))
     }
 
     /// This replica's queue on the control exchange, `P.control.<random>` (inside the service's
@@ -216,7 +225,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        let consumer = Consumer::new(consumer);
+        let consumer = Consumer::new(consumer, channel.clone());
         channels.push((channel, Some(consumer.clone())));
         Ok(consumer)
     }

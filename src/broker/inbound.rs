@@ -119,15 +119,26 @@ impl Inbound {
     }
 }
 
-/// A consumer on one queue, handing out [`Inbound`] messages.
+/// A consumer on one queue, handing out [`Inbound`] messages. It keeps its channel open.
 #[derive(Clone)]
 pub struct Consumer {
     inner: lapin::Consumer,
+    channel: lapin::Channel,
 }
 
 impl Consumer {
-    pub(super) fn new(inner: lapin::Consumer) -> Consumer {
-        Consumer { inner }
+    pub(super) fn new(inner: lapin::Consumer, channel: lapin::Channel) -> Consumer {
+        Consumer { inner, channel }
+    }
+
+    /// Asks the broker to send it nothing more. What was already sent still comes out of
+    /// [`Consumer::next`], which then ends; the unacked messages stay on the channel, to be
+    /// acked there.
+    pub async fn cancel(&self) {
+        let _ = self
+            .channel
+            .basic_cancel(self.tag(), lapin::options::BasicCancelOptions::default())
+            .await;
     }
 
     /// The next message; `None` once the consumer ended (its channel or connection closed).

@@ -81,6 +81,13 @@ impl<T> Lanes<T> {
         self.bytes
     }
 
+    /// Whether any waiting message is `which`.
+    pub fn holds(&self, which: impl Fn(&T) -> bool) -> bool {
+        self.lanes
+            .values()
+            .any(|lane| lane.waiting.iter().any(|(message, _)| which(message)))
+    }
+
     fn has_room(&self, account: &str) -> bool {
         self.under_way.get(account).copied().unwrap_or(0) < self.per_account
     }

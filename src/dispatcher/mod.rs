@@ -19,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
-use crate::broker::{BrokerError, Consumer, Inbound, Publisher, Session, Topology};
+use crate::broker::{Broker, BrokerError, Consumer, Inbound, Publisher, Session, Topology};
 use crate::delivery::Deliverer;
 use crate::delivery::limit::EndpointLimiter;
 use crate::endpoint_health::EndpointHealth;
 use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
-use acks::Acks;
+use acks::{Acks, AcksWatch};
 use lanes::Lanes;
 use shares::Shares;
 
@@ -37,6 +37,8 @@ pub struct Dispatcher {
     deliverer: Deliverer,
     publisher: Publisher,
     topology: Arc<Topology>,
+    /// Where a fresh events consumer comes from (see [`Intake`]).
+    broker: Broker,
     metrics: Metrics,
     /// Seals the tasks and dead letters it publishes, and checks the tasks it consumes.
     keys: Arc<Keyring>,
@@ -63,6 +65,32 @@ pub struct Dispatcher {
 pub const INTAKE_BYTES: usize = 64 * 1024 * 1024;
 /// Parks each message started earns.
 const PARKS_PER_START: usize = 4;
+/// Channels the events consumer has moved away from that still hold messages under way; no
+/// move while this many do.
+const MAX_LEFT: usize = 2;
+
+/// A message taken from a consumer, with where its ack is gathered (its channel's).
+struct Taken {
+    message: Inbound,
+    acks: Acks,
+}
+
+/// One channel's events consumer and its acks.
+///
+/// A delivery that stays under way (an endpoint that hangs, up to `DELIVERY_TIMEOUT`) is a gap
+/// no `multiple` ack may pass, so everything above it on its channel is acked one message at a
+/// time, and each lone ack is a command through the quorum queue: the broker's work per message
+/// roughly doubles. When the gatherer reports such a gap ([`Acks::costly_gap`]), and the gap is
+/// a delivery under way (not a message waiting for its account's turn, which a move would not
+/// help), the dispatcher opens a consumer on a fresh channel and cancels the old one: what the
+/// old one was sent is still taken and handled, and acked on its own channel (which stays open
+/// until its last ack), while new messages arrive on the fresh channel and are acked gathered.
+/// At most [`MAX_LEFT`] channels left behind hold messages at once, so the service holds at most
+/// `MAX_LEFT + 1` times `PREFETCH` messages.
+struct Intake {
+    consumer: Consumer,
+    acks: Acks,
+}
 
 /// How many messages may still be parked: earned by messages started, at most a quarter of the
 /// window saved up.
@@ -110,6 +138,7 @@ pub struct Parts {
     pub deliverer: Deliverer,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
+    pub broker: Broker,
     pub metrics: Metrics,
     pub keys: Arc<Keyring>,
     pub max_in_flight: usize,
@@ -143,6 +172,7 @@ impl Dispatcher {
             deliverer: parts.deliverer,
             publisher: parts.publisher,
             topology: parts.topology,
+            broker: parts.broker,
             metrics: parts.metrics,
             keys: parts.keys,
             shares: Shares::new(per_account),
@@ -157,12 +187,14 @@ impl Dispatcher {
 
     /// Takes messages from `consumer` until `stop` fires or the consumer ends (connection lost):
     /// each waits in its account's lane ([`lanes`]) until its turn, then is handled in its own
-    /// task on `tracker` (at most `MAX_IN_FLIGHT` at once, half of them of one account). Each task holds the session, so its
-    /// channels stay open until the task has settled its message. What still waits when this
-    /// returns is not acked: the broker hands it out again when the channel closes.
+    /// task on `tracker` (at most `MAX_IN_FLIGHT` at once, half of them of one account). Each task
+    /// holds the session, and its channel's ack gatherer the channel, so both stay open until the
+    /// task has settled its message. When a delivery under way holds up the acks behind it, the
+    /// consumer moves to a fresh channel ([`Intake`]). What still waits when this returns is not
+    /// acked: the broker hands it out again when the channel closes.
     pub async fn consume(
         self: Arc<Self>,
-        mut consumer: Consumer,
+        consumer: Consumer,
         session: Arc<Session>,
         tracker: TaskTracker,
         stop: CancellationToken,
@@ -170,14 +202,11 @@ impl Dispatcher {
         let mut lanes = Lanes::new(self.per_account);
         let mut parking = ParkingBudget::new(self.window);
         let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<String>();
-        // The acks of this consumer's messages, gathered; the gatherer holds the session until
-        // the last task's ack is out.
-        let (acks, gatherer) = Acks::start(self.metrics.clone(), self.window);
-        let held = session.clone();
-        tracker.spawn(async move {
-            gatherer.await;
-            drop(held);
-        });
+        let mut current = self.intake(consumer, &session, &tracker);
+        // The consumer moved away from, while it still hands out what it was sent.
+        let mut cancelled: Option<Intake> = None;
+        let mut left: Vec<AcksWatch> = Vec::new();
+        let mut moved = false;
         loop {
             tokio::select! {
                 biased;
@@ -185,25 +214,69 @@ impl Dispatcher {
                 Some(account) = finishes.recv() => lanes.finished(&account),
                 permit = self.starts.clone().acquire_owned(), if lanes.ready() => {
                     let permit = permit.expect("semaphore never closed");
-                    let (account, message) = lanes.pop().expect("checked: ready");
+                    let (account, Taken { message, acks }) = lanes.pop().expect("checked: ready");
                     parking.earn();
                     // Reports the finish even if settling panics, or the account's turns stop.
                     let finish = Finish {
                         to: finished.clone(),
                         account: Some(account),
                     };
-                    let settle = self.clone().settle(message, acks.clone(), session.clone(), permit, finish);
+                    let settle = self.clone().settle(message, acks, session.clone(), permit, finish);
                     tracker.spawn(settle);
                 }
-                next = consumer.next_until(&stop, "events") => {
+                next = current.consumer.next_until(&stop, "events") => {
                     let Some(message) = next else { break };
-                    acks.received(message.delivery_tag());
-                    self.admit(message, &mut lanes, &mut parking, &acks, &session, &tracker);
+                    self.admit(message, &current.acks, &mut lanes, &mut parking, &session, &tracker);
+                }
+                next = next_of(&mut cancelled, &stop) => match next {
+                    Some(message) => {
+                        let acks = cancelled.as_ref().expect("it handed one out").acks.clone();
+                        self.admit(message, &acks, &mut lanes, &mut parking, &session, &tracker);
+                    }
+                    None => cancelled = None,
+                },
+                gap = current.acks.costly_gap(), if cancelled.is_none() => {
+                    left.retain(|watch| !watch.ended());
+                    let waiting = lanes.holds(|taken| {
+                        taken.acks.same(&current.acks) && taken.message.delivery_tag() == gap
+                    });
+                    if waiting || left.len() >= MAX_LEFT {
+                        continue;
+                    }
+                    match self.broker.events_consumer().await {
+                        Ok(fresh) => {
+                            let old = std::mem::replace(&mut current, self.intake(fresh, &session, &tracker));
+                            old.consumer.cancel().await;
+                            left.push(old.acks.watch());
+                            cancelled = Some(old);
+                            moved = true;
+                            self.metrics.consumer_moved();
+                            tracing::info!(gap, "a delivery under way held up the acks of the messages after it; the events consumer moved to a fresh channel");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not open a fresh events consumer; acks go on one by one"),
+                    }
                 }
             }
             self.metrics.intake_waiting(lanes.len());
         }
+        // The session's own consumer is cancelled with the session; one opened here, now (the
+        // one moved away from already was).
+        if moved {
+            current.consumer.cancel().await;
+        }
         self.metrics.intake_waiting(0);
+    }
+
+    /// Starts gathering the acks of `consumer`'s messages; the gatherer holds the session and
+    /// the consumer's channel until the last task's ack is out.
+    fn intake(&self, consumer: Consumer, session: &Arc<Session>, tracker: &TaskTracker) -> Intake {
+        let (acks, gatherer) = Acks::start(self.metrics.clone(), self.window);
+        let held = (session.clone(), consumer.clone());
+        tracker.spawn(async move {
+            gatherer.await;
+            drop(held);
+        });
+        Intake { consumer, acks }
     }
 
     /// Queues `message` in its account's lane — or, when the window is full and that account
@@ -212,12 +285,13 @@ impl Dispatcher {
     fn admit(
         self: &Arc<Self>,
         message: Inbound,
-        lanes: &mut Lanes,
-        parking: &mut ParkingBudget,
         acks: &Acks,
+        lanes: &mut Lanes<Taken>,
+        parking: &mut ParkingBudget,
         session: &Arc<Session>,
         tracker: &TaskTracker,
     ) {
+        acks.received(message.delivery_tag());
         let account = lanes::account_of(message.body());
         let started = self.max_started - self.starts.available_permits();
         // Full: most of the window held, most of it waiting, and deeply (four rounds of an
@@ -243,7 +317,8 @@ impl Dispatcher {
             return;
         }
         let bytes = message.body().len();
-        lanes.push(account, message, bytes);
+        let acks = acks.clone();
+        lanes.push(account, Taken { message, acks }, bytes);
     }
 
     /// Puts `message` back in the first delay queue, confirmed, then acks it; requeues it if the
@@ -287,6 +362,20 @@ impl Dispatcher {
             // message's task, copied when it is spawned.
             Err(e) => Box::pin(hand_back(message, e, acks)).await,
         }
+    }
+}
+
+/// The next message of the consumer moved away from; `None` once it has handed out all it was
+/// sent (or the session ended); with none, never.
+async fn next_of(cancelled: &mut Option<Intake>, stop: &CancellationToken) -> Option<Inbound> {
+    match cancelled {
+        Some(intake) => {
+            intake
+                .consumer
+                .next_until(stop, "events (moved from)")
+                .await
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,7 @@ pub struct Metrics {
     control_messages: IntCounterVec,
     subscriptions_auto_disabled: IntCounter,
     ack_failures: IntCounter,
+    consumer_moves: IntCounter,
     deliveries_deferred: IntCounter,
     endpoint_limits: IntGaugeVec,
     events_parked: IntCounter,
@@ -180,6 +181,11 @@ impl Metrics {
             messages,
             "ack failed or did not complete (channel gone); the broker will deliver the messages again"
         );
+    }
+
+    /// The events consumer moved to a fresh channel (see the dispatcher's acks).
+    pub fn consumer_moved(&self) {
+        self.consumer_moves.inc();
     }
 
     /// Counts an HTTP attempt in flight until the guard drops (also when it is cancelled).

@@ -91,6 +91,13 @@ impl Metrics {
                 "Messages whose ack failed or did not complete in time; the broker delivers them again (a duplicate, never a loss).",
             ),
         );
+        let consumer_moves = register(
+            &registry,
+            IntCounter::new(
+                "webhook_events_consumer_moves_total",
+                "Times the events consumer moved to a fresh channel because a delivery under way (an endpoint that hangs) had a PREFETCH's worth of messages acked one by one behind it.",
+            ),
+        );
         let deliveries_deferred = register(
             &registry,
             IntCounter::new(
@@ -171,6 +178,7 @@ impl Metrics {
             control_messages,
             subscriptions_auto_disabled,
             ack_failures,
+            consumer_moves,
             deliveries_deferred,
             endpoint_limits,
             events_parked,

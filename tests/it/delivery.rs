@@ -197,3 +197,56 @@ async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_a
     assert_eq!(logs["items"], serde_json::json!([]));
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_delivery_that_hangs_moves_the_consumer_to_a_fresh_channel_losing_and_repeating_nothing()
+{
+    // One delivery takes 4 s while a thousand events pass it. No `multiple` ack may pass it, so
+    // the events after it are acked one by one, each a command through the quorum queue, until
+    // the consumer moves to a fresh channel (where acks are gathered again). The slow delivery
+    // and the messages the old channel was sent are still handled and acked there.
+    let app = spawn_app_with(&["--prefetch", "128"]).await;
+    let slow = Receiver::start().await;
+    slow.always(Reply::Slow(Duration::from_secs(4), 200));
+    app.subscribe("acct_acme", &slow.url, &["identify"]).await;
+    let fast = CountingReceiver::start(200, Duration::ZERO).await;
+    app.subscribe(LOAD_ACCOUNT, &fast.url, &["purchase"]).await;
+
+    app.publish_fixture("identify").await;
+    slow.wait_for(1, PATIENCE).await;
+    let producer = Producer::connect(&app.exchange).await;
+    let ids = event_ids("passing", 1000);
+    assert_eq!(producer.publish_events(&ids).await, ids.len());
+    wait_until("every passing event", PATIENCE, || async {
+        fast.total() >= ids.len()
+    })
+    .await;
+    let moves = metric_sum(
+        &app.metrics().await,
+        "webhook_events_consumer_moves_total",
+        "",
+    );
+    assert!(moves >= 1.0, "the consumer moved ({moves} moves)");
+
+    let queue = format!("{}.events", app.prefix);
+    wait_until("every message acked", PATIENCE, || async {
+        messages_unacknowledged(&queue).await == 0
+    })
+    .await;
+    // (`list_queues` shows no consumers of a quorum queue on RabbitMQ 3.10: ask for them.)
+    let consumers = tokio::task::spawn_blocking(move || {
+        rabbitmqctl_list("list_consumers", "/", &["queue_name"])
+            .into_iter()
+            .filter(|row| row["queue_name"] == queue.as_str())
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumers, 1, "the consumer moved from was cancelled");
+    // A duplicate would arrive after the counts were reached.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fast.total(), ids.len(), "each passing event delivered once");
+    assert_eq!(fast.distinct(), ids.len());
+    assert_eq!(slow.count(), 1);
+    app.stop().await.unwrap();
+}

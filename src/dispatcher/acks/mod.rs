@@ -15,10 +15,18 @@
 //! `PREFETCH=1` every message is acked as soon as it is settled). With nothing else under way
 //! there is nothing to gather: a settled message is acked at once, so a quiet service holds no
 //! settled message unacked (a cut connection would have it delivered again).
+//!
+//! A gap that stays (an attempt to an endpoint that hangs, up to `DELIVERY_TIMEOUT`) would have
+//! everything above it acked alone for as long, which costs the broker a quorum-queue command
+//! per message. The dispatcher can move its consumer to a fresh channel, whose acks go out
+//! gathered again; the move itself costs about as many lone acks as messages are still under way
+//! on the old channel (they all settle above the gap). So the gatherer reports a gap
+//! ([`Acks::costly_gap`]) once it has had that many acked alone above it (and at least
+//! [`MIN_COSTLY`]): moving then at most doubles what the gap cost, and saves everything after.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -29,6 +37,8 @@ use crate::metrics::Metrics;
 
 /// How long a round gathers acks before sending them.
 pub const GATHER: Duration = Duration::from_millis(2);
+/// The fewest messages acked alone above one gap before it is reported costly.
+pub const MIN_COSTLY: usize = 256;
 
 /// What a task tells the gatherer about one message.
 enum Note<M> {
@@ -56,6 +66,15 @@ impl<M> Clone for Acks<M> {
     }
 }
 
+/// Whether a gatherer has ended, from [`Acks::watch`].
+pub struct AcksWatch(std::sync::Weak<Due>);
+
+impl AcksWatch {
+    pub fn ended(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 /// What the gatherer is woken for before its round ends: half the window settled and not
 /// taken in yet, or nothing under way any more.
 struct Due {
@@ -64,6 +83,9 @@ struct Due {
     /// Received and neither settled nor handed back.
     under_way: AtomicUsize,
     now: Notify,
+    /// The tag of the last gap reported costly, and the report.
+    costly_gap: AtomicU64,
+    costly: Notify,
 }
 
 /// A message the gatherer can ack: the events consumer's, or a test's stand-in.
@@ -102,6 +124,8 @@ impl<M: Ackable> Acks<M> {
             enough: (window / 2).max(1),
             under_way: AtomicUsize::new(0),
             now: Notify::new(),
+            costly_gap: AtomicU64::new(0),
+            costly: Notify::new(),
         });
         (
             Acks {
@@ -141,6 +165,29 @@ impl<M: Ackable> Acks<M> {
     fn left_none(&self) -> bool {
         self.due.under_way.fetch_sub(1, Ordering::AcqRel) == 1
     }
+
+    /// Whether `other` gathers the same channel's acks.
+    pub fn same(&self, other: &Acks<M>) -> bool {
+        Arc::ptr_eq(&self.due, &other.due)
+    }
+
+    /// Tells when the gatherer has ended (its last ack is out), without keeping it going.
+    pub fn watch(&self) -> AcksWatch {
+        AcksWatch(Arc::downgrade(&self.due))
+    }
+
+    /// Messages received and not yet settled or handed back.
+    #[cfg(test)]
+    pub fn under_way(&self) -> usize {
+        self.due.under_way.load(Ordering::Acquire)
+    }
+
+    /// Waits until a gap has had as many messages acked alone above it as are under way (at
+    /// least [`MIN_COSTLY`]), and returns its delivery tag (each gap is reported once).
+    pub async fn costly_gap(&self) -> u64 {
+        self.due.costly.notified().await;
+        self.due.costly_gap.load(Ordering::Acquire)
+    }
 }
 
 /// What one round sends.
@@ -152,6 +199,8 @@ struct Round<T> {
     covered: Vec<T>,
     /// Acked one by one (settled above a gap for a whole round, or the last round).
     alone: Vec<T>,
+    /// The gap they waited above, when it has now had enough acked alone above it.
+    costly: Option<u64>,
 }
 
 /// The delivery tags under way and the settled messages not yet acked.
@@ -159,13 +208,24 @@ struct Window<T> {
     under_way: BTreeSet<u64>,
     /// By tag: the message, and whether it already waited out a round.
     settled: BTreeMap<u64, (T, bool)>,
+    /// The first tag under way at the last round, how many were acked alone above it since, and
+    /// whether it was reported.
+    gap: Option<u64>,
+    alone_above_gap: usize,
+    reported: bool,
+    /// The fewest acked alone above one gap before it is reported ([`MIN_COSTLY`]).
+    min_costly: usize,
 }
 
 impl<T> Window<T> {
-    fn new() -> Window<T> {
+    fn new(min_costly: usize) -> Window<T> {
         Window {
             under_way: BTreeSet::new(),
             settled: BTreeMap::new(),
+            gap: None,
+            alone_above_gap: 0,
+            reported: false,
+            min_costly: min_costly.max(1),
         }
     }
 
@@ -190,9 +250,11 @@ impl<T> Window<T> {
             through: None,
             covered: Vec::new(),
             alone: Vec::new(),
+            costly: None,
         };
-        let above = match self.under_way.first() {
-            Some(&gap) => self.settled.split_off(&gap),
+        let gap = self.under_way.first().copied();
+        let above = match gap {
+            Some(gap) => self.settled.split_off(&gap),
             None => BTreeMap::new(),
         };
         let below = std::mem::replace(&mut self.settled, above);
@@ -205,6 +267,19 @@ impl<T> Window<T> {
             } else {
                 self.settled.insert(tag, (message, true));
             }
+        }
+        if gap != self.gap {
+            self.gap = gap;
+            self.alone_above_gap = 0;
+            self.reported = false;
+        }
+        self.alone_above_gap += round.alone.len();
+        if !self.reported
+            && self.alone_above_gap >= self.under_way.len().max(self.min_costly)
+            && gap.is_some()
+        {
+            self.reported = true;
+            round.costly = gap;
         }
         round
     }
@@ -219,7 +294,7 @@ async fn gather<M: Ackable>(
     due: Arc<Due>,
     metrics: Metrics,
 ) {
-    let mut window = Window::new();
+    let mut window = Window::new(MIN_COSTLY);
     loop {
         // Idle: wait for a note as long as it takes. Messages waiting above a gap: one round.
         let next = if window.is_idle() {
@@ -228,7 +303,7 @@ async fn gather<M: Ackable>(
             match tokio::time::timeout(GATHER, notes.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    send(window.round(false), &metrics).await;
+                    send(window.round(false), &due, &metrics).await;
                     continue;
                 }
             }
@@ -249,11 +324,11 @@ async fn gather<M: Ackable>(
         if !open {
             break;
         }
-        send(window.round(false), &metrics).await;
+        send(window.round(false), &due, &metrics).await;
     }
     // Every task is done: ack everything settled; what was never settled goes back to the queue
     // when the channel closes.
-    send(window.round(true), &metrics).await;
+    send(window.round(true), &due, &metrics).await;
 }
 
 /// Takes in the notes already sent, counting the settled ones into `taken`; false once every
@@ -285,7 +360,11 @@ fn apply<M: Ackable>(window: &mut Window<M>, note: Note<M>) -> usize {
     0
 }
 
-async fn send<M: Ackable>(round: Round<M>, metrics: &Metrics) {
+async fn send<M: Ackable>(round: Round<M>, due: &Due, metrics: &Metrics) {
+    if let Some(gap) = round.costly {
+        due.costly_gap.store(gap, Ordering::Release);
+        due.costly.notify_one();
+    }
     let mut failed = 0;
     if let Some(through) = &round.through
         && !through.ack_through().await

@@ -162,7 +162,7 @@ async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
 }
 
 fn window(received: &[u64]) -> Window<u64> {
-    let mut w = Window::new();
+    let mut w = Window::new(usize::MAX);
     for &tag in received {
         w.received(tag);
     }
@@ -236,4 +236,84 @@ fn messages_settled_later_start_their_wait_afresh() {
     let round = w.round(false);
     assert_eq!(round.alone, vec![2], "3 has not waited a round yet");
     assert_eq!(w.round(false).alone, vec![3]);
+}
+
+/// Settles `tags` above a gap and runs the two rounds after which they are acked alone.
+fn settle_above_the_gap(w: &mut Window<u64>, tags: &[u64]) -> Round<u64> {
+    for &tag in tags {
+        w.settled(tag, tag);
+    }
+    let first = w.round(false);
+    assert!(
+        first.alone.is_empty() && first.costly.is_none(),
+        "they wait a round first"
+    );
+    w.round(false)
+}
+
+#[test]
+fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_it() {
+    let mut w = Window::new(2);
+    for tag in 1..=4 {
+        w.received(tag);
+    }
+    // 1 hangs; what settles above it goes alone.
+    let round = settle_above_the_gap(&mut w, &[2, 3]);
+    assert_eq!(round.alone, vec![2, 3]);
+    assert_eq!(
+        round.costly,
+        Some(1),
+        "2 alone above 1, and 2 under way (1 and 4)"
+    );
+    let round = settle_above_the_gap(&mut w, &[4]);
+    assert_eq!(round.alone, vec![4]);
+    assert_eq!(round.costly, None, "reported once");
+
+    // 1 settles; a new gap counts afresh.
+    w.settled(1, 1);
+    assert_eq!(w.round(false).through, Some(1));
+    for tag in 5..=7 {
+        w.received(tag);
+    }
+    let round = settle_above_the_gap(&mut w, &[6]);
+    assert_eq!(round.alone, vec![6]);
+    assert_eq!(round.costly, None, "1 alone above 5, fewer than 2");
+    let round = settle_above_the_gap(&mut w, &[7]);
+    assert_eq!(
+        round.costly,
+        Some(5),
+        "2 alone above 5, 1 under way: at least the minimum"
+    );
+}
+
+#[test]
+fn a_gap_under_many_messages_under_way_is_reported_only_once_as_many_went_alone() {
+    let mut w = Window::new(1);
+    for tag in 1..=10 {
+        w.received(tag);
+    }
+    let round = settle_above_the_gap(&mut w, &[2, 3, 4]);
+    assert_eq!(round.alone.len(), 3);
+    assert_eq!(round.costly, None, "3 alone, 7 still under way");
+    let round = settle_above_the_gap(&mut w, &[5, 6, 7]);
+    assert_eq!(round.costly, Some(1), "6 alone, 4 under way");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
+    let (acks, gather) = Acks::start(Metrics::new(), 512);
+    let sent = Sent::default();
+    let task = tokio::spawn(gather);
+    let last = MIN_COSTLY as u64 + 1;
+    for tag in 1..=last {
+        acks.received(tag);
+    }
+    for tag in 2..=last {
+        acks.settled(stand_in(tag, &sent));
+    }
+    let gap = tokio::time::timeout(GATHER * 10, acks.costly_gap()).await;
+    assert_eq!(gap.ok(), Some(1), "{MIN_COSTLY} acked alone above 1");
+    assert_eq!(acks.under_way(), 1);
+    drop(acks);
+    task.await.unwrap();
 }
