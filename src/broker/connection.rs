@@ -121,42 +121,33 @@ impl Broker {
         }
 
         let publish = self.confirm_channel().await?;
-        let mut channels = Vec::new();
         let events = if consuming.events {
-            let (channel, consumer) = self
-                .consume(&self.topology.events, self.prefetch, "webhook-dispatcher")
-                .await?;
-            channels.push((channel, Some(consumer.clone())));
-            Some(consumer)
+            Some(self.events_consumer().await?)
         } else {
             None
         };
         let dead = if consuming.dead {
-            let (channel, consumer) = self
-                .consume(&self.topology.dead, DEAD_PREFETCH, "webhook-dispatcher-dlq")
-                .await?;
-            channels.push((channel, Some(consumer.clone())));
-            Some(consumer)
+            Some(
+                self.consume(&self.topology.dead, DEAD_PREFETCH, "webhook-dispatcher-dlq")
+                    .await?,
+            )
         } else {
             None
         };
-        let control = self.follow_control(&mut channels).await?;
+        let control = self.follow_control().await?;
         self.publisher.set(Some(publish));
         Ok(Session {
             events,
             dead,
             control,
-            channels,
         })
     }
 
-    /// Another consumer on the events queue, on a channel of its own (which it keeps open), for
-    /// the dispatcher to move to when the acks on its current channel stopped being gathered.
+    /// A consumer on the events queue, on a channel of its own: the session's, and the one the
+    /// dispatcher moves to when the acks on its current channel stopped being gathered.
     pub async fn events_consumer(&self) -> Result<Consumer, BrokerError> {
-        let (_, consumer) = self
-            .consume(&self.topology.events, self.prefetch, "webhook-dispatcher")
-            .await?;
-        Ok(consumer)
+        self.consume(&self.topology.events, self.prefetch, "webhook-dispatcher")
+            .await
     }
 
     /// A consumer on `queue` with `prefetch` on a channel of its own.
@@ -165,7 +156,7 @@ impl Broker {
         queue: &str,
         prefetch: u16,
         tag: &str,
-    ) -> Result<(Channel, Consumer), BrokerError> {
+    ) -> Result<Consumer, BrokerError> {
         let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -178,16 +169,13 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok((channel.clone(), Consumer::new(consumer, channel)))
+        Ok(Consumer::new(consumer, channel))
     }
 
     /// This replica's queue on the control exchange, `P.control.<random>` (inside the service's
     /// names, so the documented permissions cover it): exclusive (gone with the connection;
     /// RabbitMQ 4 deprecates transient queues that are not), consumed without acks.
-    async fn follow_control(
-        &self,
-        channels: &mut Vec<(Channel, Option<Consumer>)>,
-    ) -> Result<Consumer, BrokerError> {
+    async fn follow_control(&self) -> Result<Consumer, BrokerError> {
         let channel = self.channel().await?;
         let name = format!(
             "{}.{}",
@@ -225,9 +213,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        let consumer = Consumer::new(consumer, channel.clone());
-        channels.push((channel, Some(consumer.clone())));
-        Ok(consumer)
+        Ok(Consumer::new(consumer, channel))
     }
 
     /// A fresh channel in publisher-confirm mode.

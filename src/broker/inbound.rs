@@ -141,6 +141,11 @@ impl Consumer {
             .await;
     }
 
+    /// Closes its channel; anything still unacked on it returns to its queue.
+    pub(super) async fn close_channel(&self) {
+        let _ = self.channel.close(200, "shutting down".into()).await;
+    }
+
     /// The next message; `None` once the consumer ended (its channel or connection closed).
     pub async fn next(&mut self) -> Option<Result<Inbound, BrokerError>> {
         self.inner

@@ -1,7 +1,5 @@
 //! One connected generation of consumers and their channels.
 
-use lapin::Channel;
-
 use super::inbound::Consumer;
 
 /// What a session consumes: the queues of the roles a replica runs.
@@ -23,7 +21,6 @@ pub struct Session {
     /// Subscription changes announced by any replica (this one included). Consumed without
     /// acks: a hint missed while disconnected is made up by the full refresh after reconnecting.
     pub control: Consumer,
-    pub(super) channels: Vec<(Channel, Option<Consumer>)>,
 }
 
 impl Session {
@@ -31,20 +28,26 @@ impl Session {
     /// a quorum queue the cancel is a round trip through the queue, so acks sent before it are
     /// applied by the time it returns.
     pub async fn cancel_consumers(&self) {
-        use lapin::options::BasicCancelOptions;
-        for (channel, consumer) in &self.channels {
-            if let Some(consumer) = consumer {
-                let _ = channel
-                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                    .await;
-            }
+        for consumer in self.consumers() {
+            consumer.cancel().await;
         }
     }
 
     /// Closes the channels; anything still unacked on them returns to its queue.
     pub async fn close(&self) {
-        for (channel, _) in &self.channels {
-            let _ = channel.close(200, "shutting down".into()).await;
+        for consumer in self.consumers() {
+            consumer.close_channel().await;
         }
+    }
+
+    /// Each consumer is on a channel of its own.
+    fn consumers(&self) -> impl Iterator<Item = &Consumer> {
+        [
+            self.events.as_ref(),
+            self.dead.as_ref(),
+            Some(&self.control),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
