@@ -82,7 +82,6 @@ struct Waiter {
 }
 
 /// What a waiting delivery is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Turn {
     /// A slot, already counted in `in_flight`: it is the waiter's.
     Slot,
@@ -222,41 +221,38 @@ impl EndpointLimiter {
             }
         };
         let mut deadline = started + wait;
-        loop {
-            let turn = match tokio::time::timeout_at(deadline, &mut waiting.turn).await {
-                Ok(turn) => turn.ok(),
-                Err(_) => {
-                    let mut s = endpoint.state.lock().expect("limiter lock");
-                    // Handed a turn just as the wait ran out: it is taken.
-                    match waiting.turn.try_recv() {
-                        Ok(turn) => Some(turn),
-                        Err(_) => {
-                            let now = Instant::now();
-                            // A slow endpoint that keeps finishing attempts is worth waiting for
-                            // (its deliveries would otherwise be deferred for seconds while it has
-                            // capacity); the place in the queue is kept.
-                            let progress_until = s.last_finished + wait;
-                            if progress_until > now && now.duration_since(started) < MAX_WAIT {
-                                deadline = progress_until.min(started + MAX_WAIT);
-                                continue;
-                            }
-                            s.waiters.retain(|w| w.id != waiting.id);
-                            waiting.queued = false;
-                            s.stuck_until = Some(now + STUCK_FOR);
-                            return Err(Full::AtLimit);
-                        }
-                    }
-                }
-            };
-            // Answered, so taken out of the queue by whoever answered.
+        let turn = loop {
+            if let Ok(answer) = tokio::time::timeout_at(deadline, &mut waiting.turn).await {
+                break answer.ok();
+            }
+            let mut s = endpoint.state.lock().expect("limiter lock");
+            // Handed a turn just as the wait ran out: it is taken.
+            if let Ok(turn) = waiting.turn.try_recv() {
+                break Some(turn);
+            }
+            let now = Instant::now();
+            // A slow endpoint that keeps finishing attempts is worth waiting for (its deliveries
+            // would otherwise be deferred for seconds while it has capacity); the place in the
+            // queue is kept.
+            let progress_until = s.last_finished + wait;
+            if progress_until > now && now.duration_since(started) < MAX_WAIT {
+                deadline = progress_until.min(started + MAX_WAIT);
+                continue;
+            }
+            s.waiters.retain(|w| w.id != waiting.id);
             waiting.queued = false;
-            drop(waiting);
-            return match turn {
-                Some(Turn::Slot) => Ok(self.slot(endpoint)),
-                Some(Turn::Paused) => Err(Full::Paused),
-                // Only a turn's sender is ever dropped unsent, never a waiter's.
-                None => Err(Full::AtLimit),
-            };
+            s.stuck_until = Some(now + STUCK_FOR);
+            return Err(Full::AtLimit);
+        };
+        // Answered, so taken out of the queue by whoever answered.
+        waiting.queued = false;
+        drop(waiting);
+        match turn {
+            Some(Turn::Slot) => Ok(self.slot(endpoint)),
+            Some(Turn::Paused) => Err(Full::Paused),
+            // Not reached: a waiter's sender is only dropped unanswered by the waiter itself,
+            // when it leaves the queue; were it, the delivery is deferred like a full endpoint's.
+            None => Err(Full::AtLimit),
         }
     }
 
