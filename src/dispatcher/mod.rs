@@ -207,6 +207,9 @@ impl Dispatcher {
         let mut cancelled: Option<Intake> = None;
         let mut left: Vec<AcksWatch> = Vec::new();
         let mut moved = false;
+        // A fresh consumer being opened: the broker's answer can take a while when it is busy (with
+        // the very lone acks the move is for), and the intake must not stop meanwhile.
+        let mut opening: Option<Opening<'_>> = None;
         loop {
             tokio::select! {
                 biased;
@@ -235,7 +238,7 @@ impl Dispatcher {
                     }
                     None => cancelled = None,
                 },
-                gap = current.acks.costly_gap(), if cancelled.is_none() => {
+                gap = current.acks.costly_gap(), if cancelled.is_none() && opening.is_none() => {
                     left.retain(|watch| !watch.ended());
                     let waiting = lanes.holds(|taken| {
                         taken.acks.same(&current.acks) && taken.message.delivery_tag() == gap
@@ -243,19 +246,22 @@ impl Dispatcher {
                     if waiting || left.len() >= MAX_LEFT {
                         continue;
                     }
-                    match self.broker.events_consumer().await {
-                        Ok(fresh) => {
-                            let old = std::mem::replace(&mut current, self.intake(fresh, &session, &tracker));
-                            old.consumer.cancel().await;
-                            left.push(old.acks.watch());
-                            cancelled = Some(old);
-                            moved = true;
-                            self.metrics.consumer_moved();
-                            tracing::info!(gap, "a delivery under way held up the acks of the messages after it; the events consumer moved to a fresh channel");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not open a fresh events consumer; acks go on one by one"),
-                    }
+                    tracing::debug!(gap, "a delivery under way holds up the acks of the messages after it; opening a fresh events consumer");
+                    opening = Some(Box::pin(self.broker.events_consumer()));
                 }
+                fresh = opened(&mut opening) => match fresh {
+                    Ok(fresh) => {
+                        let old = std::mem::replace(&mut current, self.intake(fresh, &session, &tracker));
+                        let moved_from = old.consumer.clone();
+                        tracker.spawn(async move { moved_from.cancel().await });
+                        left.push(old.acks.watch());
+                        cancelled = Some(old);
+                        moved = true;
+                        self.metrics.consumer_moved();
+                        tracing::info!("a delivery under way held up the acks of the messages after it; the events consumer moved to a fresh channel");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not open a fresh events consumer; acks go on one by one"),
+                },
             }
             self.metrics.intake_waiting(lanes.len());
         }
@@ -377,6 +383,20 @@ async fn next_of(cancelled: &mut Option<Intake>, stop: &CancellationToken) -> Op
         }
         None => std::future::pending().await,
     }
+}
+
+/// A fresh events consumer on its way.
+type Opening<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Consumer, BrokerError>> + Send + 'a>>;
+
+/// The consumer `opening` brings, once it has (`opening` is then empty); with none, never.
+async fn opened(opening: &mut Option<Opening<'_>>) -> Result<Consumer, BrokerError> {
+    let Some(fresh) = opening.as_mut() else {
+        return std::future::pending().await;
+    };
+    let fresh = fresh.await;
+    *opening = None;
+    fresh
 }
 
 /// Requeues `message` after a pause, since its outcome could not be made safe in the broker.
