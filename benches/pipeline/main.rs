@@ -1,7 +1,9 @@
 //! End-to-end benchmark: the service (release binary, as a child process) against the ceiling of
 //! the same machine and broker, measured in the same run.
 //!
-//! `cargo bench --bench pipeline [-- --events N] [-- --quick] [-- --classic]`
+//! `cargo bench --bench pipeline [-- --events N] [-- --quick] [-- --classic] [-- --prefetch N]
+//! [-- --only 1,2,…] [-- --timeline]` (`--timeline` prints each preloaded run's receipts per
+//! 50 ms, where a stall shows).
 //!
 //! The service runs through the tests' own harness (`tests/it/support`: the child process, the
 //! broker helpers, bounded waits); what is here is only what measures.
@@ -72,6 +74,8 @@ pub struct Options {
     pub only: Vec<u32>,
     /// AMQP prefetch of the ceiling loop and the service (`--prefetch N`, default: the service's).
     pub prefetch: u16,
+    /// Print each preloaded run's receipts per 50 ms (`--timeline`).
+    pub timeline: bool,
 }
 
 impl Options {
@@ -85,6 +89,7 @@ impl Options {
         };
         let quick = args.iter().any(|a| a == "--quick");
         let classic = args.iter().any(|a| a == "--classic");
+        let timeline = args.iter().any(|a| a == "--timeline");
         let default_events = if quick { 2_000 } else { 50_000 };
         let events = value("--events").map_or(default_events, |n| {
             n.parse().expect("--events takes a number")
@@ -97,8 +102,10 @@ impl Options {
                     .collect()
             },
         );
-        let prefetch =
-            value("--prefetch").map_or(512, |n| n.parse().expect("--prefetch takes a number"));
+        let prefetch = value("--prefetch")
+            .map_or(webhook_dispatcher::config::DEFAULT_PREFETCH, |n| {
+                n.parse().expect("--prefetch takes a number")
+            });
         let latency_secs = if quick { 3 } else { 30 };
         Options {
             events,
@@ -108,6 +115,7 @@ impl Options {
             latency_secs,
             only,
             prefetch,
+            timeline,
         }
     }
 
@@ -171,6 +179,7 @@ impl Table {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let o = Options::parse();
+    receiver::TIMELINE.store(o.timeline, std::sync::atomic::Ordering::Relaxed);
     let conn = Connection::connect(&support::amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ at AMQP_URL (docker compose up -d rabbitmq)");

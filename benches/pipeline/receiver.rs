@@ -33,7 +33,15 @@ pub struct Counters {
     pub quiet_from: AtomicU64,
     /// `/ok` receipts per event (its `seq`), to find duplicates and gaps.
     seen: Mutex<HashMap<u64, u32>>,
+    /// When each `/ok` receipt came (µs), with `--timeline`.
+    receipts: Mutex<Vec<u64>>,
 }
+
+/// Whether receipts are timed for [`Counters::timeline`] (`--timeline`).
+pub static TIMELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Receipts per `TIMELINE_STEP_US` in [`Counters::timeline`].
+const TIMELINE_STEP_US: u64 = 50_000;
 
 impl Counters {
     pub fn reset(&self) {
@@ -45,6 +53,20 @@ impl Counters {
         self.ok_noisy.store(0, Ordering::SeqCst);
         self.quiet_from.store(0, Ordering::SeqCst);
         self.seen.lock().unwrap().clear();
+        self.receipts.lock().unwrap().clear();
+    }
+
+    /// `/ok` receipts per 50 ms since the first, with `--timeline` (else `None`): a stall shows
+    /// as a run of zeros that the rate over the whole span averages away.
+    pub fn timeline(&self) -> Option<Vec<u32>> {
+        let mut times = self.receipts.lock().unwrap();
+        times.sort_unstable();
+        let (first, last) = (*times.first()?, *times.last()?);
+        let mut steps = vec![0; ((last - first) / TIMELINE_STEP_US + 1) as usize];
+        for t in times.iter() {
+            steps[((t - first) / TIMELINE_STEP_US) as usize] += 1;
+        }
+        Some(steps)
     }
 
     /// Checks that `/ok` got exactly `each` receipts of every one of `events` events (by their
@@ -83,6 +105,9 @@ async fn ok(State(c): State<Arc<Counters>>, body: Bytes) -> &'static str {
         .first_us
         .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     c.last_us.fetch_max(now, Ordering::SeqCst);
+    if TIMELINE.load(Ordering::Relaxed) {
+        c.receipts.lock().unwrap().push(now);
+    }
     let seq = number_after(&body, "\"seq\":");
     if let Some(seq) = seq {
         *c.seen.lock().unwrap().entry(seq).or_default() += 1;

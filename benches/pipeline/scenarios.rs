@@ -100,6 +100,9 @@ pub async fn preloaded_run(
     );
     // Settle: a duplicate would arrive after the count was reached.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(steps) = counters.timeline() {
+        println!("  receipts per 50 ms: {steps:?}");
+    }
     rate
 }
 

@@ -26,6 +26,8 @@ pub use values::{
 /// Shortest admin token accepted on a non-loopback LISTEN_ADDR (shorter ones are only warned
 /// about on loopback).
 pub const MIN_PUBLIC_TOKEN: usize = 16;
+/// `PREFETCH`'s default (the benchmark measures the service with it).
+pub const DEFAULT_PREFETCH: u16 = 32768;
 
 /// Everything `webhook-dispatcher serve` needs. Field docs are the `--help` text.
 #[derive(Clone, Debug, Args)]
@@ -71,7 +73,7 @@ pub struct Config {
     /// Messages the broker may hand the dispatcher before it acks (AMQP prefetch): its intake
     /// window. Deep, so a burst leaves the queue quickly and other accounts' events behind it
     /// reach their turn (see `dispatcher::lanes`); `MAX_IN_FLIGHT` bounds what is under way.
-    #[arg(long, env = "PREFETCH", default_value_t = 32768, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "PREFETCH", default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most HTTP delivery attempts in flight at once.
