@@ -270,6 +270,13 @@ impl Dispatcher {
         if moved {
             current.consumer.cancel().await;
         }
+        // A consumer still being opened would take messages nobody handles until the session
+        // closes (other replicas could not have them meanwhile): cancelled once it is open.
+        if let Some(fresh) = opening.take()
+            && let Ok(fresh) = fresh.await
+        {
+            fresh.cancel().await;
+        }
         self.metrics.intake_waiting(0);
     }
 
