@@ -113,9 +113,40 @@ impl Inbound {
         settle(self.delivery.acker.reject(requeue)).await
     }
 
+    /// What acking it takes, without its body: a settled message may wait a while for its ack
+    /// (see the dispatcher's acks), and its body is not needed for it.
+    pub fn into_settled(self) -> Settled {
+        Settled {
+            tag: self.delivery.delivery_tag,
+            acker: self.delivery.acker,
+        }
+    }
+
     /// Its body and properties, to publish it again unchanged (queue migration).
     pub(super) fn parts(&self) -> (&[u8], &lapin::BasicProperties) {
         (&self.delivery.data, &self.delivery.properties)
+    }
+}
+
+/// A message whose outcome is safe, waiting for its ack: its delivery tag and its channel.
+pub struct Settled {
+    tag: u64,
+    acker: lapin::Acker,
+}
+
+impl Settled {
+    pub fn delivery_tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Acks it; as [`Inbound::ack`].
+    pub async fn ack(&self) -> bool {
+        settle(self.acker.ack(BasicAckOptions::default())).await
+    }
+
+    /// Acks it and every unsettled message before it on its channel; as [`Inbound::ack_through`].
+    pub async fn ack_through(&self) -> bool {
+        settle(self.acker.ack(BasicAckOptions { multiple: true })).await
     }
 }
 

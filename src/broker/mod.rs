@@ -15,7 +15,7 @@ pub mod topology;
 
 pub use connection::{Broker, CLOSE_TIMEOUT, DEAD_PREFETCH};
 pub use frame::{Death, dead_letter_message, event_props, task_message};
-pub use inbound::{Consumer, Inbound};
+pub use inbound::{Consumer, Inbound, Settled};
 pub use publish::{Pending, Publisher, Route, TASK_CONFIRM_TIMEOUT};
 pub use queues::QueueCounts;
 pub use session::{Consuming, Session};

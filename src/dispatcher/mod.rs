@@ -370,7 +370,7 @@ impl Dispatcher {
     /// else hands it back after a pause (so a broker in trouble is not hammered with it).
     async fn conclude(&self, message: Inbound, outcome: Result<(), HandleError>, acks: &Acks) {
         match outcome {
-            Ok(()) => acks.settled(Box::new(message)),
+            Ok(()) => acks.settled(message.into_settled()),
             // Boxed: the rare path's future (the reject's) would otherwise be part of every
             // message's task, copied when it is spawned.
             Err(e) => Box::pin(hand_back(message, e, acks)).await,

@@ -6,9 +6,18 @@
 //!
 //! A `multiple` ack covers every unsettled tag up to its own, so it is only ever sent up to the
 //! first message still under way (or waiting in its lane, or never to be handled). A settled
-//! message above such a gap waits one more round, then is acked alone: a slow delivery holds no
-//! one else's ack for longer than two rounds. A message handed back (`basic.reject`) is settled
-//! at once by its task and noted only so it no longer counts as under way. Nothing is acked
+//! message above such a gap waits for it to close, so that one `multiple` ack covers it later: a
+//! lone ack is dear on the broker's side, which finds its tag by walking the channel's unacked
+//! messages from the oldest (RabbitMQ's `rabbit_channel:collect_acks`), so with a deep window
+//! lone acks above a gap cost the broker in proportion to the window each, and a backlog of
+//! them stalled its channel process for seconds (BENCHMARKS.md, "Acks held while the gap
+//! moves"). What waits above a gap is acked alone once the gap has stayed at one message for
+//! [`HOLD`] (a delivery held up: it will not close soon), once it has waited [`MAX_HOLD`] above
+//! gaps that keep moving, or as soon as half the window waits so (the window must keep moving).
+//! With fewer than [`SHALLOW`] messages unacked a lone ack is cheap, and what waits above a gap
+//! goes alone after one round, as before: a small window's room is not held up. A message
+//! handed back (`basic.reject`) is settled at once by its task and noted only so it no longer
+//! counts as under way. Nothing is acked
 //! before its task says it may be; what an ack that never goes out leaves unacked, the broker
 //! hands out again (as before). A round is cut short once half the intake window (`PREFETCH`)
 //! is settled and waiting for its ack, so a small window never stalls on the gathering (with
@@ -24,19 +33,30 @@
 //! ([`Acks::costly_gap`]) once it has had that many acked alone above it (and at least
 //! [`MIN_COSTLY`]): moving then at most doubles what the gap cost, and saves everything after.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
-use crate::broker::Inbound;
+use crate::broker::Settled;
 use crate::metrics::Metrics;
 
 /// How long a round gathers acks before sending them.
 pub const GATHER: Duration = Duration::from_millis(2);
+/// How long a gap may stay at one message before what is settled above it is acked alone: the
+/// message is held up (an endpoint that hangs), and the gap will not close soon.
+pub const HOLD: Duration = Duration::from_millis(250);
+/// The longest a settled message waits above gaps that keep moving (messages under way that
+/// settle and are followed by others) before it is acked alone.
+pub const MAX_HOLD: Duration = Duration::from_secs(2);
+/// With fewer messages unacked than this, a lone ack is cheap for the broker, and what is
+/// settled above a gap goes alone after one round instead of being held (a small window must
+/// keep moving: what is held takes up its room).
+pub const SHALLOW: usize = 1024;
 /// The fewest messages acked alone above one gap before it is reported costly.
 pub const MIN_COSTLY: usize = 256;
 
@@ -52,7 +72,7 @@ enum Note<M> {
 
 /// Where the dispatcher's tasks note their messages; cheap to clone. The gatherer runs until
 /// every clone is dropped, then acks what is due and ends.
-pub struct Acks<M = Box<Inbound>> {
+pub struct Acks<M = Settled> {
     to: mpsc::UnboundedSender<Note<M>>,
     due: Arc<Due>,
 }
@@ -97,17 +117,17 @@ pub trait Ackable: Send + 'static {
     fn ack_through(&self) -> impl Future<Output = bool> + Send;
 }
 
-impl Ackable for Box<Inbound> {
+impl Ackable for Settled {
     fn tag(&self) -> u64 {
         self.delivery_tag()
     }
 
     fn ack(&self) -> impl Future<Output = bool> + Send {
-        Inbound::ack(self)
+        Settled::ack(self)
     }
 
     fn ack_through(&self) -> impl Future<Output = bool> + Send {
-        Inbound::ack_through(self)
+        Settled::ack_through(self)
     }
 }
 
@@ -117,6 +137,15 @@ impl<M: Ackable> Acks<M> {
     pub fn start(
         metrics: Metrics,
         window: usize,
+    ) -> (Acks<M>, impl Future<Output = ()> + Send + 'static) {
+        Acks::start_with(metrics, window, SHALLOW)
+    }
+
+    /// [`Acks::start`] with what counts as [`SHALLOW`].
+    fn start_with(
+        metrics: Metrics,
+        window: usize,
+        shallow: usize,
     ) -> (Acks<M>, impl Future<Output = ()> + Send + 'static) {
         let (to, notes) = mpsc::unbounded_channel();
         let due = Arc::new(Due {
@@ -132,7 +161,7 @@ impl<M: Ackable> Acks<M> {
                 to,
                 due: due.clone(),
             },
-            gather(notes, due, metrics),
+            gather(notes, due, metrics, shallow),
         )
     }
 
@@ -206,11 +235,18 @@ struct Round<T> {
 /// The delivery tags under way and the settled messages not yet acked.
 struct Window<T> {
     under_way: BTreeSet<u64>,
-    /// By tag: the message, and whether it already waited out a round.
-    settled: BTreeMap<u64, (T, bool)>,
-    /// The first tag under way at the last round, how many were acked alone above it since, and
-    /// whether it was reported.
+    /// By tag: the messages settled and not acked yet.
+    settled: BTreeMap<u64, T>,
+    /// When each was settled, oldest first (tags acked since are skipped when reached).
+    ages: VecDeque<(Instant, u64)>,
+    /// Waiting above a gap this many, they all go alone: the window must keep moving.
+    enough: usize,
+    /// With fewer unacked than this, nothing is held ([`SHALLOW`]).
+    shallow: usize,
+    /// The first tag under way at the last round, since when it has been, how many were acked
+    /// alone above it since, and whether it was reported.
     gap: Option<u64>,
+    gap_since: Instant,
     alone_above_gap: usize,
     reported: bool,
     /// The fewest acked alone above one gap before it is reported ([`MIN_COSTLY`]).
@@ -218,11 +254,15 @@ struct Window<T> {
 }
 
 impl<T> Window<T> {
-    fn new(min_costly: usize) -> Window<T> {
+    fn new(min_costly: usize, enough: usize, shallow: usize) -> Window<T> {
         Window {
             under_way: BTreeSet::new(),
             settled: BTreeMap::new(),
+            ages: VecDeque::new(),
+            enough: enough.max(1),
+            shallow,
             gap: None,
+            gap_since: Instant::now(),
             alone_above_gap: 0,
             reported: false,
             min_costly: min_costly.max(1),
@@ -233,9 +273,10 @@ impl<T> Window<T> {
         self.under_way.insert(tag);
     }
 
-    fn settled(&mut self, tag: u64, message: T) {
+    fn settled(&mut self, tag: u64, message: T, now: Instant) {
         self.under_way.remove(&tag);
-        self.settled.insert(tag, (message, false));
+        self.settled.insert(tag, message);
+        self.ages.push_back((now, tag));
     }
 
     fn handed_back(&mut self, tag: u64) {
@@ -243,9 +284,11 @@ impl<T> Window<T> {
     }
 
     /// What to send now: everything settled below the first tag under way as one `multiple`
-    /// ack; above it, what already waited a round alone (all of it when `last`). The rest waits
-    /// for the next round.
-    fn round(&mut self, last: bool) -> Round<T> {
+    /// ack. Above it, everything alone when the gap has stayed at one message for [`HOLD`], when
+    /// it is `last`, or when as many wait there as make half the window; else what has waited
+    /// [`MAX_HOLD`] (one round, [`GATHER`], with fewer than [`SHALLOW`] unacked). The rest waits
+    /// for the gap to close.
+    fn round(&mut self, last: bool, now: Instant) -> Round<T> {
         let mut round = Round {
             through: None,
             covered: Vec::new(),
@@ -253,25 +296,41 @@ impl<T> Window<T> {
             costly: None,
         };
         let gap = self.under_way.first().copied();
+        if gap != self.gap {
+            self.gap = gap;
+            self.gap_since = now;
+            self.alone_above_gap = 0;
+            self.reported = false;
+        }
+        let stuck = now.saturating_duration_since(self.gap_since) >= HOLD;
+        // A lone ack walks what is unacked below it on the broker's side: cheap in a shallow
+        // window, where what waits a round goes alone; in a deep one it waits for the gap.
+        let wait = if self.under_way.len() + self.settled.len() < self.shallow {
+            GATHER
+        } else {
+            MAX_HOLD
+        };
         let above = match gap {
             Some(gap) => self.settled.split_off(&gap),
             None => BTreeMap::new(),
         };
         let below = std::mem::replace(&mut self.settled, above);
-        let mut below: Vec<T> = below.into_values().map(|(message, _)| message).collect();
+        let mut below: Vec<T> = below.into_values().collect();
         round.through = below.pop();
         round.covered = below;
-        for (tag, (message, waited)) in std::mem::take(&mut self.settled) {
-            if waited || last {
-                round.alone.push(message);
-            } else {
-                self.settled.insert(tag, (message, true));
+        if last || stuck || self.settled.len() >= self.enough {
+            round.alone = std::mem::take(&mut self.settled).into_values().collect();
+        } else {
+            while let Some(&(at, tag)) = self.ages.front() {
+                if now.saturating_duration_since(at) < wait {
+                    break;
+                }
+                self.ages.pop_front();
+                round.alone.extend(self.settled.remove(&tag));
             }
         }
-        if gap != self.gap {
-            self.gap = gap;
-            self.alone_above_gap = 0;
-            self.reported = false;
+        if self.settled.is_empty() {
+            self.ages.clear();
         }
         self.alone_above_gap += round.alone.len();
         if !self.reported
@@ -293,8 +352,9 @@ async fn gather<M: Ackable>(
     mut notes: mpsc::UnboundedReceiver<Note<M>>,
     due: Arc<Due>,
     metrics: Metrics,
+    shallow: usize,
 ) {
-    let mut window = Window::new(MIN_COSTLY);
+    let mut window = Window::new(MIN_COSTLY, due.enough, shallow);
     loop {
         // Idle: wait for a note as long as it takes. Messages waiting above a gap: one round.
         let next = if window.is_idle() {
@@ -303,7 +363,7 @@ async fn gather<M: Ackable>(
             match tokio::time::timeout(GATHER, notes.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    send(window.round(false), &due, &metrics).await;
+                    send(window.round(false, Instant::now()), &due, &metrics).await;
                     continue;
                 }
             }
@@ -324,11 +384,11 @@ async fn gather<M: Ackable>(
         if !open {
             break;
         }
-        send(window.round(false), &due, &metrics).await;
+        send(window.round(false, Instant::now()), &due, &metrics).await;
     }
     // Every task is done: ack everything settled; what was never settled goes back to the queue
     // when the channel closes.
-    send(window.round(true), &due, &metrics).await;
+    send(window.round(true, Instant::now()), &due, &metrics).await;
 }
 
 /// Takes in the notes already sent, counting the settled ones into `taken`; false once every
@@ -352,7 +412,7 @@ fn apply<M: Ackable>(window: &mut Window<M>, note: Note<M>) -> usize {
     match note {
         Note::Received(tag) => window.received(tag),
         Note::Settled(message) => {
-            window.settled(message.tag(), message);
+            window.settled(message.tag(), message, Instant::now());
             return 1;
         }
         Note::HandedBack(tag) => window.handed_back(tag),

@@ -45,7 +45,7 @@ struct Gathering {
 
 impl Gathering {
     fn after_receiving(received: &[u64]) -> Gathering {
-        let (acks, gather) = Acks::start(Metrics::new(), 512);
+        let (acks, gather) = Acks::start_with(Metrics::new(), 512, 0);
         for &tag in received {
             acks.received(tag);
         }
@@ -127,25 +127,46 @@ async fn settled_messages_wait_for_the_round_while_another_is_under_way() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn what_waits_above_a_slow_message_goes_alone_and_that_message_at_once() {
+async fn what_waits_above_a_message_held_up_goes_alone_and_that_message_at_once() {
     let g = Gathering::after_receiving(&[1, 2, 3]);
     g.settle(2);
     g.settle(3);
-    tokio::time::sleep(GATHER * 3).await;
+    // The first round (one `GATHER` in) finds 1 under way; it stays there.
+    let alone_at = g.start + GATHER + HOLD;
+    tokio::time::sleep_until(alone_at - GATHER).await;
+    assert!(
+        g.sent().is_empty(),
+        "1 has not stayed under way for HOLD yet"
+    );
+    tokio::time::sleep_until(alone_at + GATHER / 2).await;
     assert_eq!(
         g.sent(),
-        vec![
-            (2, false, g.start + GATHER * 2),
-            (3, false, g.start + GATHER * 2)
-        ],
-        "above 1, still under way, 2 and 3 waited a round, then went alone"
+        vec![(2, false, alone_at), (3, false, alone_at)],
+        "1 stayed under way for HOLD: 2 and 3 went alone"
     );
     g.settle(1);
     let_it_run().await;
     assert_eq!(
         g.sent().last(),
-        Some(&(1, true, g.start + GATHER * 3)),
+        Some(&(1, true, alone_at + GATHER / 2)),
         "1 was the last under way: acked at once"
+    );
+    g.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_waits_above_a_gap_that_closes_within_the_hold_goes_in_one_ack() {
+    let g = Gathering::after_receiving(&[1, 2, 3]);
+    g.settle(2);
+    g.settle(3);
+    tokio::time::sleep(HOLD / 2).await;
+    assert!(g.sent().is_empty(), "1 is under way");
+    g.settle(1);
+    let_it_run().await;
+    assert_eq!(
+        g.sent(),
+        vec![(3, true, g.start + HOLD / 2)],
+        "no ack alone: one through 3 once 1 settled"
     );
     g.stop().await;
 }
@@ -162,53 +183,116 @@ async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
 }
 
 fn window(received: &[u64]) -> Window<u64> {
-    let mut w = Window::new(usize::MAX);
+    let mut w = Window::new(usize::MAX, usize::MAX, 0);
     for &tag in received {
         w.received(tag);
     }
     w
 }
 
-#[test]
-fn settled_messages_below_every_one_under_way_go_in_one_ack() {
-    let mut w = window(&[1, 2, 3, 4, 5]);
-    for tag in [3, 1, 2] {
-        w.settled(tag, tag);
-    }
-    let round = w.round(false);
-    assert_eq!(round.through, Some(3));
-    assert_eq!(round.covered, vec![1, 2]);
-    assert!(round.alone.is_empty());
-    assert_eq!(w.round(false), Round::default(), "nothing left to send");
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
 
 #[test]
-fn nothing_is_acked_through_a_message_under_way() {
+fn settled_messages_below_every_one_under_way_go_in_one_ack() {
+    let t = Instant::now();
+    let mut w = window(&[1, 2, 3, 4, 5]);
+    for tag in [3, 1, 2] {
+        w.settled(tag, tag, t);
+    }
+    let round = w.round(false, t);
+    assert_eq!(round.through, Some(3));
+    assert_eq!(round.covered, vec![1, 2]);
+    assert!(round.alone.is_empty());
+    assert_eq!(w.round(false, t), Round::default(), "nothing left to send");
+}
+
+#[test]
+fn nothing_is_acked_through_a_message_under_way_and_what_waits_above_it_goes_alone_once_it_stays() {
+    let t = Instant::now();
     let mut w = window(&[1, 2, 3]);
-    w.settled(2, 2);
-    w.settled(3, 3);
+    w.settled(2, 2, t);
+    w.settled(3, 3, t);
     assert_eq!(
-        w.round(false),
+        w.round(false, t),
         Round::default(),
         "1 is under way: 2 and 3 wait"
     );
-    // A round later they go alone, still not through 1.
-    let round = w.round(false);
+    assert_eq!(w.round(false, t + HOLD - ms(1)), Round::default());
+    // 1 stayed under way for HOLD: they go alone, still not through 1.
+    let round = w.round(false, t + HOLD);
     assert_eq!(round.through, None);
     assert_eq!(round.alone, vec![2, 3]);
-    w.settled(1, 1);
-    let round = w.round(false);
+    w.settled(1, 1, t + HOLD);
+    let round = w.round(false, t + HOLD);
     assert_eq!(round.through, Some(1));
     assert!(round.covered.is_empty() && round.alone.is_empty());
 }
 
 #[test]
+fn a_message_settled_above_gaps_that_keep_moving_waits_at_most_max_hold() {
+    // 12 settles first; 1 to 10 settle one by one, each a gap for less than HOLD.
+    let t = Instant::now();
+    let mut w = window(&(1..=12).collect::<Vec<_>>());
+    w.settled(12, 12, t);
+    assert_eq!(w.round(false, t), Round::default());
+    let step = MAX_HOLD / 10;
+    assert!(step < HOLD);
+    for tag in 1..=10u32 {
+        let now = t + step * tag;
+        w.settled(u64::from(tag), u64::from(tag), now);
+        let round = w.round(false, now);
+        assert_eq!(round.through, Some(u64::from(tag)), "the gap moved up");
+        if tag < 10 {
+            assert!(round.alone.is_empty(), "12 waits while the gap moves");
+        } else {
+            assert_eq!(round.alone, vec![12], "12 waited MAX_HOLD");
+        }
+    }
+}
+
+#[test]
+fn in_a_shallow_window_what_waits_above_a_gap_goes_alone_after_a_round() {
+    let t = Instant::now();
+    let mut w = Window::new(usize::MAX, usize::MAX, 4);
+    for tag in 1..=3 {
+        w.received(tag);
+    }
+    w.settled(2, 2, t);
+    assert_eq!(w.round(false, t), Round::default(), "2 waits a round");
+    assert_eq!(
+        w.round(false, t + GATHER).alone,
+        vec![2],
+        "3 unacked, fewer than 4: a lone ack is cheap"
+    );
+}
+
+#[test]
+fn half_the_window_waiting_above_a_gap_goes_alone_at_once() {
+    let t = Instant::now();
+    let mut w = Window::new(usize::MAX, 2, 0);
+    for tag in 1..=4 {
+        w.received(tag);
+    }
+    w.settled(2, 2, t);
+    assert_eq!(w.round(false, t), Round::default());
+    w.settled(3, 3, t);
+    assert_eq!(
+        w.round(false, t).alone,
+        vec![2, 3],
+        "two wait: the window must move"
+    );
+}
+
+#[test]
 fn a_message_handed_back_is_never_acked_and_no_longer_holds_the_others() {
+    let t = Instant::now();
     let mut w = window(&[1, 2, 3]);
-    w.settled(2, 2);
+    w.settled(2, 2, t);
     w.handed_back(1);
-    w.settled(3, 3);
-    let round = w.round(false);
+    w.settled(3, 3, t);
+    let round = w.round(false, t);
     assert_eq!(round.through, Some(3));
     assert_eq!(round.covered, vec![2]);
 }
@@ -217,68 +301,60 @@ fn a_message_handed_back_is_never_acked_and_no_longer_holds_the_others() {
 fn the_last_round_acks_alone_what_waits_above_a_message_never_settled() {
     // 2 waited in its lane when the consumer stopped: it is left for the broker to hand out
     // again, and what was settled after it is acked alone.
+    let t = Instant::now();
     let mut w = window(&[1, 2, 3, 4]);
-    w.settled(1, 1);
-    w.settled(3, 3);
-    w.settled(4, 4);
-    let round = w.round(true);
+    w.settled(1, 1, t);
+    w.settled(3, 3, t);
+    w.settled(4, 4, t);
+    let round = w.round(true, t);
     assert_eq!(round.through, Some(1));
     assert_eq!(round.alone, vec![3, 4]);
     assert!(w.is_idle());
 }
 
-#[test]
-fn messages_settled_later_start_their_wait_afresh() {
-    let mut w = window(&[1, 2, 3]);
-    w.settled(2, 2);
-    assert_eq!(w.round(false), Round::default());
-    w.settled(3, 3);
-    let round = w.round(false);
-    assert_eq!(round.alone, vec![2], "3 has not waited a round yet");
-    assert_eq!(w.round(false).alone, vec![3]);
-}
-
-/// Settles `tags` above a gap and runs the two rounds after which they are acked alone.
-fn settle_above_the_gap(w: &mut Window<u64>, tags: &[u64]) -> Round<u64> {
+/// Settles `tags` above the gap at `now`, has a round see them, and the round a `HOLD` later,
+/// after which they are acked alone; the two rounds' sends together.
+fn settle_above_the_gap(w: &mut Window<u64>, tags: &[u64], now: &mut Instant) -> Round<u64> {
     for &tag in tags {
-        w.settled(tag, tag);
+        w.settled(tag, tag, *now);
     }
-    let first = w.round(false);
-    assert!(
-        first.alone.is_empty() && first.costly.is_none(),
-        "they wait a round first"
-    );
-    w.round(false)
+    let first = w.round(false, *now);
+    *now += HOLD;
+    let mut round = w.round(false, *now);
+    round.alone.splice(0..0, first.alone);
+    round.costly = first.costly.or(round.costly);
+    round
 }
 
 #[test]
 fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_it() {
-    let mut w = Window::new(2);
+    let mut now = Instant::now();
+    let mut w = Window::new(2, usize::MAX, 0);
     for tag in 1..=4 {
         w.received(tag);
     }
     // 1 hangs; what settles above it goes alone.
-    let round = settle_above_the_gap(&mut w, &[2, 3]);
+    let round = settle_above_the_gap(&mut w, &[2, 3], &mut now);
     assert_eq!(round.alone, vec![2, 3]);
     assert_eq!(
         round.costly,
         Some(1),
         "2 alone above 1, and 2 under way (1 and 4)"
     );
-    let round = settle_above_the_gap(&mut w, &[4]);
+    let round = settle_above_the_gap(&mut w, &[4], &mut now);
     assert_eq!(round.alone, vec![4]);
     assert_eq!(round.costly, None, "reported once");
 
     // 1 settles; a new gap counts afresh.
-    w.settled(1, 1);
-    assert_eq!(w.round(false).through, Some(1));
+    w.settled(1, 1, now);
+    assert_eq!(w.round(false, now).through, Some(1));
     for tag in 5..=7 {
         w.received(tag);
     }
-    let round = settle_above_the_gap(&mut w, &[6]);
+    let round = settle_above_the_gap(&mut w, &[6], &mut now);
     assert_eq!(round.alone, vec![6]);
     assert_eq!(round.costly, None, "1 alone above 5, fewer than 2");
-    let round = settle_above_the_gap(&mut w, &[7]);
+    let round = settle_above_the_gap(&mut w, &[7], &mut now);
     assert_eq!(
         round.costly,
         Some(5),
@@ -288,20 +364,21 @@ fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_i
 
 #[test]
 fn a_gap_under_many_messages_under_way_is_reported_only_once_as_many_went_alone() {
-    let mut w = Window::new(1);
+    let mut now = Instant::now();
+    let mut w = Window::new(1, usize::MAX, 0);
     for tag in 1..=10 {
         w.received(tag);
     }
-    let round = settle_above_the_gap(&mut w, &[2, 3, 4]);
+    let round = settle_above_the_gap(&mut w, &[2, 3, 4], &mut now);
     assert_eq!(round.alone.len(), 3);
     assert_eq!(round.costly, None, "3 alone, 7 still under way");
-    let round = settle_above_the_gap(&mut w, &[5, 6, 7]);
+    let round = settle_above_the_gap(&mut w, &[5, 6, 7], &mut now);
     assert_eq!(round.costly, Some(1), "6 alone, 4 under way");
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
-    let (acks, gather) = Acks::start(Metrics::new(), 512);
+    let (acks, gather) = Acks::start_with(Metrics::new(), 512, 0);
     let sent = Sent::default();
     let task = tokio::spawn(gather);
     let last = MIN_COSTLY as u64 + 1;
@@ -311,7 +388,7 @@ async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
     for tag in 2..=last {
         acks.settled(stand_in(tag, &sent));
     }
-    let gap = tokio::time::timeout(GATHER * 10, acks.costly_gap()).await;
+    let gap = tokio::time::timeout(HOLD + GATHER * 10, acks.costly_gap()).await;
     assert_eq!(gap.ok(), Some(1), "{MIN_COSTLY} acked alone above 1");
     assert_eq!(acks.under_way(), 1);
     drop(acks);
