@@ -33,7 +33,6 @@
 //! ([`Acks::costly_gap`]) once it has had that many acked alone above it (and at least
 //! [`MIN_COSTLY`]): moving then at most doubles what the gap cost, and saves everything after.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -41,6 +40,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
+
+use window::{Round, Window};
 
 use crate::broker::Settled;
 use crate::metrics::Metrics;
@@ -219,135 +220,6 @@ impl<M: Ackable> Acks<M> {
     }
 }
 
-/// What one round sends.
-#[derive(Debug, Default, PartialEq)]
-struct Round<T> {
-    /// Acked with `multiple` through this one's tag...
-    through: Option<T>,
-    /// ...which covers these too.
-    covered: Vec<T>,
-    /// Acked one by one (settled above a gap for a whole round, or the last round).
-    alone: Vec<T>,
-    /// The gap they waited above, when it has now had enough acked alone above it.
-    costly: Option<u64>,
-}
-
-/// The delivery tags under way and the settled messages not yet acked.
-struct Window<T> {
-    under_way: BTreeSet<u64>,
-    /// By tag: the messages settled and not acked yet.
-    settled: BTreeMap<u64, T>,
-    /// When each was settled, oldest first (tags acked since are skipped when reached).
-    ages: VecDeque<(Instant, u64)>,
-    /// Waiting above a gap this many, they all go alone: the window must keep moving.
-    enough: usize,
-    /// With fewer unacked than this, nothing is held ([`SHALLOW`]).
-    shallow: usize,
-    /// The first tag under way at the last round, since when it has been, how many were acked
-    /// alone above it since, and whether it was reported.
-    gap: Option<u64>,
-    gap_since: Instant,
-    alone_above_gap: usize,
-    reported: bool,
-    /// The fewest acked alone above one gap before it is reported ([`MIN_COSTLY`]).
-    min_costly: usize,
-}
-
-impl<T> Window<T> {
-    fn new(min_costly: usize, enough: usize, shallow: usize) -> Window<T> {
-        Window {
-            under_way: BTreeSet::new(),
-            settled: BTreeMap::new(),
-            ages: VecDeque::new(),
-            enough: enough.max(1),
-            shallow,
-            gap: None,
-            gap_since: Instant::now(),
-            alone_above_gap: 0,
-            reported: false,
-            min_costly: min_costly.max(1),
-        }
-    }
-
-    fn received(&mut self, tag: u64) {
-        self.under_way.insert(tag);
-    }
-
-    fn settled(&mut self, tag: u64, message: T, now: Instant) {
-        self.under_way.remove(&tag);
-        self.settled.insert(tag, message);
-        self.ages.push_back((now, tag));
-    }
-
-    fn handed_back(&mut self, tag: u64) {
-        self.under_way.remove(&tag);
-    }
-
-    /// What to send now: everything settled below the first tag under way as one `multiple`
-    /// ack. Above it, everything alone when the gap has stayed at one message for [`HOLD`], when
-    /// it is `last`, or when as many wait there as make half the window; else what has waited
-    /// [`MAX_HOLD`] (one round, [`GATHER`], with fewer than [`SHALLOW`] unacked). The rest waits
-    /// for the gap to close.
-    fn round(&mut self, last: bool, now: Instant) -> Round<T> {
-        let mut round = Round {
-            through: None,
-            covered: Vec::new(),
-            alone: Vec::new(),
-            costly: None,
-        };
-        let gap = self.under_way.first().copied();
-        if gap != self.gap {
-            self.gap = gap;
-            self.gap_since = now;
-            self.alone_above_gap = 0;
-            self.reported = false;
-        }
-        let stuck = now.saturating_duration_since(self.gap_since) >= HOLD;
-        // A lone ack walks what is unacked below it on the broker's side: cheap in a shallow
-        // window, where what waits a round goes alone; in a deep one it waits for the gap.
-        let wait = if self.under_way.len() + self.settled.len() < self.shallow {
-            GATHER
-        } else {
-            MAX_HOLD
-        };
-        let above = match gap {
-            Some(gap) => self.settled.split_off(&gap),
-            None => BTreeMap::new(),
-        };
-        let below = std::mem::replace(&mut self.settled, above);
-        let mut below: Vec<T> = below.into_values().collect();
-        round.through = below.pop();
-        round.covered = below;
-        if last || stuck || self.settled.len() >= self.enough {
-            round.alone = std::mem::take(&mut self.settled).into_values().collect();
-        } else {
-            while let Some(&(at, tag)) = self.ages.front() {
-                if now.saturating_duration_since(at) < wait {
-                    break;
-                }
-                self.ages.pop_front();
-                round.alone.extend(self.settled.remove(&tag));
-            }
-        }
-        if self.settled.is_empty() {
-            self.ages.clear();
-        }
-        self.alone_above_gap += round.alone.len();
-        if !self.reported
-            && self.alone_above_gap >= self.under_way.len().max(self.min_costly)
-            && gap.is_some()
-        {
-            self.reported = true;
-            round.costly = gap;
-        }
-        round
-    }
-
-    fn is_idle(&self) -> bool {
-        self.settled.is_empty()
-    }
-}
-
 async fn gather<M: Ackable>(
     mut notes: mpsc::UnboundedReceiver<Note<M>>,
     due: Arc<Due>,
@@ -373,7 +245,7 @@ async fn gather<M: Ackable>(
         let mut open = take_waiting(&mut notes, &mut window, &mut taken);
         // Gather what else comes meanwhile (until half the window waits, or nothing is under
         // way), then send it all; with nothing under way now there is nothing to wait for.
-        if open && !window.under_way.is_empty() {
+        if open && window.any_under_way() {
             tokio::select! {
                 _ = tokio::time::sleep(GATHER) => {}
                 _ = due.now.notified() => {}
@@ -437,6 +309,8 @@ async fn send<M: Ackable>(round: Round<M>, due: &Due, metrics: &Metrics) {
         metrics.ack_failed("events-queue messages", failed as u64);
     }
 }
+
+mod window;
 
 #[cfg(test)]
 mod tests;

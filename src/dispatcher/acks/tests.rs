@@ -182,9 +182,20 @@ async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
     g.stop().await;
 }
 
+/// A deep window (nothing [`SHALLOW`]) with no report or half-window limit, handed `received`.
 fn window(received: &[u64]) -> Window<u64> {
-    let mut w = Window::new(usize::MAX, usize::MAX, 0);
-    for &tag in received {
+    window_with(usize::MAX, usize::MAX, 0, received.iter().copied())
+}
+
+/// A window of `Window::new(min_costly, enough, shallow)` handed `received`.
+fn window_with(
+    min_costly: usize,
+    enough: usize,
+    shallow: usize,
+    received: impl IntoIterator<Item = u64>,
+) -> Window<u64> {
+    let mut w = Window::new(min_costly, enough, shallow);
+    for tag in received {
         w.received(tag);
     }
     w
@@ -255,10 +266,7 @@ fn a_message_settled_above_gaps_that_keep_moving_waits_at_most_max_hold() {
 #[test]
 fn in_a_shallow_window_what_waits_above_a_gap_goes_alone_after_a_round() {
     let t = Instant::now();
-    let mut w = Window::new(usize::MAX, usize::MAX, 4);
-    for tag in 1..=3 {
-        w.received(tag);
-    }
+    let mut w = window_with(usize::MAX, usize::MAX, 4, 1..=3);
     w.settled(2, 2, t);
     assert_eq!(w.round(false, t), Round::default(), "2 waits a round");
     assert_eq!(
@@ -271,10 +279,7 @@ fn in_a_shallow_window_what_waits_above_a_gap_goes_alone_after_a_round() {
 #[test]
 fn half_the_window_waiting_above_a_gap_goes_alone_at_once() {
     let t = Instant::now();
-    let mut w = Window::new(usize::MAX, 2, 0);
-    for tag in 1..=4 {
-        w.received(tag);
-    }
+    let mut w = window_with(usize::MAX, 2, 0, 1..=4);
     w.settled(2, 2, t);
     assert_eq!(w.round(false, t), Round::default());
     w.settled(3, 3, t);
@@ -329,10 +334,7 @@ fn settle_above_the_gap(w: &mut Window<u64>, tags: &[u64], now: &mut Instant) ->
 #[test]
 fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_it() {
     let mut now = Instant::now();
-    let mut w = Window::new(2, usize::MAX, 0);
-    for tag in 1..=4 {
-        w.received(tag);
-    }
+    let mut w = window_with(2, usize::MAX, 0, 1..=4);
     // 1 hangs; what settles above it goes alone.
     let round = settle_above_the_gap(&mut w, &[2, 3], &mut now);
     assert_eq!(round.alone, vec![2, 3]);
@@ -365,10 +367,7 @@ fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_i
 #[test]
 fn a_gap_under_many_messages_under_way_is_reported_only_once_as_many_went_alone() {
     let mut now = Instant::now();
-    let mut w = Window::new(1, usize::MAX, 0);
-    for tag in 1..=10 {
-        w.received(tag);
-    }
+    let mut w = window_with(1, usize::MAX, 0, 1..=10);
     let round = settle_above_the_gap(&mut w, &[2, 3, 4], &mut now);
     assert_eq!(round.alone.len(), 3);
     assert_eq!(round.costly, None, "3 alone, 7 still under way");
