@@ -93,8 +93,6 @@ impl App {
                 activity: activity.clone(),
                 health: health.clone(),
                 deliverer,
-                publisher: broker.publisher.clone(),
-                topology: broker.topology.clone(),
                 broker: broker.clone(),
                 metrics: metrics.clone(),
                 keys: keys.clone(),

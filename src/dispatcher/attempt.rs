@@ -42,7 +42,7 @@ impl Dispatcher {
         let permit = self.limit.acquire().await.expect("semaphore never closed");
         let slot = self.endpoints.acquire(&sub.id, WAIT_FOR_SLOT).await;
         if slot.is_err()
-            && let Some(next) = retry::when_endpoint_full(self.topology.retries.len())
+            && let Some(next) = retry::when_endpoint_full(self.broker.topology.retries.len())
         {
             drop(permit);
             drop(share);
@@ -83,7 +83,7 @@ impl Dispatcher {
                 record.duration_ms as f64 / 1000.0,
             );
             log_outcome(&outcome, &record);
-            let next = retry::next_step(&outcome, number, self.topology.retries.len());
+            let next = retry::next_step(&outcome, number, self.broker.topology.retries.len());
             let will_retry = matches!(next, retry::Next::Retry(_));
             self.activity.attempted(&sub.id, ev.id, &record, will_retry);
             self.health.attempted(&sub.id, &record);

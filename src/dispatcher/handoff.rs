@@ -24,7 +24,7 @@ impl Dispatcher {
         match next {
             Next::Done => Ok(()),
             Next::Retry(index) => {
-                let queue = &self.topology.retries[index];
+                let queue = &self.broker.topology.retries[index];
                 self.park(
                     &queue.name,
                     &ev.task(&sub.id, attempts, 0),
@@ -35,7 +35,7 @@ impl Dispatcher {
                 Ok(())
             }
             Next::Defer(index) => {
-                let queue = &self.topology.retries[index];
+                let queue = &self.broker.topology.retries[index];
                 let task = ev.task(&sub.id, attempts, deferrals + 1);
                 self.park(&queue.name, &task, TaskKind::Deferred).await?;
                 self.metrics.delivery_deferred(&sub.id, &queue.label);
@@ -59,7 +59,8 @@ impl Dispatcher {
         kind: TaskKind,
     ) -> Result<(), HandleError> {
         let (body, props) = task_message(task, kind, &self.keys);
-        self.publisher
+        self.broker
+            .publisher
             .publish_retrying(Route::queue(queue), &body, props)
             .await?;
         Ok(())
@@ -68,8 +69,9 @@ impl Dispatcher {
     /// Publishes a dead letter to `P.dead`, sealed, with a confirm, and counts it.
     pub(super) async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), HandleError> {
         let (body, props) = dead_letter_message(dead, &self.keys);
-        self.publisher
-            .publish_retrying(Route::queue(&self.topology.dead), &body, props)
+        self.broker
+            .publisher
+            .publish_retrying(Route::queue(&self.broker.topology.dead), &body, props)
             .await?;
         // The label is one of the six event names or `unknown`, never what a producer wrote
         // (an unknown name of up to 256 KiB would be a new series each time).

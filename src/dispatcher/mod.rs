@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
-use crate::broker::{Broker, BrokerError, Consumer, Inbound, Publisher, Session, Topology};
+use crate::broker::{Broker, BrokerError, Consumer, Inbound, Session};
 use crate::delivery::Deliverer;
 use crate::delivery::limit::EndpointLimiter;
 use crate::endpoint_health::EndpointHealth;
@@ -35,9 +35,7 @@ pub struct Dispatcher {
     activity: Arc<Activity>,
     health: Arc<EndpointHealth>,
     deliverer: Deliverer,
-    publisher: Publisher,
-    topology: Arc<Topology>,
-    /// Where a fresh events consumer comes from (see [`Intake`]).
+    /// Its topology and publisher, and where a fresh events consumer comes from (see [`Intake`]).
     broker: Broker,
     metrics: Metrics,
     /// Seals the tasks and dead letters it publishes, and checks the tasks it consumes.
@@ -136,8 +134,6 @@ pub struct Parts {
     pub activity: Arc<Activity>,
     pub health: Arc<EndpointHealth>,
     pub deliverer: Deliverer,
-    pub publisher: Publisher,
-    pub topology: Arc<Topology>,
     pub broker: Broker,
     pub metrics: Metrics,
     pub keys: Arc<Keyring>,
@@ -170,8 +166,6 @@ impl Dispatcher {
             activity: parts.activity,
             health: parts.health,
             deliverer: parts.deliverer,
-            publisher: parts.publisher,
-            topology: parts.topology,
             broker: parts.broker,
             metrics: parts.metrics,
             keys: parts.keys,
@@ -314,7 +308,7 @@ impl Dispatcher {
         let full = (waiting + started) * 8 >= self.window * 7
             && waiting * 2 >= self.window
             && waiting >= 4 * self.per_account;
-        let parkable = !message.expires() && !self.topology.retries.is_empty();
+        let parkable = !message.expires() && !self.broker.topology.retries.is_empty();
         // Past the byte budget anything parkable is parked (memory first); otherwise only an
         // account over its share, and only as fast as the budget allows (each message started
         // earns a few parks), so a backlog larger than the window is not cycled through the
@@ -343,8 +337,8 @@ impl Dispatcher {
         acks: Acks,
         _session: Arc<Session>,
     ) {
-        let queue = &self.topology.retries[0];
-        let parked = self.publisher.park(&queue.name, &message).await;
+        let queue = &self.broker.topology.retries[0];
+        let parked = self.broker.publisher.park(&queue.name, &message).await;
         if parked.is_ok() {
             self.metrics.event_parked(&account, &queue.label);
         }
