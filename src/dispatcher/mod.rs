@@ -1,12 +1,14 @@
 //! Consumes `P.events`: inbound events fan out to every matching subscription, delivery tasks
 //! (retries, deferrals, replays, test events) go to their one subscription. One file a step:
-//! consume and settle (here), [`route`] (event or task), [`attempt`] (one delivery) and
-//! [`handoff`] (retry, defer, dead-letter). A message is acked only once each of its deliveries
+//! consume and settle (here; the consumer's channel and its moves in [`intake`], its acks in
+//! [`acks`]), [`route`] (event or task), [`attempt`] (one delivery) and [`handoff`] (retry,
+//! defer, dead-letter). A message is acked only once each of its deliveries
 //! has succeeded or been handed to a delay queue or `P.dead` with a confirm.
 
 mod acks;
 mod attempt;
 mod handoff;
+mod intake;
 pub mod lanes;
 mod route;
 mod shares;
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
 use acks::{Acks, AcksWatch};
+use intake::{Intake, MAX_LEFT, Opening, Taken, next_of, opened};
 use lanes::Lanes;
 use shares::Shares;
 
@@ -63,33 +66,6 @@ pub struct Dispatcher {
 pub const INTAKE_BYTES: usize = 64 * 1024 * 1024;
 /// Parks each message started earns.
 const PARKS_PER_START: usize = 4;
-/// Channels the events consumer has moved away from that still hold messages under way; no
-/// move while this many do.
-const MAX_LEFT: usize = 2;
-
-/// A message taken from a consumer, with where its ack is gathered (its channel's).
-struct Taken {
-    message: Inbound,
-    acks: Acks,
-}
-
-/// One channel's events consumer and its acks.
-///
-/// A delivery that stays under way (an endpoint that hangs, up to `DELIVERY_TIMEOUT`) is a gap
-/// no `multiple` ack may pass, so everything above it on its channel is acked one message at a
-/// time, and each lone ack is a command through the quorum queue: the broker's work per message
-/// roughly doubles. When the gatherer reports such a gap ([`Acks::costly_gap`]), and the gap is
-/// a delivery under way (not a message waiting for its account's turn, which a move would not
-/// help), the dispatcher opens a consumer on a fresh channel and cancels the old one: what the
-/// old one was sent is still taken and handled, and acked on its own channel (which stays open
-/// until its last ack), while new messages arrive on the fresh channel and are acked gathered.
-/// At most [`MAX_LEFT`] channels left behind hold messages at once, so the service holds at most
-/// `MAX_LEFT + 1` times `PREFETCH` messages.
-struct Intake {
-    consumer: Consumer,
-    acks: Acks,
-}
-
 /// How many messages may still be parked: earned by messages started, at most a quarter of the
 /// window saved up.
 struct ParkingBudget {
@@ -274,18 +250,6 @@ impl Dispatcher {
         self.metrics.intake_waiting(0);
     }
 
-    /// Starts gathering the acks of `consumer`'s messages; the gatherer holds the session and
-    /// the consumer's channel until the last task's ack is out.
-    fn intake(&self, consumer: Consumer, session: &Arc<Session>, tracker: &TaskTracker) -> Intake {
-        let (acks, gatherer) = Acks::start(self.metrics.clone(), self.window);
-        let held = (session.clone(), consumer.clone());
-        tracker.spawn(async move {
-            gatherer.await;
-            drop(held);
-        });
-        Intake { consumer, acks }
-    }
-
     /// Queues `message` in its account's lane — or, when the window is full and that account
     /// holds more than its share of what waits, parks it in the first delay queue so the window
     /// keeps moving for everyone else.
@@ -370,34 +334,6 @@ impl Dispatcher {
             Err(e) => Box::pin(hand_back(message, e, acks)).await,
         }
     }
-}
-
-/// The next message of the consumer moved away from; `None` once it has handed out all it was
-/// sent (or the session ended); with none, never.
-async fn next_of(cancelled: &mut Option<Intake>, stop: &CancellationToken) -> Option<Inbound> {
-    match cancelled {
-        Some(intake) => {
-            intake
-                .consumer
-                .next_until(stop, "events (moved from)")
-                .await
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// A fresh events consumer on its way.
-type Opening<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Consumer, BrokerError>> + Send + 'a>>;
-
-/// The consumer `opening` brings, once it has (`opening` is then empty); with none, never.
-async fn opened(opening: &mut Option<Opening<'_>>) -> Result<Consumer, BrokerError> {
-    let Some(fresh) = opening.as_mut() else {
-        return std::future::pending().await;
-    };
-    let fresh = fresh.await;
-    *opening = None;
-    fresh
 }
 
 /// Requeues `message` after a pause, since its outcome could not be made safe in the broker.
