@@ -26,6 +26,12 @@ async fn settle(op: impl Future<Output = lapin::Result<bool>>) -> bool {
     matches!(tokio::time::timeout(SETTLE_TIMEOUT, op).await, Ok(Ok(true)))
 }
 
+/// Acks through `acker` (`multiple`: with every unsettled message before it), bounded by
+/// [`SETTLE_TIMEOUT`]; `false` when the ack failed or did not complete.
+async fn ack(acker: &lapin::Acker, multiple: bool) -> bool {
+    settle(acker.ack(BasicAckOptions { multiple })).await
+}
+
 /// One message taken from a queue.
 pub struct Inbound {
     delivery: Delivery,
@@ -92,7 +98,7 @@ impl Inbound {
     /// Acks it; `false` when the ack failed or did not complete within [`SETTLE_TIMEOUT`] (the
     /// broker will deliver the message again).
     pub async fn ack(&self) -> bool {
-        settle(self.delivery.acker.ack(BasicAckOptions::default())).await
+        ack(&self.delivery.acker, false).await
     }
 
     /// Acks it and every message delivered before it on its channel that is not settled yet
@@ -100,8 +106,7 @@ impl Inbound {
     /// nothing else, whose earlier messages are all in the batch or settled. Bounded like
     /// [`Inbound::ack`].
     pub async fn ack_through(&self) -> bool {
-        let through = BasicAckOptions { multiple: true };
-        settle(self.delivery.acker.ack(through)).await
+        ack(&self.delivery.acker, true).await
     }
 
     /// Hands it back to its queue as a failed delivery; bounded like [`Inbound::ack`].
@@ -141,12 +146,12 @@ impl Settled {
 
     /// Acks it; as [`Inbound::ack`].
     pub async fn ack(&self) -> bool {
-        settle(self.acker.ack(BasicAckOptions::default())).await
+        ack(&self.acker, false).await
     }
 
     /// Acks it and every unsettled message before it on its channel; as [`Inbound::ack_through`].
     pub async fn ack_through(&self) -> bool {
-        settle(self.acker.ack(BasicAckOptions { multiple: true })).await
+        ack(&self.acker, true).await
     }
 }
 
