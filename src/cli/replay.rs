@@ -15,7 +15,7 @@ use super::CliError;
 use super::OpsSettings;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
-use crate::ops::replay::{Limit, Pace, RATES, Replayer, Report, Skipped};
+use crate::ops::replay::{Failed, Limit, Pace, RATES, Replayer, Report, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
 use crate::seal::Keyring;
@@ -269,10 +269,14 @@ fn dry_run_listing(plan: &Report, rows: &[Vec<String>]) -> String {
         .cloned()
         .collect();
     let mut out = format!(
-        "dry run: would replay {}, skip {}{}\n",
+        "dry run: would replay {}, skip {}{}{}\n",
         plan.replayed.len(),
         plan.skipped.len(),
-        skipped_summary(&plan.skipped)
+        skipped_summary(&plan.skipped),
+        match plan.failed.len() {
+            0 => String::new(),
+            n => format!(", fail {n}"),
+        }
     );
     if !replayed.is_empty() {
         out.push_str("\nwould replay\n");
@@ -289,6 +293,7 @@ fn dry_run_listing(plan: &Report, rows: &[Vec<String>]) -> String {
         ));
     }
     out.push_str(&skipped_listing(&plan.skipped));
+    out.push_str(&failed_listing(&plan.failed));
     if plan.more {
         out.push_str("\nmore records match beyond --limit\n");
     }
@@ -309,6 +314,17 @@ fn skipped_summary(skipped: &[Skipped]) -> String {
         .map(|(reason, n)| format!("{n} {reason}"))
         .collect();
     format!(" ({})", parts.join(", "))
+}
+
+fn failed_listing(failed: &[Failed]) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = failed
+        .iter()
+        .map(|f| vec![f.id.clone(), f.error.clone()])
+        .collect();
+    format!("\nfailed\n{}", table(&["ID", "ERROR"], &rows))
 }
 
 fn skipped_listing(skipped: &[Skipped]) -> String {

@@ -46,6 +46,28 @@ pub enum Trust {
     Untrusted,
 }
 
+/// A delivery-log row that cannot be read back as a record (its payload or attempts are not
+/// what the logger writes: edited by hand, or damaged). Its id is kept so that a listing or a
+/// replay can name it and go on past it instead of failing at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {id} cannot be read ({detail}); repair or delete its row in the store")]
+pub struct Unreadable {
+    pub id: String,
+    pub detail: String,
+}
+
+/// A row of a selection of records: the record, or the row that cannot be read.
+pub type Read = Result<DeliveryLog, Unreadable>;
+
+impl From<Unreadable> for StoreError {
+    fn from(u: Unreadable) -> Self {
+        StoreError::Corrupt {
+            id: u.id,
+            detail: u.detail,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct LogFilter {
     pub account_id: Option<String>,
@@ -158,10 +180,15 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| from_row(&r)).transpose()
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(from_row(&row)??)),
+        }
     }
 
-    /// Records matching `filter`, newest first, older than `cursor` (an id).
+    /// Records matching `filter`, newest first, older than `cursor` (an id). A row that cannot
+    /// be read is logged and left out (the cursor still goes past it), so one damaged row does
+    /// not take a whole account's log, and every page after it, down with it.
     pub async fn list_delivery_logs(
         &self,
         filter: &LogFilter,
@@ -169,10 +196,27 @@ impl Store {
         limit: i64,
     ) -> Result<Page<DeliveryLog>, StoreError> {
         let order = format!("ORDER BY id DESC LIMIT {}", limit + 1);
-        let items = self
+        let rows = self
             .select_logs("1 = 1", ("id < ", cursor), filter, &[], &order)
             .await?;
-        Ok(Page::from_rows(items, limit, |item| &item.id))
+        let page = Page::from_rows(rows, limit, |row| match row {
+            Ok(log) => &log.id,
+            Err(unreadable) => &unreadable.id,
+        });
+        let items = page
+            .items
+            .into_iter()
+            .filter_map(|row| {
+                row.inspect_err(
+                    |e| tracing::error!(error = %e, "a delivery-log record left out of a listing"),
+                )
+                .ok()
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
     }
 
     /// `SELECT … WHERE {base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when
@@ -184,7 +228,7 @@ impl Store {
         filter: &LogFilter,
         ids: &[String],
         order: &str,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+    ) -> Result<Vec<Read>, StoreError> {
         let (conditions, binds) = conditions(base, cursor, filter, ids);
         let sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE {conditions} {order}");
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -237,30 +281,52 @@ fn conditions<'a>(
     (sql, binds)
 }
 
-fn from_row(row: &AnyRow) -> Result<DeliveryLog, StoreError> {
+/// The record in `row`; [`Unreadable`] (keeping its id) when a value in it is not what the
+/// logger writes; an error when the row itself cannot be read (no id, a column missing).
+fn from_row(row: &AnyRow) -> Result<Read, StoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |detail: String| StoreError::Corrupt {
-        id: id.clone(),
-        detail,
-    };
-    let payload: String = row.try_get("payload")?;
-    let payload = RawValue::from_string(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
-    let attempts: String = row.try_get("attempts")?;
+    match record(row, &id) {
+        Ok(log) => Ok(Ok(log)),
+        Err(Fault::Value(detail)) => Ok(Err(Unreadable { id, detail })),
+        Err(Fault::Row(e)) => Err(e.into()),
+    }
+}
+
+/// Why a row is not a record: one of its values, or the row as a whole.
+enum Fault {
+    Value(String),
+    Row(sqlx::Error),
+}
+
+fn record(row: &AnyRow, id: &str) -> Result<DeliveryLog, Fault> {
+    fn column<'r, T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>>(
+        row: &'r AnyRow,
+        name: &str,
+    ) -> Result<T, Fault> {
+        row.try_get(name).map_err(|e| match e {
+            sqlx::Error::ColumnDecode { .. } => Fault::Value(format!("{name}: {e}")),
+            e => Fault::Row(e),
+        })
+    }
+    let payload: String = column(row, "payload")?;
+    let payload =
+        RawValue::from_string(payload).map_err(|e| Fault::Value(format!("payload: {e}")))?;
+    let attempts: String = column(row, "attempts")?;
     let attempts =
-        serde_json::from_str(&attempts).map_err(|e| corrupt(format!("attempts: {e}")))?;
+        serde_json::from_str(&attempts).map_err(|e| Fault::Value(format!("attempts: {e}")))?;
     Ok(DeliveryLog {
-        id: id.clone(),
-        event_id: row.try_get("event_id")?,
-        account_id: row.try_get("account_id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        url: row.try_get("url")?,
-        event: row.try_get("event")?,
+        id: id.to_string(),
+        event_id: column(row, "event_id")?,
+        account_id: column(row, "account_id")?,
+        subscription_id: column(row, "subscription_id")?,
+        url: column(row, "url")?,
+        event: column(row, "event")?,
         payload,
-        reason: row.try_get("reason")?,
-        detail: row.try_get("detail")?,
+        reason: column(row, "reason")?,
+        detail: column(row, "detail")?,
         attempts,
-        dead_lettered_at: row.try_get("dead_lettered_at")?,
-        replayed_at: row.try_get("replayed_at")?,
-        trusted: row.try_get::<Option<i64>, _>("trusted")?.map(|t| t != 0),
+        dead_lettered_at: column(row, "dead_lettered_at")?,
+        replayed_at: column(row, "replayed_at")?,
+        trusted: column::<Option<i64>>(row, "trusted")?.map(|t| t != 0),
     })
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 // Dynamic SQL here only splices numbered placeholders; every value is bound.
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DeliveryLog, LogFilter, Store, StoreError};
+use super::{LogFilter, Read, Store, StoreError};
 
 /// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
 /// `ids`) that were not replayed yet.
@@ -26,13 +26,14 @@ impl ReplaySelection {
 
 impl Store {
     /// Up to `limit` records of `selection` not replayed yet, oldest first (ids are
-    /// time-ordered), after the record `after` (an id) when given.
+    /// time-ordered), after the record `after` (an id) when given; a row that cannot be read
+    /// comes as its [`Unreadable`](super::Unreadable), in its place.
     pub async fn replay_candidates(
         &self,
         selection: &ReplaySelection,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+    ) -> Result<Vec<Read>, StoreError> {
         let order = format!("ORDER BY id ASC LIMIT {limit}");
         self.select_logs(
             "replayed_at IS NULL",
@@ -80,11 +81,9 @@ impl Store {
 }
 
 impl Store {
-    /// The records `ids` that exist, oldest first.
-    pub async fn delivery_logs_by_id(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+    /// The records `ids` that exist, oldest first (a row that cannot be read as its
+    /// [`Unreadable`](super::Unreadable)).
+    pub async fn delivery_logs_by_id(&self, ids: &[String]) -> Result<Vec<Read>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sqlx::{Connection, SqliteConnection};
 use tempfile::TempDir;
 use webhook_dispatcher::store::{Store, Trust};
 use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
@@ -266,6 +267,18 @@ async fn app_with_stored_letters(n: usize) -> (TestApp, Receiver, Store, Vec<Str
     (app, receiver, store, record_ids, dir)
 }
 
+/// Waits until `receiver` got `n` deliveries, then (a moment later, for any second copy) checks
+/// they are the `n` stored letters of [`app_with_stored_letters`], each once.
+async fn each_stored_letter_arrives_once(receiver: &Receiver, n: usize) {
+    receiver.wait_for(n, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (arrived, twice) = arrivals(receiver);
+    let mut expected: Vec<String> = (0..n).map(|i| format!("evt_many_{i}")).collect();
+    expected.sort();
+    assert_eq!(arrived, expected);
+    assert!(!twice, "no record sent twice");
+}
+
 /// The `webhook-id`s `receiver` got, sorted, and whether any came twice.
 fn arrivals(receiver: &Receiver) -> (Vec<String>, bool) {
     let mut got: Vec<String> = receiver
@@ -302,13 +315,7 @@ async fn a_bulk_replay_whose_client_hangs_up_still_sends_every_record_it_claims(
         store.count_delivery_logs().await.unwrap().not_replayed == 0
     })
     .await;
-    receiver.wait_for(n, PATIENCE).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (arrived, twice) = arrivals(&receiver);
-    let mut expected: Vec<String> = (0..n).map(|i| format!("evt_many_{i}")).collect();
-    expected.sort();
-    assert_eq!(arrived, expected);
-    assert!(!twice, "no record sent twice");
+    each_stored_letter_arrives_once(&receiver, n).await;
     store.close().await;
     app.stop().await.unwrap();
 }
@@ -466,5 +473,96 @@ async fn a_bulk_replay_the_broker_takes_none_of_is_a_503_and_marks_nothing() {
     let (status, up) = app.post(BULK, json!({"all": true})).await;
     assert_eq!(status, 202, "{up}");
     assert_eq!(ids(&up["replayed"]), all_ids, "{up}");
+    app.stop().await.unwrap();
+}
+
+/// Writes `payload` as record `id`'s stored payload, straight into the SQLite store at `db` (as
+/// a hand edit or a damaged page would).
+async fn set_stored_payload(db: &std::path::Path, id: &str, payload: &str) {
+    let mut conn = SqliteConnection::connect(&sqlite_url(db)).await.unwrap();
+    sqlx::query("UPDATE delivery_logs SET payload = $1 WHERE id = $2")
+        .bind(payload)
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// A record whose row no longer reads back (its payload not JSON) fails alone: a replay names it
+/// and goes on to the records after it, and the account's listing leaves it out while its pages
+/// still reach every other record. Repaired, it replays.
+#[tokio::test]
+async fn a_record_that_cannot_be_read_fails_alone_and_replays_and_listings_go_past_it() {
+    let n = 5;
+    let (app, receiver, store, stored, dir) = app_with_stored_letters(n).await;
+    let db = dir.path().join("bulk.db");
+    let damaged = stored[1].clone();
+    set_stored_payload(&db, &damaged, r#"{"event":"#).await;
+    let readable: Vec<String> = stored
+        .iter()
+        .filter(|id| **id != damaged)
+        .cloned()
+        .collect();
+
+    // Pages of two, newest first: the damaged record is left out, and no page is lost with it.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/v1/delivery-logs?account_id=acct_a&limit=2".to_string(),
+            Some(c) => format!("/v1/delivery-logs?account_id=acct_a&limit=2&cursor={c}"),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        listed.extend(record_ids(page["items"].as_array().unwrap()));
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut newest_first = readable.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+    // Asked for by id, it is an error that names it.
+    let (status, one) = app.get(&format!("/v1/delivery-logs/{damaged}")).await;
+    assert_eq!(status, 500, "{one}");
+    let message = one["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&damaged) && message.contains("payload"),
+        "{one}"
+    );
+
+    let (status, dry) = app
+        .post(BULK, json!({"account_id": "acct_a", "dry_run": true}))
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(ids(&dry["replayed"]), readable, "{dry}");
+    assert_eq!(dry["failed"].as_array().map(Vec::len), Some(1), "{dry}");
+    assert_eq!(dry["failed"][0]["id"], json!(damaged), "{dry}");
+
+    let (status, done) = app.post(BULK, json!({"account_id": "acct_a"})).await;
+    assert_eq!(status, 202, "{done}");
+    assert_eq!(ids(&done["replayed"]), readable, "{done}");
+    assert_eq!(done["failed"][0]["id"], json!(damaged), "{done}");
+    let error = done["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot be read") && error.contains("payload"),
+        "{done}"
+    );
+    assert_eq!(
+        (&done["more"], done["matched"].as_u64()),
+        (&json!(false), Some(n as u64))
+    );
+    receiver.wait_for(n - 1, PATIENCE).await;
+    assert_eq!(store.count_delivery_logs().await.unwrap().not_replayed, 1);
+
+    // Repaired, the record replays like any other.
+    set_stored_payload(&db, &damaged, r#"{"event":"purchase","n":1}"#).await;
+    let (status, again) = app.post(BULK, json!({"account_id": "acct_a"})).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(ids(&again["replayed"]), [damaged], "{again}");
+    each_stored_letter_arrives_once(&receiver, n).await;
+    store.close().await;
     app.stop().await.unwrap();
 }

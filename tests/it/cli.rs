@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sqlx::Connection;
 use webhook_dispatcher::broker::dead_letter_message;
 use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::{LogFilter, Store, Trust};
@@ -464,6 +465,67 @@ async fn replay_selects_by_account_and_time_and_sends_each_record_once() {
     assert_eq!(second.stdout, "nothing to replay\n");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), attempts_before + 3);
+}
+
+/// A record whose stored payload no longer reads back: a dry run counts and lists it as one that
+/// would fail, and a run replays the others, names it on stderr and exits 1.
+#[tokio::test]
+async fn replay_names_a_record_that_cannot_be_read_and_replays_the_rest() {
+    let (service, receiver, _) = failing_service(&["acct_a"]).await;
+    for i in 0..3 {
+        publish(&service, &purchase(&format!("evt_read_{i}"), "acct_a")).await;
+    }
+    let records = wait_for_logs(&service, "account_id=acct_a", 3).await;
+    let damaged = records[1]["id"].as_str().unwrap().to_string();
+    let mut conn = sqlx::SqliteConnection::connect(&sqlite_url(service.db_path()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE delivery_logs SET attempts = 'not json' WHERE id = $1")
+        .bind(&damaged)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let dry = service.cli(&["replay", "--all", "--dry-run"], b"").await;
+    dry.expect_code(0);
+    assert!(
+        dry.stdout
+            .starts_with("dry run: would replay 2, skip 0, fail 1\n"),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stdout.contains("\nfailed\n") && dry.stdout.contains(&damaged),
+        "{dry:?}"
+    );
+
+    receiver.always(Reply::Status(200));
+    let attempts_before = receiver.count();
+    let run = service.cli(&["replay", "--all", "--yes"], b"").await;
+    run.expect_code(1);
+    assert!(
+        run.stdout.ends_with("replayed 2, skipped 0, failed 1\n"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "failed {damaged}: record {damaged} cannot be read (attempts:"
+        )),
+        "{run:?}"
+    );
+    let got = receiver.wait_for(attempts_before + 2, PATIENCE).await;
+    let mut replayed: Vec<&str> = got[attempts_before..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    replayed.sort();
+    let mut expected: Vec<&str> = records
+        .iter()
+        .filter(|r| r["id"] != json!(damaged))
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    expected.sort();
+    assert_eq!(replayed, expected);
 }
 
 #[tokio::test]
@@ -954,7 +1016,9 @@ async fn a_slow_replay_leaves_the_store_free_between_its_sends() {
 
 /// A replay whose store fails past its first page stops there and says what it did (the counts
 /// and why it stopped), not only the error; what it did not reach stays replayable. The failure
-/// here is a record the store cannot read (its attempts are not JSON), 51st on the second page.
+/// here is a row whose very id the store cannot read (a blob, which SQLite sorts after every
+/// text id: the last record, on the second page). A record that reads but whose payload or
+/// attempts do not fails alone instead (`replay_names_a_record_that_cannot_be_read…`).
 #[tokio::test]
 async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays() {
     const RECORDS: usize = 600;
@@ -969,14 +1033,13 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
         <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(service.db_path()))
             .await
             .unwrap();
-    let corrupt = |attempts: &'static str| {
-        sqlx::query(
-            "UPDATE delivery_logs SET attempts = $1 \
-             WHERE id = (SELECT id FROM delivery_logs ORDER BY id LIMIT 1 OFFSET 550)",
-        )
-        .bind(attempts)
-    };
-    corrupt("not json").execute(&mut conn).await.unwrap();
+    sqlx::query(
+        "UPDATE delivery_logs SET id = CAST(id AS BLOB) \
+         WHERE id = (SELECT id FROM delivery_logs ORDER BY id LIMIT 1 OFFSET 550)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
 
     let run = service
         .cli(&["replay", "--account", "acct_midway", "--yes"], b"")
@@ -992,7 +1055,10 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
     );
     receiver.wait_distinct(500, PATIENCE).await;
 
-    corrupt("[]").execute(&mut conn).await.unwrap();
+    sqlx::query("UPDATE delivery_logs SET id = CAST(id AS TEXT) WHERE typeof(id) = 'blob'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
     let rest = service
         .cli(&["replay", "--account", "acct_midway", "--yes"], b"")

@@ -247,7 +247,10 @@ async fn batch_on(url: &str) {
     claim.release(&ids[9]);
     claim.commit().await.unwrap();
     let logs = store.delivery_logs_by_id(&ids).await.unwrap();
-    let replayed: Vec<bool> = logs.iter().map(|l| l.replayed_at.is_some()).collect();
+    let replayed: Vec<bool> = logs
+        .iter()
+        .map(|l| l.as_ref().unwrap().replayed_at.is_some())
+        .collect();
     assert_eq!(replayed.iter().filter(|r| **r).count(), 8, "{url}");
     assert!(!replayed[3] && !replayed[9], "{url}");
     let second = store.claim_replays(&ids, at).await.unwrap();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Publisher;
 use crate::seal::Keyring;
-use crate::store::{DeliveryLog, ReplaySelection, Store, StoreError};
+use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
 
@@ -66,7 +66,7 @@ impl Replayer {
     /// Works through the records `selection` matches, oldest first, after the record `after`
     /// (an id) when given, as far as `limit` lets it, in batches sent at `pace` (and until it
     /// says stop: then `interrupted`). A dry run only checks each record. `seen` is called with each record once it is handled (progress
-    /// bars, listings).
+    /// bars, listings); a row that cannot be read is not a record: it is in the report's `failed`.
     pub async fn run(
         &self,
         selection: &ReplaySelection,
@@ -100,7 +100,7 @@ impl Replayer {
                 }
             };
             let full = page.len() == wanted;
-            for log in page {
+            for read in page {
                 // Stopped: only between batches, so every record looked at is filed and the
                 // rest untouched.
                 if batch.is_empty() && pace.stopped() {
@@ -117,6 +117,17 @@ impl Replayer {
                     report.next_cursor = after;
                     return Ok(report);
                 }
+                let log = match read {
+                    Ok(log) => log,
+                    // A row that cannot be read fails alone (it stays unreplayed, named in the
+                    // report) and the run goes on past it.
+                    Err(unreadable) => {
+                        tracing::error!(error = %unreadable, "a delivery-log record cannot be replayed");
+                        after = Some(unreadable.id.clone());
+                        report.unreadable(unreadable);
+                        continue;
+                    }
+                };
                 let id = log.id.clone();
                 match self.check(&log, &mut subscriptions).await {
                     Ok(()) if !dry_run => batch.push(Queued {
@@ -182,13 +193,23 @@ impl Replayer {
                     continue;
                 }
             };
-            let mut by_id: HashMap<String, DeliveryLog> =
-                found.into_iter().map(|log| (log.id.clone(), log)).collect();
+            let mut by_id: HashMap<String, Read> = found
+                .into_iter()
+                .map(|read| match &read {
+                    Ok(log) => (log.id.clone(), read),
+                    Err(unreadable) => (unreadable.id.clone(), read),
+                })
+                .collect();
             let mut batch = Vec::new();
             for id in chunk {
                 let checked = match by_id.remove(id) {
                     None => Err(ReplayError::Gone),
-                    Some(log) => match self.check(&log, &mut subscriptions).await {
+                    Some(Err(unreadable)) => {
+                        report.unreadable(unreadable);
+                        tick();
+                        continue;
+                    }
+                    Some(Ok(log)) => match self.check(&log, &mut subscriptions).await {
                         Ok(()) => {
                             batch.push(Queued { log, before: None });
                             continue;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::broker::BrokerError;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unreadable};
 
 /// Why a record is not replayed. [`code`](Skip::code) is the stable label (API error code,
 /// `reason` of a skipped record); the `Display` text says what to do about it.
@@ -105,6 +105,15 @@ impl Report {
 
     pub fn matched(&self) -> usize {
         self.replayed.len() + self.skipped.len() + self.failed.len()
+    }
+
+    /// Files a record that cannot be read as failed: it stays unreplayed until its row is
+    /// repaired.
+    pub(super) fn unreadable(&mut self, unreadable: Unreadable) {
+        self.failed.push(Failed {
+            error: unreadable.to_string(),
+            id: unreadable.id,
+        });
     }
 
     /// Files `id` under what `result` says; sets (and returns) [`broker_failed`] when the broker
