@@ -42,6 +42,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL (else SQLite): for the few things only one of them needs.
+    postgres: bool,
 }
 
 /// A page of results and the cursor of the next one; the API's list format.
@@ -148,7 +150,10 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            postgres: !is_sqlite,
+        })
     }
 
     /// Whether the store answers a trivial query within a second.

@@ -45,6 +45,35 @@ impl Store {
         .await
     }
 
+    /// Gives PostgreSQL's planner statistics of the delivery log when it has none, or none
+    /// since a tenth of it changed, before a replay pages through it; nothing on SQLite, whose
+    /// planner walks the id index here either way. Without them (a young table: the first
+    /// outage's records, not yet seen by autovacuum, which waits a minute and more) PostgreSQL
+    /// guesses that a handful of rows match, reads every row the selection's time bound admits
+    /// and sorts them for each page of [`replay_candidates`](Self::replay_candidates): work that
+    /// grows with the log at every page. `ANALYZE` reads a bounded sample and takes no lock that
+    /// writers wait for; a role that may not run it replays anyway, on the guesses.
+    pub async fn refresh_log_statistics(&self) -> Result<bool, StoreError> {
+        if !self.postgres {
+            return Ok(false);
+        }
+        let stale: Option<bool> = sqlx::query_scalar(
+            "SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) \
+                    OR n_mod_since_analyze > 1000 + n_live_tup / 10 \
+             FROM pg_stat_user_tables \
+             WHERE relname = 'delivery_logs' AND schemaname = current_schema()",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if stale != Some(true) {
+            return Ok(false);
+        }
+        sqlx::query("ANALYZE delivery_logs")
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
     /// How many records of `selection` are not replayed yet.
     pub async fn count_replay_candidates(
         &self,

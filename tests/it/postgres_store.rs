@@ -351,6 +351,57 @@ async fn claims_releases_and_tie_order_agree_on_sqlite_and_postgresql() {
     drop(db);
 }
 
+/// A replay on a young PostgreSQL delivery log (never analyzed: autovacuum, kept away here, has
+/// not come by) first gives the planner statistics, once; they then read as fresh until a tenth
+/// of the log changes. Without them every replay page read and sorted every record the
+/// selection's time bound admits (BENCHMARKS.md, "A young delivery log…"). SQLite needs none.
+#[tokio::test]
+async fn a_replay_first_gives_a_young_postgresql_delivery_log_planner_statistics() {
+    use webhook_dispatcher::store::{Store, Trust};
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::connect(&sqlite_url(&dir.path().join("store.db")))
+        .await
+        .unwrap();
+    assert!(!sqlite.refresh_log_statistics().await.unwrap());
+    sqlite.close().await;
+
+    let db = TempDatabase::create().await;
+    let store = Store::connect(&db.url).await.expect("store");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE delivery_logs SET (autovacuum_enabled = false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let letters: Vec<_> = (0..2000).map(|_| stored_letter(Some("purchase"))).collect();
+    let batch: Vec<_> = letters.iter().map(|l| (l, Trust::Verified)).collect();
+    store.insert_dead_letters(&batch).await.unwrap();
+    let analyzed = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'delivery_logs'",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    };
+    assert_eq!(analyzed(&mut conn).await, 0);
+    assert!(
+        store.refresh_log_statistics().await.unwrap(),
+        "never analyzed"
+    );
+    assert_eq!(analyzed(&mut conn).await, 1);
+    let estimate: f32 =
+        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'delivery_logs'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(estimate, 2000.0, "the planner now knows the log's size");
+    assert!(!store.refresh_log_statistics().await.unwrap(), "fresh");
+    assert_eq!(analyzed(&mut conn).await, 1);
+    conn.close().await.unwrap();
+    store.close().await;
+    drop(db);
+}
+
 #[tokio::test]
 async fn the_cli_refuses_an_empty_postgresql_database_and_leaves_it_empty() {
     let db = TempDatabase::create().await;

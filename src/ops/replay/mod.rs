@@ -79,6 +79,15 @@ impl Replayer {
         let mut report = Report::default();
         let mut subscriptions = Subscriptions::new();
         let mut batch: Vec<Queued> = Vec::new();
+        match self.store.refresh_log_statistics().await {
+            Ok(true) => tracing::info!(
+                "the delivery log's planner statistics were refreshed before a replay"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the delivery log's planner statistics could not be refreshed; the replay goes on")
+            }
+        }
         loop {
             let wanted = limit.page(&report, batch.len(), PAGE);
             let page = match self
