@@ -69,7 +69,7 @@ pub struct BulkReplayResponse {
     path = "/delivery-logs/replay",
     tag = "delivery-logs",
     summary = "Replay the records a filter selects",
-    description = "Replays each selected record once, from attempt 1 through the normal path, oldest first; records that cannot be replayed are listed under `skipped` with the reason.",
+    description = "Replays each selected record once, from attempt 1 through the normal path, oldest first; records that cannot be replayed are listed under `skipped` with the reason; records whose replay failed (the broker did not take it, or the record no longer reads back from the store) under `failed`, and stay replayable.",
     request_body = BulkReplayRequest,
     responses(
         (status = 200, description = "Dry run: what would be replayed and skipped; nothing changed", body = BulkReplayResponse),
