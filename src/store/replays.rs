@@ -52,7 +52,8 @@ impl Store {
     /// guesses that a handful of rows match, reads every row the selection's time bound admits
     /// and sorts them for each page of [`replay_candidates`](Self::replay_candidates): work that
     /// grows with the log at every page. `ANALYZE` reads a bounded sample and takes no lock that
-    /// writers wait for; a role that may not run it replays anyway, on the guesses.
+    /// writers wait for; it gives up after 2 s waiting for a VACUUM of the table (an error:
+    /// the replay goes on, on the guesses, as it does for a role that may not analyze).
     pub async fn refresh_log_statistics(&self) -> Result<bool, StoreError> {
         if !self.postgres {
             return Ok(false);
@@ -68,9 +69,16 @@ impl Store {
         if stale != Some(true) {
             return Ok(false);
         }
-        sqlx::query("ANALYZE delivery_logs")
-            .execute(&self.pool)
+        // ANALYZE waits for a VACUUM of the table (autovacuum gives way to it within a second,
+        // except when it vacuums against wraparound, which can take long): a replay should not.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("ANALYZE delivery_logs")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(true)
     }
 

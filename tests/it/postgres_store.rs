@@ -384,6 +384,25 @@ async fn a_replay_first_gives_a_young_postgresql_delivery_log_planner_statistics
         .unwrap()
     };
     assert_eq!(analyzed(&mut conn).await, 0);
+    // A VACUUM of the table under way (its lock, held here): the refresh gives up within its
+    // lock timeout instead of holding the replay until the VACUUM ends.
+    let mut vacuum = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut vacuum).await.unwrap();
+    sqlx::query("LOCK TABLE delivery_logs IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut vacuum)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waited = store.refresh_log_statistics().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = waited.expect_err("a refresh waiting for a VACUUM gives up");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    vacuum.close().await.unwrap();
+    assert_eq!(analyzed(&mut conn).await, 0);
     assert!(
         store.refresh_log_statistics().await.unwrap(),
         "never analyzed"
