@@ -19,7 +19,7 @@ use webhook_dispatcher::broker::Topology;
 use webhook_dispatcher::config::{QueueSettings, QueueType, RetryDelays};
 
 use crate::receiver::Counters;
-use crate::support::wait_until_every;
+use crate::support::{closed, wait_until_every};
 use crate::{Options, event};
 
 /// A channel on `conn` in publisher-confirm mode.
@@ -305,7 +305,7 @@ pub async fn ceiling(
         let cpu_us = (crate::own_cpu_seconds() - cpu_before) * 1e6 / (messages * fan) as f64;
         tokio::time::sleep(Duration::from_millis(200)).await;
         counters.assert_exactly("ceiling", 0..messages as u64, fan as u32);
-        let _ = consumer_ch.close(200, "done".into()).await;
+        closed(consumer_ch.close(200, "done".into())).await;
         let _ = worker.await;
         drop_queue(conn, &queue).await;
         tried.push((concurrency, acking, rate, cpu_us));

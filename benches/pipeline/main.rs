@@ -61,6 +61,7 @@ use receiver::start_receiver;
 use scenarios::{
     fan_events, fan_out, isolation, latency, latency_cells, preloaded_run, start_service,
 };
+use support::closed;
 
 const FAN_OUT: usize = 50;
 
@@ -430,7 +431,7 @@ async fn main() {
         }
     }
     println!();
-    let _ = conn.close(200, "done".into()).await;
+    closed(conn.close(200, "done".into())).await;
     // `--quick` checks that everything arrives exactly once (the asserts above), on a load too
     // small for its figures to mean anything; a full run must meet its targets.
     if !o.quick && !table.misses.is_empty() {

@@ -20,7 +20,7 @@ use crate::ceiling::{channel, publish_all};
 use crate::receiver::Counters;
 use crate::replicas::StoreKind;
 use crate::scenarios::start_service_env;
-use crate::support::{PATIENCE, TempDatabase, free_port};
+use crate::support::{PATIENCE, TempDatabase, closed, free_port};
 use crate::{Options, event};
 
 pub struct Recovery {
@@ -114,7 +114,7 @@ pub async fn run(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = probe.close(200, "done".into()).await;
+    closed(probe.close(200, "done".into())).await;
 
     // 10. The endpoint is back: replay everything.
     let patched = service

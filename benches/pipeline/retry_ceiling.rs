@@ -17,6 +17,7 @@ use webhook_dispatcher::broker::Topology;
 use webhook_dispatcher::config::{QueueSettings, QueueType, RetryDelays};
 
 use crate::ceiling::{channel, consumer, drop_queue, gather_acks, publish_all};
+use crate::support::closed;
 use crate::{Options, event};
 
 /// Which delay queues a message has been through.
@@ -158,10 +159,10 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
         handed_off: handed.lock().unwrap().rate(),
         dead: dead.lock().unwrap().rate(),
     };
-    let _ = events_ch.close(200, "done".into()).await;
+    closed(events_ch.close(200, "done".into())).await;
     let _ = worker.await;
     dead_task.abort();
-    let _ = dead_ch.close(200, "done".into()).await;
+    closed(dead_ch.close(200, "done".into())).await;
     for queue in topology.queues() {
         drop_queue(conn, queue).await;
     }

@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Connection};
 
 use crate::ceiling::{Acking, bare_loop, bare_queue, channel, drop_queue, publish_all};
 use crate::receiver::Counters;
-use crate::support::{PATIENCE, ServiceProcess, wait_until_every};
+use crate::support::{PATIENCE, ServiceProcess, closed, wait_until_every};
 use crate::{FAN_OUT, Options, event};
 
 /// The service for one scenario: its own prefix, exchange and store; `QUEUE_TYPE` and
@@ -200,7 +200,7 @@ pub async fn latency(
         Arc::default(),
     );
     let reference = paced(o, conn, counters, "", &queue).await;
-    let _ = consumer_ch.close(200, "done".into()).await;
+    closed(consumer_ch.close(200, "done".into())).await;
     let _ = worker.await;
     drop_queue(conn, &queue).await;
     let lat = paced(o, conn, counters, &service.exchange, "visitor_enriched").await;

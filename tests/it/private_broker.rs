@@ -65,7 +65,7 @@ async fn a_private_node_keeps_durable_messages_across_a_restart() {
             .unwrap();
         assert!(confirm.is_ack(), "the node confirms {body}");
     }
-    let _ = conn.close(200, "bye".into()).await;
+    closed(conn.close(200, "bye".into())).await;
 
     broker.stop().await;
     assert!(
@@ -101,7 +101,7 @@ async fn a_private_node_keeps_durable_messages_across_a_restart() {
             .unwrap();
     }
     assert_eq!(got, messages, "every confirmed message is back, in order");
-    let _ = conn.close(200, "bye".into()).await;
+    closed(conn.close(200, "bye".into())).await;
 
     let dir = broker.dir().to_path_buf();
     let pid_file = dir.join("node.pid");

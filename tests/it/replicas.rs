@@ -326,7 +326,7 @@ async fn a_message_handed_back_past_the_delivery_limit_is_logged_as_delivery_lim
     let records = service.wait_for_logs("reason=delivery_limit", 1).await;
     assert_eq!(records[0]["event_id"], ids[0].as_str(), "{records:?}");
     assert_eq!(records[0]["event"], "purchase");
-    let _ = conn.close(200, "bye".into()).await;
+    closed(conn.close(200, "bye".into())).await;
 }
 
 #[tokio::test]
@@ -449,7 +449,7 @@ async fn publish_reliably(url: String, exchange: String, ids: Vec<String>) {
                 }
             }
         }
-        let _ = conn.close(200, "bye".into()).await;
+        closed(conn.close(200, "bye".into())).await;
         pending = failed;
         if !pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;

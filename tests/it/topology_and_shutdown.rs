@@ -67,7 +67,7 @@ async fn the_contract_queues_exist_with_their_arguments_and_restarts_are_idempot
         .await
         .unwrap();
     assert_eq!(q.consumer_count(), 1);
-    let _ = conn.close(200, "bye".into()).await;
+    closed(conn.close(200, "bye".into())).await;
 
     // Stop and start again on the same topology.
     let prefix = app.prefix.clone();
@@ -146,7 +146,7 @@ async fn a_queue_that_exists_with_other_arguments_stops_startup_with_a_clear_err
             .exchange_delete(x.as_str().into(), Default::default())
             .await;
     }
-    let _ = conn.close(200, "bye".into()).await;
+    closed(conn.close(200, "bye".into())).await;
 }
 
 #[tokio::test]

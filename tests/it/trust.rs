@@ -466,7 +466,7 @@ async fn refused(url: &str, exchange: &str, routing_key: &str) -> bool {
             .await
     }
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    closed(conn.close(200, "done".into())).await;
     match result {
         Ok(confirm) => {
             assert!(confirm.is_ack());

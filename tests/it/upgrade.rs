@@ -101,7 +101,7 @@ async fn declare_earlier_events_queue(service: &ServiceProcess, version: &str) {
         )
         .await
         .expect("bind it");
-    let _ = conn.close(200, "done".into()).await;
+    closed(conn.close(200, "done".into())).await;
 }
 
 /// The topology the service declares.
@@ -127,7 +127,7 @@ async fn has_current_events_arguments(service: &ServiceProcess) -> bool {
         )
         .await
         .is_ok();
-    let _ = conn.close(200, "done".into()).await;
+    closed(conn.close(200, "done".into())).await;
     same
 }
 
@@ -199,7 +199,7 @@ async fn an_earlier_events_queue_works_and_is_migrated_without_loss(version: &st
             .is_err(),
         "the holding queue is gone"
     );
-    let _ = conn.close(200, "done".into()).await;
+    closed(conn.close(200, "done".into())).await;
     let again = service.cli(&["migrate-queues"], b"").await;
     again.expect_code(0);
     assert!(again.stdout.contains("nothing to migrate"), "{again:?}");

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use lapin::{Connection, ConnectionProperties};
 
-use super::free_port;
 use super::private_node::{group_alive, rabbitmq_user, signal_group};
+use super::{closed, free_port};
 
 pub(super) const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 pub(super) const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -198,7 +198,7 @@ impl PrivateBroker {
             )
             .await;
             if let Ok(Ok(conn)) = attempt {
-                let _ = conn.close(200, "ready".into()).await;
+                closed(conn.close(200, "ready".into())).await;
                 break;
             }
             assert!(

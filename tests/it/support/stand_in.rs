@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::Connection as _;
 
-use super::free_port;
 use super::private_broker::{CTL, PrivateBroker};
 use super::private_node::spawn_watchdog;
+use super::{closed, free_port};
 
 /// How long a server already there gets to take a connection before the tests start their own.
 const PROBE: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ pub fn amqp_url() -> String {
             let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = conn.close(200, "probe".into()).await;
+            closed(conn.close(200, "probe".into())).await;
             Ok(())
         };
         url_or_stand_in("RabbitMQ", "AMQP_URL", default, probe, || {
