@@ -24,6 +24,13 @@ use crate::config::AmqpSettings;
 /// Longest wait for each step of closing the broker connection.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Closes `channel`, waiting for the broker's answer at most [`CLOSE_TIMEOUT`]: lapin's close
+/// waits for an answer that never comes once the connection's socket is gone (or while a
+/// resource alarm blocks it), and nothing here is worth waiting for it.
+pub(crate) async fn close_channel(channel: &lapin::Channel, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into())).await;
+}
+
 /// One broker node: its pool and its URL as logs show it.
 struct Node {
     pool: Pool,

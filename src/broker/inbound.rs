@@ -10,6 +10,7 @@ use lapin::types::ShortString;
 use tokio_util::sync::CancellationToken;
 
 use super::BrokerError;
+use super::connection::close_channel;
 use super::frame::{Death, death, header_text};
 use crate::seal::{KEY_HEADER, MAC_HEADER};
 use crate::wire::TASK_HEADER;
@@ -179,7 +180,7 @@ impl Consumer {
 
     /// Closes its channel; anything still unacked on it returns to its queue.
     pub(super) async fn close_channel(&self) {
-        let _ = self.channel.close(200, "shutting down".into()).await;
+        close_channel(&self.channel, "shutting down").await;
     }
 
     /// The next message; `None` once the consumer ended (its channel or connection closed).

@@ -7,6 +7,7 @@ use lapin::Channel;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
+use super::connection::close_channel;
 use super::topology::declare_queue;
 use super::{Broker, BrokerError, Inbound, Route};
 
@@ -39,7 +40,7 @@ impl Broker {
                 other => return Err(other),
             },
         };
-        let _ = channel.close(200, "probed".into()).await;
+        close_channel(&channel, "probed").await;
         Ok(counts)
     }
 
@@ -56,7 +57,7 @@ impl Broker {
         let channel = self.channel().await?;
         match declare_queue(&channel, queue, self.topology.events_args()).await {
             Ok(()) => {
-                let _ = channel.close(200, "probed".into()).await;
+                close_channel(&channel, "probed").await;
                 Ok(true)
             }
             Err(BrokerError::TopologyMismatch { .. }) => Ok(false),
@@ -69,7 +70,7 @@ impl Broker {
     pub async fn declare_with_events_arguments(&self, queue: &str) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         declare_queue(&channel, queue, self.topology.events_args()).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        close_channel(&channel, "declared").await;
         Ok(())
     }
 
@@ -94,7 +95,7 @@ impl Broker {
         if let Some(unbind) = unbind {
             unbind_events(&channel, unbind, exchange).await?;
         }
-        let _ = channel.close(200, "bound".into()).await;
+        close_channel(&channel, "bound").await;
         Ok(())
     }
 
@@ -102,7 +103,7 @@ impl Broker {
     pub async fn unbind_events(&self, queue: &str) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         unbind_events(&channel, queue, &self.topology.exchange).await?;
-        let _ = channel.close(200, "unbound".into()).await;
+        close_channel(&channel, "unbound").await;
         Ok(())
     }
 
@@ -142,7 +143,7 @@ impl Broker {
                 other => return Err(other),
             },
         };
-        let _ = channel.close(200, "deleted".into()).await;
+        close_channel(&channel, "deleted").await;
         Ok(deleted)
     }
 }
@@ -185,6 +186,6 @@ impl QueueReader {
     /// Closes the channel; what was taken and not acked goes back to the queue. An empty
     /// `basic.get` before is a round trip through the queue, so the acks before it are applied.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "done".into()).await;
+        close_channel(&self.channel, "done").await;
     }
 }

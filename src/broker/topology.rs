@@ -9,6 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 use super::BrokerError;
+use super::connection::close_channel;
 use crate::config::{Config, QueueSettings, QueueType, delay_label};
 
 /// One delay queue: failed deliveries wait here for `delay`, then dead-letter back to the
@@ -235,7 +236,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        close_channel(&channel, "topology declared").await;
         Ok(events)
     }
 }
