@@ -145,14 +145,10 @@ impl Settled {
         self.tag
     }
 
-    /// Acks it; as [`Inbound::ack`].
-    pub async fn ack(&self) -> bool {
-        ack(&self.acker, false).await
-    }
-
-    /// Acks it and every unsettled message before it on its channel; as [`Inbound::ack_through`].
-    pub async fn ack_through(&self) -> bool {
-        ack(&self.acker, true).await
+    /// Acks it (`multiple`: with every unsettled message before it on its channel); as
+    /// [`Inbound::ack`] and [`Inbound::ack_through`].
+    pub async fn ack(&self, multiple: bool) -> bool {
+        ack(&self.acker, multiple).await
     }
 }
 

@@ -112,10 +112,9 @@ struct Due {
 /// A message the gatherer can ack: the events consumer's, or a test's stand-in.
 pub trait Ackable: Send + 'static {
     fn tag(&self) -> u64;
-    /// Acks it alone; false if the ack did not go out.
-    fn ack(&self) -> impl Future<Output = bool> + Send;
-    /// Acks it and every unsettled message before it on its channel (`multiple`).
-    fn ack_through(&self) -> impl Future<Output = bool> + Send;
+    /// Acks it, alone or (`multiple`) with every unsettled message before it on its channel;
+    /// false if the ack did not go out.
+    fn ack(&self, multiple: bool) -> impl Future<Output = bool> + Send;
 }
 
 impl Ackable for Settled {
@@ -123,12 +122,8 @@ impl Ackable for Settled {
         self.delivery_tag()
     }
 
-    fn ack(&self) -> impl Future<Output = bool> + Send {
-        Settled::ack(self)
-    }
-
-    fn ack_through(&self) -> impl Future<Output = bool> + Send {
-        Settled::ack_through(self)
+    fn ack(&self, multiple: bool) -> impl Future<Output = bool> + Send {
+        Settled::ack(self, multiple)
     }
 }
 
@@ -299,11 +294,11 @@ async fn send<M: Ackable>(round: Round<M>, due: &Due, metrics: &Metrics) {
     }
     let mut failed = 0;
     if let Some(through) = &round.through
-        && !through.ack_through().await
+        && !through.ack(true).await
     {
         failed += 1 + round.covered.len();
     }
-    let alone = join_all(round.alone.iter().map(|message| message.ack())).await;
+    let alone = join_all(round.alone.iter().map(|message| message.ack(false))).await;
     failed += alone.into_iter().filter(|acked| !acked).count();
     if failed > 0 {
         metrics.ack_failed("events-queue messages", failed as u64);

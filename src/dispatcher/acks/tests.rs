@@ -17,19 +17,11 @@ impl Ackable for StandIn {
         self.tag
     }
 
-    async fn ack(&self) -> bool {
+    async fn ack(&self, multiple: bool) -> bool {
         self.sent
             .lock()
             .unwrap()
-            .push((self.tag, false, Instant::now()));
-        true
-    }
-
-    async fn ack_through(&self) -> bool {
-        self.sent
-            .lock()
-            .unwrap()
-            .push((self.tag, true, Instant::now()));
+            .push((self.tag, multiple, Instant::now()));
         true
     }
 }
