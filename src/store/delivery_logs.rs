@@ -59,6 +59,14 @@ pub struct Unreadable {
 /// A row of a selection of records: the record, or the row that cannot be read.
 pub type Read = Result<DeliveryLog, Unreadable>;
 
+/// The id of the row `read` came from, whether it reads or not.
+pub fn id_of(read: &Read) -> &str {
+    match read {
+        Ok(log) => &log.id,
+        Err(unreadable) => &unreadable.id,
+    }
+}
+
 impl From<Unreadable> for StoreError {
     fn from(u: Unreadable) -> Self {
         StoreError::Corrupt {
@@ -199,10 +207,7 @@ impl Store {
         let rows = self
             .select_logs("1 = 1", ("id < ", cursor), filter, &[], &order)
             .await?;
-        let page = Page::from_rows(rows, limit, |row| match row {
-            Ok(log) => &log.id,
-            Err(unreadable) => &unreadable.id,
-        });
+        let page = Page::from_rows(rows, limit, id_of);
         let items = page
             .items
             .into_iter()

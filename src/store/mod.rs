@@ -17,7 +17,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions};
 
-pub use delivery_logs::{DeliveryLog, LogFilter, Read, Trust, Unreadable};
+pub use delivery_logs::{DeliveryLog, LogFilter, Read, Trust, Unreadable, id_of};
 pub use log_counts::{GroupBy, LogGroup};
 pub use replay_jobs::{JobProgress, ReplayJob};
 pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Publisher;
 use crate::seal::Keyring;
-use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError};
+use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError, id_of};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
 
@@ -204,10 +204,7 @@ impl Replayer {
             };
             let mut by_id: HashMap<String, Read> = found
                 .into_iter()
-                .map(|read| match &read {
-                    Ok(log) => (log.id.clone(), read),
-                    Err(unreadable) => (unreadable.id.clone(), read),
-                })
+                .map(|read| (id_of(&read).to_string(), read))
                 .collect();
             let mut batch = Vec::new();
             for id in chunk {
