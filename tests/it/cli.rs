@@ -37,6 +37,18 @@ async fn logs(service: &ServiceProcess, query: &str) -> Vec<Value> {
     service.delivery_logs(query).await
 }
 
+/// The `webhook-id`s of the `n` deliveries `receiver` gets after its first `before`, sorted
+/// (waiting for them).
+async fn arrived_after(receiver: &Receiver, before: usize, n: usize) -> Vec<String> {
+    let got = receiver.wait_for(before + n, PATIENCE).await;
+    let mut ids: Vec<String> = got[before..]
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
 async fn wait_for_logs(service: &ServiceProcess, query: &str, n: usize) -> Vec<Value> {
     service.wait_for_logs(query, n).await
 }
@@ -442,12 +454,7 @@ async fn replay_selects_by_account_and_time_and_sends_each_record_once() {
         run.stdout.ends_with("replayed 3, skipped 0, failed 0\n"),
         "{run:?}"
     );
-    let got = receiver.wait_for(attempts_before + 3, PATIENCE).await;
-    let mut replayed: Vec<&str> = got[attempts_before..]
-        .iter()
-        .map(|r| r.header("webhook-id"))
-        .collect();
-    replayed.sort();
+    let replayed = arrived_after(&receiver, attempts_before, 3).await;
     assert_eq!(replayed, ["evt_late_0", "evt_late_1", "evt_late_2"]);
     let now = logs(&service, "").await;
     let marked: Vec<Value> = now
@@ -513,12 +520,7 @@ async fn replay_names_a_record_that_cannot_be_read_and_replays_the_rest() {
         )),
         "{run:?}"
     );
-    let got = receiver.wait_for(attempts_before + 2, PATIENCE).await;
-    let mut replayed: Vec<&str> = got[attempts_before..]
-        .iter()
-        .map(|r| r.header("webhook-id"))
-        .collect();
-    replayed.sort();
+    let replayed = arrived_after(&receiver, attempts_before, 2).await;
     let mut expected: Vec<&str> = records
         .iter()
         .filter(|r| r["id"] != json!(damaged))
