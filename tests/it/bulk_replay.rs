@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::{Connection, SqliteConnection};
 use tempfile::TempDir;
 use webhook_dispatcher::store::{Store, Trust};
 use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id, raw_payload};
@@ -476,18 +475,8 @@ async fn a_bulk_replay_the_broker_takes_none_of_is_a_503_and_marks_nothing() {
     app.stop().await.unwrap();
 }
 
-/// Writes `payload` as record `id`'s stored payload, straight into the SQLite store at `db` (as
-/// a hand edit or a damaged page would).
-async fn set_stored_payload(db: &std::path::Path, id: &str, payload: &str) {
-    let mut conn = SqliteConnection::connect(&sqlite_url(db)).await.unwrap();
-    sqlx::query("UPDATE delivery_logs SET payload = $1 WHERE id = $2")
-        .bind(payload)
-        .bind(id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-}
+/// Sets a record's stored payload ($1) by its id ($2).
+const STORED_PAYLOAD: &str = "UPDATE delivery_logs SET payload = $1 WHERE id = $2";
 
 /// A record whose row no longer reads back (its payload not JSON) fails alone: a replay names it
 /// and goes on to the records after it, and the account's listing leaves it out while its pages
@@ -498,7 +487,7 @@ async fn a_record_that_cannot_be_read_fails_alone_and_replays_and_listings_go_pa
     let (app, receiver, store, stored, dir) = app_with_stored_letters(n).await;
     let db = dir.path().join("bulk.db");
     let damaged = stored[1].clone();
-    set_stored_payload(&db, &damaged, r#"{"event":"#).await;
+    edit_store(&db, STORED_PAYLOAD, &[r#"{"event":"#, &damaged]).await;
     let readable: Vec<String> = stored
         .iter()
         .filter(|id| **id != damaged)
@@ -558,7 +547,12 @@ async fn a_record_that_cannot_be_read_fails_alone_and_replays_and_listings_go_pa
     assert_eq!(store.count_delivery_logs().await.unwrap().not_replayed, 1);
 
     // Repaired, the record replays like any other.
-    set_stored_payload(&db, &damaged, r#"{"event":"purchase","n":1}"#).await;
+    edit_store(
+        &db,
+        STORED_PAYLOAD,
+        &[r#"{"event":"purchase","n":1}"#, &damaged],
+    )
+    .await;
     let (status, again) = app.post(BULK, json!({"account_id": "acct_a"})).await;
     assert_eq!(status, 202, "{again}");
     assert_eq!(ids(&again["replayed"]), [damaged], "{again}");

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::Connection;
 use webhook_dispatcher::broker::dead_letter_message;
 use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::{LogFilter, Store, Trust};
@@ -484,15 +483,12 @@ async fn replay_names_a_record_that_cannot_be_read_and_replays_the_rest() {
     }
     let records = wait_for_logs(&service, "account_id=acct_a", 3).await;
     let damaged = records[1]["id"].as_str().unwrap().to_string();
-    let mut conn = sqlx::SqliteConnection::connect(&sqlite_url(service.db_path()))
-        .await
-        .unwrap();
-    sqlx::query("UPDATE delivery_logs SET attempts = 'not json' WHERE id = $1")
-        .bind(&damaged)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    edit_store(
+        service.db_path(),
+        "UPDATE delivery_logs SET attempts = 'not json' WHERE id = $1",
+        &[&damaged],
+    )
+    .await;
 
     let dry = service.cli(&["replay", "--all", "--dry-run"], b"").await;
     dry.expect_code(0);
@@ -1031,17 +1027,13 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
         ..
     } = Replayable::start("acct_midway", RECORDS).await;
     store.close().await;
-    let mut conn =
-        <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(service.db_path()))
-            .await
-            .unwrap();
-    sqlx::query(
+    edit_store(
+        service.db_path(),
         "UPDATE delivery_logs SET id = CAST(id AS BLOB) \
          WHERE id = (SELECT id FROM delivery_logs ORDER BY id LIMIT 1 OFFSET 550)",
+        &[],
     )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    .await;
 
     let run = service
         .cli(&["replay", "--account", "acct_midway", "--yes"], b"")
@@ -1057,11 +1049,12 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
     );
     receiver.wait_distinct(500, PATIENCE).await;
 
-    sqlx::query("UPDATE delivery_logs SET id = CAST(id AS TEXT) WHERE typeof(id) = 'blob'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
+    edit_store(
+        service.db_path(),
+        "UPDATE delivery_logs SET id = CAST(id AS TEXT) WHERE typeof(id) = 'blob'",
+        &[],
+    )
+    .await;
     let rest = service
         .cli(&["replay", "--account", "acct_midway", "--yes"], b"")
         .await;

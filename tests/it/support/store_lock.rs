@@ -1,4 +1,5 @@
-//! Holding the service's SQLite store from the test, as a stuck writer would.
+//! Holding the service's SQLite store from the test, as a stuck writer would, and editing it
+//! by hand.
 
 use sqlx::{Connection, Row, SqliteConnection};
 
@@ -65,4 +66,18 @@ pub async fn write_lock_taken(db: &std::path::Path) -> bool {
     }
     let _ = conn.close().await;
     taken
+}
+
+/// Runs `sql` on the SQLite store at `db` from a connection of the test's own, with `binds` for
+/// `$1`, `$2`, …: a row edited by hand (or damaged), as the service finds it afterwards.
+pub async fn edit_store(db: &std::path::Path, sql: &'static str, binds: &[&str]) {
+    let mut conn = SqliteConnection::connect(&sqlite_url(db))
+        .await
+        .expect("a connection to the store");
+    let mut query = sqlx::query(sql);
+    for value in binds {
+        query = query.bind(*value);
+    }
+    query.execute(&mut conn).await.expect("the edit");
+    conn.close().await.expect("close");
 }
