@@ -182,12 +182,35 @@ impl Store {
     }
 
     pub async fn delivery_log(&self, id: &str) -> Result<Option<DeliveryLog>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM delivery_logs WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        self.one_log(id, None).await
+    }
+
+    /// Record `id` if it is `account_id`'s; another account's is `None` like a missing one,
+    /// whether it can be read or not (a portal must not tell the two apart).
+    pub async fn account_delivery_log(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<Option<DeliveryLog>, StoreError> {
+        self.one_log(id, Some(account_id)).await
+    }
+
+    async fn one_log(
+        &self,
+        id: &str,
+        account_id: Option<&str>,
+    ) -> Result<Option<DeliveryLog>, StoreError> {
+        let scope = if account_id.is_some() {
+            " AND account_id = $2"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE id = $1{scope}");
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(id);
+        if let Some(account_id) = account_id {
+            query = query.bind(account_id);
+        }
+        let row = query.fetch_optional(&self.pool).await?;
         match row {
             None => Ok(None),
             Some(row) => Ok(Some(from_row(&row)??)),

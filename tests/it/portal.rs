@@ -345,7 +345,45 @@ async fn an_account_sees_and_changes_only_its_own() {
         subscription(&app, &b_id).await["url"],
         b_receiver.url.as_str()
     );
+
+    // A record of A's that no longer reads back (its stored payload damaged) is, to B, the same
+    // 404 as a record that does not exist: the page must not tell B that the id is taken. A
+    // gets the error, naming the record.
+    edit_store(
+        &app.db(),
+        "UPDATE delivery_logs SET payload = $1 WHERE id = $2",
+        &[r#"{"event":"#, &record_id],
+    )
+    .await;
+    let missing = b.get("/portal/delivery-logs/dl_no_such_record").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    for path in [
+        format!("/portal/delivery-logs/{record_id}"),
+        format!("/portal/delivery-logs/{record_id}/replay"),
+    ] {
+        let page = if path.ends_with("/replay") {
+            b.post(&path, &[("csrf", b_csrf.as_str())]).await
+        } else {
+            b.get(&path).await
+        };
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "B: {path}");
+        assert_eq!(
+            main_text(&page.html),
+            main_text(&missing.html),
+            "B: {path} reads as a missing record"
+        );
+    }
+    let own = a.get(&format!("/portal/delivery-logs/{record_id}")).await;
+    assert_eq!(own.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(own.html.contains(&record_id), "{}", own.html);
     app.stop().await.unwrap();
+}
+
+/// A page's `<main>`, the part that differs from one answer to another.
+fn main_text(html: &str) -> &str {
+    let start = html.find("<main").expect("a <main>");
+    let end = html.find("</main>").expect("a </main>");
+    &html[start..end]
 }
 
 #[tokio::test]

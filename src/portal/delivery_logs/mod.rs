@@ -18,7 +18,7 @@ use crate::api::ApiState;
 use crate::event::EventKind;
 use crate::ops::replay::{Limit, Pace, ReplayError, detached};
 use crate::ops::select::Filters;
-use crate::store::{DeliveryLog, LogFilter, ReplaySelection};
+use crate::store::{DeliveryLog, LogFilter, ReplaySelection, StoreError};
 
 /// Records a page shows.
 const PAGE: i64 = 50;
@@ -262,15 +262,28 @@ fn replay_cell(session: &Session, record: &DeliveryLog) -> Markup {
 
 /// The session account's record `id`; another account's (or none) is the same 404.
 async fn owned(state: &ApiState, session: &Session, id: &str) -> Result<DeliveryLog, Response> {
-    match state.store.delivery_log(id).await {
-        Ok(Some(record)) if record.account_id.as_deref() == Some(session.account_id.as_str()) => {
-            Ok(record)
-        }
-        Ok(_) => Err(problem(
+    match state
+        .store
+        .account_delivery_log(&session.account_id, id)
+        .await
+    {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(problem(
             StatusCode::NOT_FOUND,
             "No such record",
             "This record does not exist, or it belongs to another account.",
         )),
+        Err(StoreError::Corrupt { id, detail }) => {
+            tracing::error!(record = %id, detail, "a delivery-log record cannot be read");
+            Err(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This record cannot be read",
+                &format!(
+                    "The stored copy of record {id} is damaged, so it can be neither shown nor \
+                     replayed. The service has logged it; give its id to support."
+                ),
+            ))
+        }
         Err(e) => Err(failed(e)),
     }
 }

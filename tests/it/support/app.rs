@@ -17,6 +17,9 @@ use super::{
     wait_until,
 };
 
+/// The SQLite file a [`TestApp`]'s store is in, in its own folder.
+const DB_FILE: &str = "test.db";
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -55,7 +58,7 @@ pub fn try_test_config(
         ("--amqp-url", amqp_url()),
         (
             "--database-url",
-            format!("sqlite://{}", dir.join("test.db").display()),
+            format!("sqlite://{}", dir.join(DB_FILE).display()),
         ),
         ("--listen-addr", "127.0.0.1:0".into()),
         ("--queue-prefix", prefix.to_string()),
@@ -127,6 +130,11 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The service's SQLite store, for a test that edits a row by hand ([`super::edit_store`]).
+    pub fn db(&self) -> std::path::PathBuf {
+        self._dir.path().join(DB_FILE)
     }
 
     /// Publishes like a producer: persistent, to the exchange, routing key = `routing_key`,
