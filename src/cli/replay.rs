@@ -15,7 +15,7 @@ use super::CliError;
 use super::OpsSettings;
 use super::terminal::{confirm, progress, table};
 use crate::broker::Publisher;
-use crate::ops::replay::{Failed, Limit, Pace, RATES, Replayer, Report, Skipped};
+use crate::ops::replay::{Failed, Limit, Pace, RATES, Replayer, Report, Seen, Skipped};
 use crate::ops::select::Filters;
 use crate::ops::{connect_broker, load_keys, open_store};
 use crate::seal::Keyring;
@@ -109,7 +109,7 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
             keys,
             matched.max(0) as u64,
             async |replayer, bar| {
-                let mut tick = |_: &DeliveryLog| bar.inc(1);
+                let mut tick = |_: Seen<'_>| bar.inc(1);
                 replayer
                     .run(&selection, None, limit, false, &mut pace, &mut tick)
                     .await
@@ -140,7 +140,11 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
             limit,
             true,
             &mut Pace::new(None),
-            &mut |log| listed.push(row(log)),
+            &mut |read| {
+                if let Ok(log) = read {
+                    listed.push(row(log));
+                }
+            },
         )
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -4,9 +4,9 @@ use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
-use super::{Failed, Pace, Queued, ReplayError, Replayer, Report, Skip, task_of};
+use super::{Failed, Pace, Queued, ReplayError, Replayer, Report, Seen, Skip, task_of};
 use crate::broker::{BrokerError, Pending, TASK_CONFIRM_TIMEOUT};
-use crate::store::{DeliveryLog, StoreError};
+use crate::store::StoreError;
 use crate::time::now_rfc3339;
 use crate::wire::TaskKind;
 
@@ -25,7 +25,7 @@ impl Replayer {
         batch: &mut Vec<Queued>,
         report: &mut Report,
         pace: &mut Pace,
-        seen: &mut (dyn FnMut(&DeliveryLog) + Send),
+        seen: &mut (dyn FnMut(Seen<'_>) + Send),
     ) -> Option<Option<String>> {
         if batch.is_empty() {
             return None;
@@ -42,7 +42,7 @@ impl Replayer {
                         id: q.log.id.clone(),
                         error: e.to_string(),
                     });
-                    seen(&q.log);
+                    seen(Ok(&q.log));
                 }
                 return None;
             }
@@ -132,7 +132,7 @@ impl Replayer {
                 tracing::debug!(delivery_log_id = %q.log.id, event_id = %q.log.event_id, "replay queued");
             }
             report.record(&q.log.id, outcome);
-            seen(&q.log);
+            seen(Ok(&q.log));
         }
         first_refused.map(|first| queued[first].before.clone())
     }

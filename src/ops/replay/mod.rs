@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Publisher;
 use crate::seal::Keyring;
-use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError, id_of};
+use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError, Unreadable, id_of};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
 
@@ -44,6 +44,10 @@ struct Queued {
     before: Option<String>,
 }
 
+/// A row a run has handled, as its `seen` callback gets it: the record, or the row that cannot
+/// be read.
+pub type Seen<'a> = Result<&'a DeliveryLog, &'a Unreadable>;
+
 /// Subscription facts looked up once per run: `None` when the subscription is gone.
 type Subscriptions = HashMap<String, Option<(String, bool)>>;
 
@@ -65,8 +69,9 @@ impl Replayer {
 
     /// Works through the records `selection` matches, oldest first, after the record `after`
     /// (an id) when given, as far as `limit` lets it, in batches sent at `pace` (and until it
-    /// says stop: then `interrupted`). A dry run only checks each record. `seen` is called with each record once it is handled (progress
-    /// bars, listings); a row that cannot be read is not a record: it is in the report's `failed`.
+    /// says stop: then `interrupted`). A dry run only checks each record. `seen` is called with
+    /// each row once it is handled (progress bars, listings): the record, or the row that cannot
+    /// be read (it is in the report's `failed`), so a count of the selection is reached.
     pub async fn run(
         &self,
         selection: &ReplaySelection,
@@ -74,7 +79,7 @@ impl Replayer {
         limit: Limit,
         dry_run: bool,
         pace: &mut Pace,
-        seen: &mut (dyn FnMut(&DeliveryLog) + Send),
+        seen: &mut (dyn FnMut(Seen<'_>) + Send),
     ) -> Result<Report, StoreError> {
         let mut report = Report::default();
         let mut subscriptions = Subscriptions::new();
@@ -133,6 +138,7 @@ impl Replayer {
                     Err(unreadable) => {
                         tracing::error!(error = %unreadable, "a delivery-log record cannot be replayed");
                         after = Some(unreadable.id.clone());
+                        seen(Err(&unreadable));
                         report.unreadable(unreadable);
                         continue;
                     }
@@ -145,7 +151,7 @@ impl Replayer {
                     }),
                     checked => {
                         report.record(&log.id, checked);
-                        seen(&log);
+                        seen(Ok(&log));
                     }
                 }
                 after = Some(id);
@@ -226,7 +232,7 @@ impl Replayer {
                 report.record(id, checked);
                 tick();
             }
-            let mut seen = |_: &DeliveryLog| tick();
+            let mut seen = |_: Seen<'_>| tick();
             if self
                 .send(&mut batch, &mut report, pace, &mut seen)
                 .await
@@ -324,3 +330,6 @@ fn task_of(log: &DeliveryLog) -> Option<DeliveryTask> {
         log.payload.get().to_string(),
     ))
 }
+
+#[cfg(test)]
+mod tests;
