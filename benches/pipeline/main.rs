@@ -32,7 +32,8 @@
 //!    a before/after comparison in one session).
 //! 9. outage — N events to an endpoint that refuses connections, on SQLite and on PostgreSQL:
 //!    first attempts handed to the delay queues per second, dead letters persisted per second,
-//!    and the deepest `P.dead` got (see `recovery.rs`).
+//!    and the deepest `P.dead` got; then the DLQ logger alone, draining N sealed dead letters
+//!    preloaded into `P.dead` (see `recovery.rs`).
 //! 10. replay — then `replay --all --yes` of those N records to the endpoint come back:
 //!     records replayed per second, each delivered exactly once.
 //!
@@ -399,20 +400,34 @@ async fn main() {
                     &format!("9. outage ({})", store.name()),
                     &format!("{n} events to an endpoint refusing connections"),
                     &format!(
-                        "dead letters persisted {:.0}/s = {:.2} × ceiling ({:.2} × the broker alone); first attempts handed off {:.0}/s = {:.2} × ({:.2} ×); P.dead at most {} ready",
+                        "dead letters persisted {:.0}/s = {:.2} × ceiling ({:.2} × the broker alone); first attempts handed off {:.0}/s = {:.2} × ({:.2} ×); P.dead at most {} ready; the logger's longest pause with P.dead not empty {:.0} ms",
                         r.persisted,
                         r.persisted / ceiling_rate,
                         r.persisted / broker.dead,
                         r.handed_off,
                         r.handed_off / ceiling_rate,
                         r.handed_off / broker.handed_off,
-                        r.dead_peak
+                        r.dead_peak,
+                        r.longest_pause * 1000.0
                     ),
                     &format!("≥ 0.8 × ceiling; P.dead < {dead_limit}"),
                 ],
                 r.persisted / ceiling_rate >= 0.8
                     && r.handed_off / ceiling_rate >= 0.8
                     && r.dead_peak < dead_limit,
+            );
+            let alone = recovery::logger_alone(&o, &conn, store).await;
+            table.target(
+                [
+                    &format!("9. logger alone ({})", store.name()),
+                    &format!("{n} sealed dead letters preloaded into P.dead, the service started"),
+                    &format!(
+                        "dead letters persisted {alone:.0}/s = {:.2} × the broker alone into P.dead",
+                        alone / broker.dead
+                    ),
+                    "≥ 1 × the broker alone (P.dead cannot grow)",
+                ],
+                alone >= broker.dead,
             );
             table.target(
                 [
