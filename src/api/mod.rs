@@ -72,6 +72,8 @@ pub struct ApiState {
     /// Off: endpoint URLs are checked by the SSRF guard on create and update.
     pub allow_private_targets: bool,
     pub secret_rotation_overlap: std::time::Duration,
+    /// `MAX_SUBSCRIPTIONS_PER_ACCOUNT`.
+    pub max_subscriptions_per_account: u32,
     /// `DELIVERY_TIMEOUT`: the longest an attempt takes (the stats' last latency bucket).
     pub delivery_timeout: std::time::Duration,
     /// Ends the replay jobs this replica runs (at shutdown: they end `interrupted`).

@@ -61,6 +61,7 @@ impl From<Subscription> for SubscriptionWithSecret {
     responses(
         (status = 201, description = "Created; the only answer besides rotate-secret that shows the secret", body = SubscriptionWithSecret),
         (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 409, description = "`subscription_limit_reached`: the account already has `MAX_SUBSCRIPTIONS_PER_ACCOUNT` subscriptions", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid (unknown event, URL not allowed, …)", body = ErrorBody),
     ),
@@ -258,7 +259,17 @@ pub(crate) async fn create_subscription(
     state: &ApiState,
     new: crate::store::NewSubscription,
 ) -> Result<Subscription, ApiError> {
-    let sub = state.store.create_subscription(new).await?;
+    let account = new.account_id.clone();
+    let limit = state.max_subscriptions_per_account;
+    let Some(sub) = state.store.create_subscription(new, limit).await? else {
+        return Err(ApiError::Conflict {
+            code: "subscription_limit_reached",
+            message: format!(
+                "account {account:?} already has {limit} subscriptions, the most it may have \
+                 (MAX_SUBSCRIPTIONS_PER_ACCOUNT); delete one first"
+            ),
+        });
+    };
     changed(state, &sub.id).await;
     tracing::info!(subscription_id = %sub.id, account_id = %sub.account_id, "subscription created");
     Ok(sub)

@@ -195,6 +195,7 @@ impl App {
             admin_token: self.cfg.admin_token.clone(),
             allow_private_targets: self.cfg.allow_private_targets,
             secret_rotation_overlap: self.cfg.secret_rotation_overlap,
+            max_subscriptions_per_account: self.cfg.max_subscriptions_per_account,
             delivery_timeout: self.cfg.delivery_timeout,
             jobs_stop: shutdown.clone(),
         };

@@ -113,6 +113,12 @@ pub struct Config {
     /// years (`6m` is six minutes: months are `6M` or `6months`).
     #[arg(long, env = "DELIVERY_LOG_RETENTION", default_value = "30d", value_parser = values::parse_retention)]
     pub delivery_log_retention: Duration,
+
+    /// The most subscriptions one account may have: creating one more (API or portal) is a 409
+    /// `subscription_limit_reached`. Every subscription is matched in memory on every replica,
+    /// so an account (or a portal session) cannot make that unbounded.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_ACCOUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_subscriptions_per_account: u32,
 }
 
 impl Config {

@@ -34,10 +34,15 @@ const COLUMNS: &str = "id, account_id, url, events, enabled, disabled_reason, di
      description, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
 
 impl Store {
+    /// Stores `new` unless its account already has `limit` subscriptions (`None` then). The
+    /// count and the insert are one statement (SQLite takes its write lock before it counts);
+    /// on PostgreSQL a lock on the account, held to the commit, keeps two at once from both
+    /// counting one short.
     pub async fn create_subscription(
         &self,
         new: NewSubscription,
-    ) -> Result<Subscription, StoreError> {
+        limit: u32,
+    ) -> Result<Option<Subscription>, StoreError> {
         let now = now_rfc3339();
         let sub = Subscription {
             id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
@@ -54,9 +59,17 @@ impl Store {
             created_at: now.clone(),
             updated_at: now,
         };
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('subscriptions:' || $1))")
+                .bind(&sub.account_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query(
             "INSERT INTO subscriptions (id, account_id, url, events, enabled, disabled_reason, disabled_at, \
-             description, secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             description, secret, created_at, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             WHERE (SELECT COUNT(*) FROM subscriptions WHERE account_id = $2) < $12",
         )
         .bind(&sub.id)
         .bind(&sub.account_id)
@@ -69,9 +82,11 @@ impl Store {
         .bind(sub.secret.expose())
         .bind(&sub.created_at)
         .bind(&sub.updated_at)
-        .execute(&self.pool)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
         .await?;
-        Ok(sub)
+        tx.commit().await?;
+        Ok((done.rows_affected() == 1).then_some(sub))
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {

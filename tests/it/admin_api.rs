@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use reqwest::Method;
 use serde_json::json;
 
@@ -371,5 +372,55 @@ async fn a_token_guards_v1_but_not_metrics_or_health() {
         let resp = app.http.get(app.url(open)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{open}");
     }
+    app.stop().await.unwrap();
+}
+
+/// An account has at most `MAX_SUBSCRIPTIONS_PER_ACCOUNT` subscriptions: one more is a 409
+/// that says why, other accounts are not affected, a deletion makes room, and creates racing
+/// for the last places do not get past it.
+#[tokio::test]
+async fn an_account_has_at_most_its_limit_of_subscriptions() {
+    let app = spawn_app_with(&["--max-subscriptions-per-account", "2"]).await;
+    let first = app
+        .subscribe("acct_a", "https://example.com/a/1", &["purchase"])
+        .await;
+    app.subscribe("acct_a", "https://example.com/a/2", &["purchase"])
+        .await;
+    let (status, refused) = app
+        .post(
+            "/v1/subscriptions",
+            json!({"account_id": "acct_a", "url": "https://example.com/a/3", "events": ["purchase"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "subscription_limit_reached");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("acct_a")
+            && message.contains(" 2 ")
+            && message.contains("MAX_SUBSCRIPTIONS_PER_ACCOUNT"),
+        "{message}"
+    );
+    let (_, listed) = app.get("/v1/subscriptions?account_id=acct_a").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    // Another account has its own two.
+    app.subscribe("acct_b", "https://example.com/b/1", &["purchase"])
+        .await;
+    // A deletion makes room for one.
+    let gone = format!("/v1/subscriptions/{}", first["id"].as_str().unwrap());
+    let (status, _) = app.request(Method::DELETE, &gone, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.subscribe("acct_a", "https://example.com/a/3", &["purchase"])
+        .await;
+
+    // Eight at once for a new account: two get in.
+    let (statuses, codes) = create_at_once(&app.http, &app.url(""), "acct_race", 8).await;
+    assert_eq!(statuses, [201, 201, 409, 409, 409, 409, 409, 409]);
+    assert!(
+        codes.iter().all(|c| c == "subscription_limit_reached"),
+        "{codes:?}"
+    );
+    let (_, listed) = app.get("/v1/subscriptions?account_id=acct_race").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
     app.stop().await.unwrap();
 }

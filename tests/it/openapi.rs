@@ -68,6 +68,7 @@ async fn served_paths() -> BTreeSet<String> {
         admin_token: None,
         allow_private_targets: true,
         secret_rotation_overlap: cfg.secret_rotation_overlap,
+        max_subscriptions_per_account: cfg.max_subscriptions_per_account,
         delivery_timeout: cfg.delivery_timeout,
         jobs_stop: tokio_util::sync::CancellationToken::new(),
     };

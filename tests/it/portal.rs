@@ -693,3 +693,37 @@ async fn a_second_click_on_rotate_keeps_the_secret_the_endpoint_uses() {
     assert_ne!(secret_on(&third.html), second);
     app.stop().await.unwrap();
 }
+
+/// At the account's limit of webhooks the form comes back as typed, saying why, and nothing is
+/// created.
+#[tokio::test]
+async fn a_webhook_past_the_accounts_limit_is_refused_with_the_form_kept() {
+    let app = spawn_app_with(&["--max-subscriptions-per-account", "1"]).await;
+    app.subscribe("acct_a", "https://example.com/first", &["purchase"])
+        .await;
+    let user = PortalUser::signed_in(&app, "acct_a").await;
+    let page = user
+        .submit(
+            "/portal/integrations",
+            &[
+                ("url", "https://example.com/second"),
+                ("events", "identify"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
+    assert!(
+        page.html
+            .contains("Your account already has 1 webhooks, the most it can have."),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains("value=\"https://example.com/second\""),
+        "the URL as typed: {}",
+        page.html
+    );
+    let (_, listed) = app.get("/v1/subscriptions?account_id=acct_a").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    app.stop().await.unwrap();
+}

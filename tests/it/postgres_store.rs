@@ -597,3 +597,28 @@ async fn a_rejected_message_with_huge_names_is_logged_and_holds_up_nothing_on_po
     );
     app.stop().await.unwrap();
 }
+
+/// The per-account limit holds on PostgreSQL when creates race for the last places (two
+/// transactions counting at once would both see room without the account's lock).
+#[tokio::test]
+async fn creates_racing_for_an_accounts_last_places_stop_at_its_limit_on_postgresql() {
+    let db = TempDatabase::create().await;
+    let service = ServiceProcess::start(&[
+        ("DATABASE_URL", &db.url),
+        ("MAX_SUBSCRIPTIONS_PER_ACCOUNT", "3"),
+    ])
+    .await;
+    for round in 0..3 {
+        let account = format!("acct_race_{round}");
+        let (statuses, codes) = create_at_once(&service.http, &service.url(""), &account, 12).await;
+        assert_eq!(&statuses[..3], [201, 201, 201], "{statuses:?}");
+        assert!(statuses[3..].iter().all(|s| *s == 409), "{statuses:?}");
+        assert_eq!(codes.len(), 9);
+        assert!(
+            codes.iter().all(|c| c == "subscription_limit_reached"),
+            "{codes:?}"
+        );
+        let listed = get(&service, &format!("/v1/subscriptions?account_id={account}")).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
+    }
+}

@@ -99,13 +99,35 @@ pub(super) fn invalid_new(session: &Session, mut draft: Draft, errors: FieldErro
     if draft.errors.is_empty() {
         draft.errors = errors;
     }
+    refused_new(
+        session,
+        &draft,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Check the fields marked below.",
+    )
+}
+
+/// The account already has `limit` webhooks: the form comes back as typed, saying so.
+pub(super) fn at_limit(session: &Session, draft: &Draft, limit: u32) -> Response {
+    refused_new(
+        session,
+        draft,
+        StatusCode::CONFLICT,
+        &format!(
+            "Your account already has {limit} webhooks, the most it can have. Delete one you no \
+             longer use, then save this one again."
+        ),
+    )
+}
+
+fn refused_new(session: &Session, draft: &Draft, status: StatusCode, why: &str) -> Response {
     let body = html! {
         h1 { "Add Integration: Webhook" }
-        p.problem role="alert" { "Check the fields marked below." }
-        (webhook_form(session, "/portal/integrations", &draft, "Save and enable"))
+        p.problem role="alert" { (why) }
+        (webhook_form(session, "/portal/integrations", draft, "Save and enable"))
     };
     page(
-        StatusCode::UNPROCESSABLE_ENTITY,
+        status,
         "Add a webhook",
         Some(session),
         Nav::Integrations,

@@ -189,6 +189,10 @@ async fn create(State(state): State<ApiState>, Change { session, form }: Change)
             "Webhook saved and enabled",
             "Keep this signing secret: your endpoint uses it to check that a delivery comes from us. You can reveal it again from the webhook's page.",
         ),
+        Err(ApiError::Conflict {
+            code: "subscription_limit_reached",
+            ..
+        }) => at_limit(&session, &draft, state.max_subscriptions_per_account),
         Err(e) => failed(e),
     }
 }

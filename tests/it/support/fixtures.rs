@@ -95,3 +95,32 @@ impl Replayable {
         }
     }
 }
+
+/// `n` `POST /v1/subscriptions` for `account` sent at once to the service at `base` (its
+/// address, `http://host:port`): the statuses, sorted, and the error codes of those refused.
+pub async fn create_at_once(
+    http: &reqwest::Client,
+    base: &str,
+    account: &str,
+    n: usize,
+) -> (Vec<u16>, Vec<String>) {
+    let posts = (0..n).map(|i| async move {
+        let resp = http
+            .post(format!("{base}/v1/subscriptions"))
+            .json(&serde_json::json!({
+                "account_id": account,
+                "url": format!("https://example.com/hooks/{i}"),
+                "events": ["purchase"],
+            }))
+            .send()
+            .await
+            .expect("POST /v1/subscriptions");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        (status, body["error"]["code"].as_str().map(str::to_string))
+    });
+    let mut answers = futures_util::future::join_all(posts).await;
+    answers.sort();
+    let codes = answers.iter().filter_map(|(_, c)| c.clone()).collect();
+    (answers.into_iter().map(|(s, _)| s).collect(), codes)
+}
