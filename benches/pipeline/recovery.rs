@@ -81,10 +81,7 @@ fn longest_pause(persisted: &[(f64, f64)], ready: &[(f64, u32)]) -> f64 {
 /// A service on `store`: a SQLite file of its own, or a fresh PostgreSQL database (returned,
 /// dropped with it).
 async fn service_on(o: &Options, store: StoreKind) -> (ServiceProcess, Option<TempDatabase>) {
-    let pg = match store {
-        StoreKind::Postgres => Some(TempDatabase::create().await),
-        StoreKind::Sqlite => None,
-    };
+    let pg = store.fresh_database().await;
     let extra: Vec<(&str, &str)> = pg
         .as_ref()
         .map(|db| vec![("DATABASE_URL", db.url.as_str())])

@@ -24,6 +24,15 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// A fresh PostgreSQL database (dropped with it) for `Postgres`; `None` for SQLite, whose
+    /// file each caller places.
+    pub async fn fresh_database(self) -> Option<TempDatabase> {
+        match self {
+            StoreKind::Postgres => Some(TempDatabase::create().await),
+            StoreKind::Sqlite => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Sqlite => "SQLite",
@@ -46,10 +55,7 @@ pub async fn run(
     let prefix = unique("bq");
     let exchange = unique("bx");
     let dir = tempfile::tempdir().expect("temp dir");
-    let pg = match store {
-        StoreKind::Postgres => Some(TempDatabase::create().await),
-        StoreKind::Sqlite => None,
-    };
+    let pg = store.fresh_database().await;
     let database = match &pg {
         Some(db) => db.url.clone(),
         None => sqlite_url(&dir.path().join("shared.db")),
