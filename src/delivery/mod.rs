@@ -111,7 +111,7 @@ impl Deliverer {
             .tcp_nodelay(true)
             .no_proxy();
         if !allow_private {
-            builder = builder.dns_resolver(std::sync::Arc::new(guard::GuardedResolver));
+            builder = builder.dns_resolver(std::sync::Arc::new(guard::GuardedResolver::default()));
         }
         let user_agent =
             HeaderValue::from_static(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")));
