@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod limit;
+mod lookups;
 pub mod signing;
 
 use std::error::Error as _;
