@@ -200,20 +200,16 @@ impl Store {
         id: &str,
         account_id: Option<&str>,
     ) -> Result<Option<DeliveryLog>, StoreError> {
-        let scope = if account_id.is_some() {
-            " AND account_id = $2"
-        } else {
-            ""
+        let filter = LogFilter {
+            account_id: account_id.map(str::to_string),
+            ..LogFilter::default()
         };
-        let sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE id = $1{scope}");
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(id);
-        if let Some(account_id) = account_id {
-            query = query.bind(account_id);
-        }
-        let row = query.fetch_optional(&self.pool).await?;
-        match row {
+        let rows = self
+            .select_logs("1 = 1", ("id = ", Some(id)), &filter, &[], "")
+            .await?;
+        match rows.into_iter().next() {
             None => Ok(None),
-            Some(row) => Ok(Some(from_row(&row)??)),
+            Some(read) => Ok(Some(read?)),
         }
     }
 
