@@ -29,18 +29,29 @@ pub async fn channel(conn: &Connection) -> Channel {
     ch
 }
 
-/// Publishes persistent messages with confirms, pipelined in windows of 1,000.
+/// Publishes persistent JSON messages with confirms, pipelined in windows of 1,000.
 pub async fn publish_all(
     ch: &Channel,
     exchange: &str,
     routing_key: &str,
     bodies: impl Iterator<Item = Vec<u8>>,
 ) {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let messages = bodies.map(|body| (body, props.clone()));
+    publish_all_with(ch, exchange, routing_key, messages).await;
+}
+
+/// [`publish_all`] with each message's own properties.
+pub async fn publish_all_with(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    messages: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
+) {
     let mut pending = Vec::with_capacity(1000);
-    for body in bodies {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+    for (body, props) in messages {
         let confirm = ch
             .basic_publish(
                 exchange.into(),

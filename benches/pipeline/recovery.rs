@@ -14,16 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use lapin::Connection;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use webhook_dispatcher::broker::frame::dead_letter_message;
 use webhook_dispatcher::seal::Keyring;
 use webhook_dispatcher::store::Store;
 use webhook_dispatcher::wire::{DeadLetter, new_dead_letter_id};
 
-use crate::ceiling::{channel, publish_all};
+use crate::ceiling::{channel, publish_all, publish_all_with};
 use crate::receiver::Counters;
 use crate::replicas::StoreKind;
 use crate::scenarios::start_service_env;
@@ -224,27 +223,8 @@ pub async fn logger_alone(o: &Options, conn: &Connection, store: StoreKind) -> f
         keys
     };
     let ch = channel(conn).await;
-    let dead_queue = service.dead_queue();
-    let mut pending = Vec::with_capacity(1000);
-    for i in 0..n {
-        let (body, props) = dead_letter_message(&exhausted(i, &subscription), &keys);
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                dead_queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .expect("publish a dead letter");
-        pending.push(confirm);
-        if pending.len() == 1000 || i + 1 == n {
-            for c in join_all(pending.drain(..)).await {
-                assert!(c.unwrap().is_ack(), "broker refused a dead letter");
-            }
-        }
-    }
+    let letters = (0..n).map(|i| dead_letter_message(&exhausted(i, &subscription), &keys));
+    publish_all_with(&ch, "", &service.dead_queue(), letters).await;
     closed(ch.close(200, "done".into())).await;
 
     service.restart().await;
