@@ -350,7 +350,7 @@ async fn an_account_sees_and_changes_only_its_own() {
     // 404 as a record that does not exist: the page must not tell B that the id is taken. A
     // gets the error, naming the record.
     edit_store(
-        &app.db(),
+        &app.db_path(),
         "UPDATE delivery_logs SET payload = $1 WHERE id = $2",
         &[r#"{"event":"#, &record_id],
     )

@@ -133,7 +133,7 @@ impl TestApp {
     }
 
     /// The service's SQLite store, for a test that edits a row by hand ([`super::edit_store`]).
-    pub fn db(&self) -> std::path::PathBuf {
+    pub fn db_path(&self) -> std::path::PathBuf {
         self._dir.path().join(DB_FILE)
     }
 
