@@ -23,15 +23,16 @@ pub(super) struct Taken {
 /// One channel's events consumer and its acks.
 ///
 /// A delivery that stays under way (an endpoint that hangs, up to `DELIVERY_TIMEOUT`) is a gap
-/// no `multiple` ack may pass, so once it has stayed `acks::HOLD` everything above it on its
-/// channel is acked one message at a time, and each lone ack is a command through the quorum queue: the broker's work per message
-/// roughly doubles. When the gatherer reports such a gap ([`Acks::costly_gap`]), and the gap is
-/// a delivery under way (not a message waiting for its account's turn, which a move would not
-/// help), the dispatcher opens a consumer on a fresh channel and cancels the old one: what the
-/// old one was sent is still taken and handled, and acked on its own channel (which stays open
-/// until its last ack), while new messages arrive on the fresh channel and are acked gathered.
-/// At most [`MAX_LEFT`] channels left behind hold messages at once, so the service holds at most
-/// `MAX_LEFT + 1` times `PREFETCH` messages.
+/// no `multiple` ack may pass: held much longer than `acks::HOLD`, everything above it on its
+/// channel would be acked one message at a time, and each lone ack is a command through the
+/// quorum queue (the broker's work per message roughly doubles). When the gatherer reports such a
+/// gap ([`Acks::costly_gap`]), and the gap is a delivery under way (not a message waiting for its
+/// account's turn, which a move would not help), the dispatcher opens a consumer on a fresh
+/// channel, cancels the old one and retires its acks ([`Acks::retire`]): what the old one was
+/// sent is still taken and handled, and acked on its own channel in one `multiple` ack once the
+/// gap closes (which stays open until its last ack), while new messages arrive on the fresh
+/// channel and are acked gathered. At most [`MAX_LEFT`] channels left behind hold messages at
+/// once, so the service holds at most `MAX_LEFT + 1` times `PREFETCH` messages.
 pub(super) struct Intake {
     pub(super) consumer: Consumer,
     pub(super) acks: Acks,

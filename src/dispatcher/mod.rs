@@ -224,6 +224,7 @@ impl Dispatcher {
                         let old = std::mem::replace(&mut current, self.intake(fresh, &session, &tracker));
                         let moved_from = old.consumer.clone();
                         tracker.spawn(async move { moved_from.cancel().await });
+                        old.acks.retire();
                         left.push(old.acks.watch());
                         cancelled = Some(old);
                         moved = true;
@@ -234,6 +235,12 @@ impl Dispatcher {
                 },
             }
             self.metrics.intake_waiting(lanes.len());
+        }
+        // What is settled from now on is acked without waiting above gaps: the process may end
+        // before they close (the shutdown grace), and what is not acked is delivered again.
+        current.acks.watch().flush();
+        for watch in &left {
+            watch.flush();
         }
         // The session's own consumer is cancelled with the session; one opened here, now (the
         // one moved away from already was).

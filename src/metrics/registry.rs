@@ -95,7 +95,7 @@ impl Metrics {
             &registry,
             IntCounter::new(
                 "webhook_events_consumer_moves_total",
-                "Times the events consumer moved to a fresh channel because a delivery under way (an endpoint that hangs) had as many later messages acked one by one behind it as its channel still held unsettled (at least 256).",
+                "Times the events consumer moved to a fresh channel because a delivery under way (an endpoint that hangs) held up the acks of at least 256 later messages for 250 ms; they are acked with it on the old channel.",
             ),
         );
         let deliveries_deferred = register(

@@ -199,6 +199,61 @@ async fn an_endpoint_at_its_in_flight_limit_waits_in_the_broker_without_losing_a
 }
 
 #[tokio::test]
+async fn what_settles_on_a_channel_moved_away_from_waits_for_the_delivery_that_hangs_instead_of_going_alone()
+ {
+    // A backlog in a deep window (4,096, over the 1,024 below which a lone ack is cheap): one
+    // delivery takes 15 s, and the 2,000 events queued behind it all reach the first channel with
+    // it. Once the consumer has moved away from that channel, what settled there is not acked one
+    // message at a time (a quorum-queue command each): it waits for the slow delivery and goes in
+    // one ack with it.
+    let mut svc = ServiceProcess::start(&[("PREFETCH", "4096"), ("DELIVERY_TIMEOUT", "30s")]).await;
+    let slow = Receiver::start().await;
+    slow.always(Reply::Slow(Duration::from_secs(15), 200));
+    svc.subscribe("acct_acme", &slow.url).await;
+    let fast = CountingReceiver::start(200, Duration::ZERO).await;
+    svc.subscribe(LOAD_ACCOUNT, &fast.url).await;
+    svc.stop(PATIENCE).await;
+    let producer = Producer::connect(&svc.exchange).await;
+    let identify = (fixture("identify").into_bytes(), Default::default());
+    publish_messages(&svc.exchange, "identify", &[identify]).await;
+    let ids = event_ids("behind", 2000);
+    assert_eq!(producer.publish_events(&ids).await, ids.len());
+
+    svc.restart().await;
+    let started = std::time::Instant::now();
+    wait_until("every event behind it", PATIENCE, || async {
+        fast.total() >= ids.len()
+    })
+    .await;
+    let moves = svc
+        .metric_sum("webhook_events_consumer_moves_total", "")
+        .await;
+    assert!(moves >= 1.0, "the consumer moved ({moves} moves)");
+    // The broker's count is a snapshot taken every 5 s: one taken after every lone ack would
+    // have been out (a second after the last delivery) and before the slow delivery ends.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let queue = svc.events_queue();
+    let held = messages_unacknowledged(&queue).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the slow delivery must still be under way: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        held >= 1500,
+        "{held} unacked: acked alone, only the slow one would be left; held, the 2,000 behind it"
+    );
+    wait_until("every message acked", PATIENCE, || async {
+        messages_unacknowledged(&queue).await == 0
+    })
+    .await;
+    assert_eq!(slow.count(), 1, "the slow delivery was not repeated");
+    assert_eq!(fast.total(), ids.len(), "each delivered once");
+    assert_eq!(fast.distinct(), ids.len());
+    svc.stop(PATIENCE).await;
+}
+
+#[tokio::test]
 async fn a_delivery_that_hangs_moves_the_consumer_to_a_fresh_channel_losing_and_repeating_nothing()
 {
     // One delivery takes 4 s while a thousand events pass it. No `multiple` ack may pass it, so

@@ -12,7 +12,8 @@
 //! lone acks above a gap cost the broker in proportion to the window each, and a backlog of
 //! them stalled its channel process for seconds (BENCHMARKS.md, "Acks held while the gap
 //! moves"). What waits above a gap is acked alone once the gap has stayed at one message for
-//! [`HOLD`] (a delivery held up: it will not close soon), once it has waited [`MAX_HOLD`] above
+//! [`HOLD`] (a delivery held up: it will not close soon; see below for the move that spares
+//! them), once it has waited [`MAX_HOLD`] above
 //! gaps that keep moving, or as soon as half the window waits so (the window must keep moving).
 //! With fewer than [`SHALLOW`] messages unacked a lone ack is cheap, and what waits above a gap
 //! goes alone after one round, as before: a small window's room is not held up. A message
@@ -27,14 +28,16 @@
 //!
 //! A gap that stays (an attempt to an endpoint that hangs, up to `DELIVERY_TIMEOUT`) would have
 //! everything above it acked alone for as long, which costs the broker a quorum-queue command
-//! per message. The dispatcher can move its consumer to a fresh channel, whose acks go out
-//! gathered again; the move itself costs about as many lone acks as messages are still under way
-//! on the old channel (they all settle above the gap). So the gatherer reports a gap
-//! ([`Acks::costly_gap`]) once it has had that many acked alone above it (and at least
-//! [`MIN_COSTLY`]): moving then at most doubles what the gap cost, and saves everything after.
+//! per message. So once a gap has stayed [`HOLD`] with at least [`MIN_COSTLY`] settled above it,
+//! the gatherer reports it ([`Acks::costly_gap`]), and gives the dispatcher [`MOVE_GRACE`] to move
+//! its consumer to a fresh channel, whose acks go out gathered, before anything goes alone. The
+//! channel moved away from is retired ([`Acks::retire`]): nothing more arrives on it, so what
+//! settles there waits for the gap to close, up to [`RETIRED_HOLD`], and goes in one `multiple`
+//! ack with it — a move costs no lone acks at all. Stopping ([`AcksWatch::flush`]) ends every
+//! hold: what is settled then goes out at once, alone where it must.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -58,8 +61,19 @@ pub const MAX_HOLD: Duration = Duration::from_secs(2);
 /// settled above a gap goes alone after one round instead of being held (a small window must
 /// keep moving: what is held takes up its room).
 pub const SHALLOW: usize = 1024;
-/// The fewest messages acked alone above one gap before it is reported costly.
+/// The fewest messages waiting (or acked alone) above a gap that has stayed [`HOLD`] before it
+/// is reported costly: a move is worth a channel's opening.
 pub const MIN_COSTLY: usize = 256;
+/// How much longer than [`HOLD`] what waits above a reported gap waits before it goes alone: time
+/// for the dispatcher to move the consumer away ([`Acks::retire`]), which spares them. A broker
+/// busy with lone acks took up to 400 ms to open a channel (BENCHMARKS.md).
+pub const MOVE_GRACE: Duration = Duration::from_millis(750);
+/// The longest a settled message waits above a gap on a channel the consumer moved away from
+/// before it is acked alone. Nothing arrives there any more, so what waits takes no room anyone
+/// needs: it waits for the gap (a delivery under way, at most `DELIVERY_TIMEOUT` and a park's
+/// confirm) to close and goes with it in one `multiple` ack. What a crash then delivers again is
+/// at most this long's settled messages of that channel, never more than its window.
+pub const RETIRED_HOLD: Duration = Duration::from_secs(30);
 
 /// What a task tells the gatherer about one message.
 enum Note<M> {
@@ -94,6 +108,15 @@ impl AcksWatch {
     pub fn ended(&self) -> bool {
         self.0.strong_count() == 0
     }
+
+    /// Has the gatherer ack what is settled from now on without holding it above a gap (alone
+    /// where it must): the service is stopping, and what is not acked before the process ends is
+    /// delivered again.
+    pub fn flush(&self) {
+        if let Some(due) = self.0.upgrade() {
+            due.flushing.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// What the gatherer is woken for before its round ends: half the window settled and not
@@ -107,6 +130,10 @@ struct Due {
     /// The tag of the last gap reported costly, and the report.
     costly_gap: AtomicU64,
     costly: Notify,
+    /// The consumer moved away from the channel ([`Acks::retire`]).
+    retired: AtomicBool,
+    /// Shutting down: nothing is held any more ([`AcksWatch::flush`]).
+    flushing: AtomicBool,
 }
 
 /// A message the gatherer can ack: the events consumer's, or a test's stand-in.
@@ -151,6 +178,8 @@ impl<M: Ackable> Acks<M> {
             now: Notify::new(),
             costly_gap: AtomicU64::new(0),
             costly: Notify::new(),
+            retired: AtomicBool::new(false),
+            flushing: AtomicBool::new(false),
         });
         (
             Acks {
@@ -196,6 +225,12 @@ impl<M: Ackable> Acks<M> {
         Arc::ptr_eq(&self.due, &other.due)
     }
 
+    /// The consumer moved away from this channel: what is settled above a gap waits for it to
+    /// close (up to [`RETIRED_HOLD`]) instead of going alone.
+    pub fn retire(&self) {
+        self.due.retired.store(true, Ordering::Release);
+    }
+
     /// Tells when the gatherer has ended (its last ack is out), without keeping it going.
     pub fn watch(&self) -> AcksWatch {
         AcksWatch(Arc::downgrade(&self.due))
@@ -207,8 +242,8 @@ impl<M: Ackable> Acks<M> {
         self.due.under_way.load(Ordering::Acquire)
     }
 
-    /// Waits until a gap has had as many messages acked alone above it as are under way (at
-    /// least [`MIN_COSTLY`]), and returns its delivery tag (each gap is reported once).
+    /// Waits until a gap has stayed [`HOLD`] with at least [`MIN_COSTLY`] messages settled above
+    /// it, and returns its delivery tag (each gap is reported once).
     pub async fn costly_gap(&self) -> u64 {
         self.due.costly.notified().await;
         self.due.costly_gap.load(Ordering::Acquire)
@@ -230,7 +265,7 @@ async fn gather<M: Ackable>(
             match tokio::time::timeout(GATHER, notes.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    send(window.round(false, Instant::now()), &due, &metrics).await;
+                    send(round(&mut window, &due, false), &due, &metrics).await;
                     continue;
                 }
             }
@@ -251,11 +286,19 @@ async fn gather<M: Ackable>(
         if !open {
             break;
         }
-        send(window.round(false, Instant::now()), &due, &metrics).await;
+        send(round(&mut window, &due, false), &due, &metrics).await;
     }
     // Every task is done: ack everything settled; what was never settled goes back to the queue
     // when the channel closes.
-    send(window.round(true, Instant::now()), &due, &metrics).await;
+    send(round(&mut window, &due, true), &due, &metrics).await;
+}
+
+/// The window's round now, as the channel's state (retired, stopping) has it.
+fn round<M>(window: &mut Window<M>, due: &Due, last: bool) -> Round<M> {
+    if due.retired.load(Ordering::Acquire) {
+        window.retire();
+    }
+    window.round(last || due.flushing.load(Ordering::Acquire), Instant::now())
 }
 
 /// Takes in the notes already sent, counting the settled ones into `taken`; false once every

@@ -1,4 +1,5 @@
-//! The gatherer's window, and its timing on paused time with a stand-in message.
+//! The gatherer's timing on paused time with a stand-in message (the window's rule round by
+//! round: `window/tests.rs`).
 
 use super::*;
 use std::sync::Mutex;
@@ -174,214 +175,91 @@ async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
     g.stop().await;
 }
 
-/// A deep window (nothing [`SHALLOW`]) with no report or half-window limit, handed `received`.
-fn window(received: &[u64]) -> Window<u64> {
-    window_with(usize::MAX, usize::MAX, 0, received.iter().copied())
-}
-
-/// A window of `Window::new(min_costly, enough, shallow)` handed `received`.
-fn window_with(
-    min_costly: usize,
-    enough: usize,
-    shallow: usize,
-    received: impl IntoIterator<Item = u64>,
-) -> Window<u64> {
-    let mut w = Window::new(min_costly, enough, shallow);
-    for tag in received {
-        w.received(tag);
-    }
-    w
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-#[test]
-fn settled_messages_below_every_one_under_way_go_in_one_ack() {
-    let t = Instant::now();
-    let mut w = window(&[1, 2, 3, 4, 5]);
-    for tag in [3, 1, 2] {
-        w.settled(tag, tag, t);
-    }
-    let round = w.round(false, t);
-    assert_eq!(round.through, Some(3));
-    assert_eq!(round.covered, vec![1, 2]);
-    assert!(round.alone.is_empty());
-    assert_eq!(w.round(false, t), Round::default(), "nothing left to send");
-}
-
-#[test]
-fn nothing_is_acked_through_a_message_under_way_and_what_waits_above_it_goes_alone_once_it_stays() {
-    let t = Instant::now();
-    let mut w = window(&[1, 2, 3]);
-    w.settled(2, 2, t);
-    w.settled(3, 3, t);
-    assert_eq!(
-        w.round(false, t),
-        Round::default(),
-        "1 is under way: 2 and 3 wait"
+#[tokio::test(start_paused = true)]
+async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
+    let (g, _) = gap_under(MIN_COSTLY as u64 + 1).await;
+    assert_eq!(g.acks.under_way(), 1);
+    assert!(
+        g.sent().is_empty(),
+        "{MIN_COSTLY} wait above 1, none went alone"
     );
-    assert_eq!(w.round(false, t + HOLD - ms(1)), Round::default());
-    // 1 stayed under way for HOLD: they go alone, still not through 1.
-    let round = w.round(false, t + HOLD);
-    assert_eq!(round.through, None);
-    assert_eq!(round.alone, vec![2, 3]);
-    w.settled(1, 1, t + HOLD);
-    let round = w.round(false, t + HOLD);
-    assert_eq!(round.through, Some(1));
-    assert!(round.covered.is_empty() && round.alone.is_empty());
+    g.stop().await;
 }
 
-#[test]
-fn a_message_settled_above_gaps_that_keep_moving_waits_at_most_max_hold() {
-    // 12 settles first; 1 to 10 settle one by one, each a gap for less than HOLD.
-    let t = Instant::now();
-    let mut w = window(&(1..=12).collect::<Vec<_>>());
-    w.settled(12, 12, t);
-    assert_eq!(w.round(false, t), Round::default());
-    let step = MAX_HOLD / 10;
-    assert!(step < HOLD);
-    for tag in 1..=10u32 {
-        let now = t + step * tag;
-        w.settled(u64::from(tag), u64::from(tag), now);
-        let round = w.round(false, now);
-        assert_eq!(round.through, Some(u64::from(tag)), "the gap moved up");
-        if tag < 10 {
-            assert!(round.alone.is_empty(), "12 waits while the gap moves");
-        } else {
-            assert_eq!(round.alone, vec![12], "12 waited MAX_HOLD");
-        }
+/// A gatherer (window 4,096: half of it never reached here, and never shallow) on `1..=last`, every
+/// message but 1 settled: 1 hangs with everything above it.
+async fn gap_under(last: u64) -> (Gathering, u64) {
+    let (acks, gather) = Acks::start_with(Metrics::new(), 4096, 0);
+    let g = Gathering {
+        acks,
+        sent: Sent::default(),
+        task: tokio::spawn(gather),
+        start: Instant::now(),
+    };
+    for tag in 1..=last {
+        g.acks.received(tag);
     }
-}
-
-#[test]
-fn in_a_shallow_window_what_waits_above_a_gap_goes_alone_after_a_round() {
-    let t = Instant::now();
-    let mut w = window_with(usize::MAX, usize::MAX, 4, 1..=3);
-    w.settled(2, 2, t);
-    assert_eq!(w.round(false, t), Round::default(), "2 waits a round");
-    assert_eq!(
-        w.round(false, t + GATHER).alone,
-        vec![2],
-        "3 unacked, fewer than 4: a lone ack is cheap"
-    );
-}
-
-#[test]
-fn half_the_window_waiting_above_a_gap_goes_alone_at_once() {
-    let t = Instant::now();
-    let mut w = window_with(usize::MAX, 2, 0, 1..=4);
-    w.settled(2, 2, t);
-    assert_eq!(w.round(false, t), Round::default());
-    w.settled(3, 3, t);
-    assert_eq!(
-        w.round(false, t).alone,
-        vec![2, 3],
-        "two wait: the window must move"
-    );
-}
-
-#[test]
-fn a_message_handed_back_is_never_acked_and_no_longer_holds_the_others() {
-    let t = Instant::now();
-    let mut w = window(&[1, 2, 3]);
-    w.settled(2, 2, t);
-    w.handed_back(1);
-    w.settled(3, 3, t);
-    let round = w.round(false, t);
-    assert_eq!(round.through, Some(3));
-    assert_eq!(round.covered, vec![2]);
-}
-
-#[test]
-fn the_last_round_acks_alone_what_waits_above_a_message_never_settled() {
-    // 2 waited in its lane when the consumer stopped: it is left for the broker to hand out
-    // again, and what was settled after it is acked alone.
-    let t = Instant::now();
-    let mut w = window(&[1, 2, 3, 4]);
-    w.settled(1, 1, t);
-    w.settled(3, 3, t);
-    w.settled(4, 4, t);
-    let round = w.round(true, t);
-    assert_eq!(round.through, Some(1));
-    assert_eq!(round.alone, vec![3, 4]);
-    assert!(w.is_idle());
-}
-
-/// Settles `tags` above the gap at `now`, has a round see them, and the round a `HOLD` later,
-/// after which they are acked alone; the two rounds' sends together.
-fn settle_above_the_gap(w: &mut Window<u64>, tags: &[u64], now: &mut Instant) -> Round<u64> {
-    for &tag in tags {
-        w.settled(tag, tag, *now);
+    for tag in 2..=last {
+        g.settle(tag);
     }
-    let first = w.round(false, *now);
-    *now += HOLD;
-    let mut round = w.round(false, *now);
-    round.alone.splice(0..0, first.alone);
-    round.costly = first.costly.or(round.costly);
-    round
-}
-
-#[test]
-fn a_gap_is_reported_once_when_as_many_as_are_under_way_were_acked_alone_above_it() {
-    let mut now = Instant::now();
-    let mut w = window_with(2, usize::MAX, 0, 1..=4);
-    // 1 hangs; what settles above it goes alone.
-    let round = settle_above_the_gap(&mut w, &[2, 3], &mut now);
-    assert_eq!(round.alone, vec![2, 3]);
-    assert_eq!(
-        round.costly,
-        Some(1),
-        "2 alone above 1, and 2 under way (1 and 4)"
-    );
-    let round = settle_above_the_gap(&mut w, &[4], &mut now);
-    assert_eq!(round.alone, vec![4]);
-    assert_eq!(round.costly, None, "reported once");
-
-    // 1 settles; a new gap counts afresh.
-    w.settled(1, 1, now);
-    assert_eq!(w.round(false, now).through, Some(1));
-    for tag in 5..=7 {
-        w.received(tag);
-    }
-    let round = settle_above_the_gap(&mut w, &[6], &mut now);
-    assert_eq!(round.alone, vec![6]);
-    assert_eq!(round.costly, None, "1 alone above 5, fewer than 2");
-    let round = settle_above_the_gap(&mut w, &[7], &mut now);
-    assert_eq!(
-        round.costly,
-        Some(5),
-        "2 alone above 5, 1 under way: at least the minimum"
-    );
-}
-
-#[test]
-fn a_gap_under_many_messages_under_way_is_reported_only_once_as_many_went_alone() {
-    let mut now = Instant::now();
-    let mut w = window_with(1, usize::MAX, 0, 1..=10);
-    let round = settle_above_the_gap(&mut w, &[2, 3, 4], &mut now);
-    assert_eq!(round.alone.len(), 3);
-    assert_eq!(round.costly, None, "3 alone, 7 still under way");
-    let round = settle_above_the_gap(&mut w, &[5, 6, 7], &mut now);
-    assert_eq!(round.costly, Some(1), "6 alone, 4 under way");
+    let gap = tokio::time::timeout(HOLD + GATHER * 10, g.acks.costly_gap()).await;
+    assert_eq!(gap.ok(), Some(1), "reported with {} above it", last - 1);
+    (g, last)
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
-    let (acks, gather) = Acks::start_with(Metrics::new(), 512, 0);
-    let sent = Sent::default();
-    let task = tokio::spawn(gather);
-    let last = MIN_COSTLY as u64 + 1;
-    for tag in 1..=last {
-        acks.received(tag);
-    }
-    for tag in 2..=last {
-        acks.settled(stand_in(tag, &sent));
-    }
-    let gap = tokio::time::timeout(HOLD + GATHER * 10, acks.costly_gap()).await;
-    assert_eq!(gap.ok(), Some(1), "{MIN_COSTLY} acked alone above 1");
-    assert_eq!(acks.under_way(), 1);
-    drop(acks);
-    task.await.unwrap();
+async fn a_move_spares_every_lone_ack_what_settled_on_the_old_channel_goes_in_one_ack() {
+    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    // The dispatcher moved away: the channel is retired.
+    g.acks.retire();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        g.sent().is_empty(),
+        "10 s on, nothing acked alone: {:?}",
+        g.sent().first()
+    );
+    g.settle(1);
+    let_it_run().await;
+    assert_eq!(g.sent().len(), 1, "one ack");
+    assert_eq!(g.sent()[0].0, last);
+    assert!(g.sent()[0].1, "multiple");
+    g.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_move_what_waits_above_a_reported_gap_goes_alone_after_the_grace() {
+    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    let reported = Instant::now();
+    tokio::time::sleep(MOVE_GRACE - GATHER * 2).await;
+    assert!(g.sent().is_empty(), "within the grace");
+    tokio::time::sleep(GATHER * 4).await;
+    let sent = g.sent();
+    assert_eq!(
+        sent.len() as u64,
+        last - 1,
+        "all alone once the grace is over"
+    );
+    assert!(
+        sent.iter()
+            .all(|&(_, multiple, at)| !multiple && at >= reported + MOVE_GRACE)
+    );
+    g.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_ends_the_hold_of_a_retired_channel() {
+    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    g.acks.retire();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(g.sent().is_empty());
+    g.acks.watch().flush();
+    tokio::time::sleep(GATHER * 2).await;
+    let sent = g.sent();
+    assert_eq!(
+        sent.len() as u64,
+        last - 1,
+        "flushed: every settled one alone"
+    );
+    assert!(sent.iter().all(|&(tag, multiple, _)| tag != 1 && !multiple));
+    g.stop().await;
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tokio::time::Instant;
 
-use super::{GATHER, HOLD, MAX_HOLD};
+use super::{GATHER, HOLD, MAX_HOLD, MOVE_GRACE, RETIRED_HOLD};
 
 /// What one round sends.
 #[derive(Debug, Default, PartialEq)]
@@ -32,13 +32,16 @@ pub(super) struct Window<T> {
     /// With fewer unacked than this, nothing is held ([`SHALLOW`]).
     shallow: usize,
     /// The first tag under way at the last round, since when it has been, how many were acked
-    /// alone above it since, and whether it was reported.
+    /// alone above it since, and when it was reported.
     gap: Option<u64>,
     gap_since: Instant,
     alone_above_gap: usize,
-    reported: bool,
-    /// The fewest acked alone above one gap before it is reported ([`MIN_COSTLY`]).
+    reported: Option<Instant>,
+    /// The fewest waiting or acked alone above one gap before it is reported ([`MIN_COSTLY`]).
     min_costly: usize,
+    /// The consumer moved away from this channel: nothing more arrives, so what waits above a
+    /// gap takes no room anyone needs and waits for it up to [`RETIRED_HOLD`].
+    retired: bool,
 }
 
 impl<T> Window<T> {
@@ -52,9 +55,15 @@ impl<T> Window<T> {
             gap: None,
             gap_since: Instant::now(),
             alone_above_gap: 0,
-            reported: false,
+            reported: None,
             min_costly: min_costly.max(1),
+            retired: false,
         }
+    }
+
+    /// The consumer moved away from this channel: what waits above a gap waits for it.
+    pub(super) fn retire(&mut self) {
+        self.retired = true;
     }
 
     pub(super) fn received(&mut self, tag: u64) {
@@ -72,10 +81,13 @@ impl<T> Window<T> {
     }
 
     /// What to send now: everything settled below the first tag under way as one `multiple`
-    /// ack. Above it, everything alone when the gap has stayed at one message for [`HOLD`], when
-    /// it is `last`, or when as many wait there as make half the window; else what has waited
-    /// [`MAX_HOLD`] (one round, [`GATHER`], with fewer than [`SHALLOW`] unacked). The rest waits
-    /// for the gap to close.
+    /// ack. Above it, on a channel still consumed from: everything alone when the gap has stayed
+    /// at one message for [`HOLD`] (once it is reported, not before [`MOVE_GRACE`] since: the
+    /// move that spares them may be under way), when it is `last`, or when as many wait there as make half
+    /// the window; else what has waited [`MAX_HOLD`] (one round, [`GATHER`], with fewer than
+    /// [`SHALLOW`] unacked). On a retired channel: alone only when `last`, or once it waited
+    /// [`RETIRED_HOLD`]. The rest waits for the gap to close. A gap that has stayed for
+    /// [`HOLD`] with at least `min_costly` waiting (or gone alone) above it is reported once.
     pub(super) fn round(&mut self, last: bool, now: Instant) -> Round<T> {
         let mut round = Round {
             through: None,
@@ -88,16 +100,10 @@ impl<T> Window<T> {
             self.gap = gap;
             self.gap_since = now;
             self.alone_above_gap = 0;
-            self.reported = false;
+            self.reported = None;
         }
-        let stuck = now.saturating_duration_since(self.gap_since) >= HOLD;
-        // A lone ack walks what is unacked below it on the broker's side: cheap in a shallow
-        // window, where what waits a round goes alone; in a deep one it waits for the gap.
-        let wait = if self.under_way.len() + self.settled.len() < self.shallow {
-            GATHER
-        } else {
-            MAX_HOLD
-        };
+        let held = now.saturating_duration_since(self.gap_since);
+        let unacked = self.under_way.len() + self.settled.len();
         let above = match gap {
             Some(gap) => self.settled.split_off(&gap),
             None => BTreeMap::new(),
@@ -106,7 +112,31 @@ impl<T> Window<T> {
         let mut below: Vec<T> = below.into_values().collect();
         round.through = below.pop();
         round.covered = below;
-        if last || stuck || self.settled.len() >= self.enough {
+        // Reported before any goes alone: a move now spares them all.
+        if self.reported.is_none()
+            && !self.retired
+            && gap.is_some()
+            && held >= HOLD
+            && self.settled.len() + self.alone_above_gap >= self.min_costly
+        {
+            self.reported = Some(now);
+            round.costly = gap;
+        }
+        let stuck = held >= HOLD
+            && self
+                .reported
+                .is_none_or(|at| now.saturating_duration_since(at) >= MOVE_GRACE);
+        // A lone ack walks what is unacked below it on the broker's side: cheap in a shallow
+        // window, where what waits a round goes alone; in a deep one it waits for the gap.
+        let wait = if self.retired {
+            RETIRED_HOLD
+        } else if unacked < self.shallow {
+            GATHER
+        } else {
+            MAX_HOLD
+        };
+        let all = last || (!self.retired && (stuck || self.settled.len() >= self.enough));
+        if all {
             round.alone = std::mem::take(&mut self.settled).into_values().collect();
         } else {
             while let Some(&(at, tag)) = self.ages.front() {
@@ -121,13 +151,6 @@ impl<T> Window<T> {
             self.ages.clear();
         }
         self.alone_above_gap += round.alone.len();
-        if !self.reported
-            && self.alone_above_gap >= self.under_way.len().max(self.min_costly)
-            && gap.is_some()
-        {
-            self.reported = true;
-            round.costly = gap;
-        }
         round
     }
 
@@ -140,3 +163,6 @@ impl<T> Window<T> {
         self.settled.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;
