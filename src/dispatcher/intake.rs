@@ -29,9 +29,9 @@ pub(super) struct Taken {
 /// gap ([`Acks::costly_gap`]), and the gap is a delivery under way (not a message waiting for its
 /// account's turn, which a move would not help), the dispatcher opens a consumer on a fresh
 /// channel, cancels the old one and retires its acks ([`Acks::retire`]): what the old one was
-/// sent is still taken and handled, and acked on its own channel in one `multiple` ack once the
-/// gap closes (which stays open until its last ack), while new messages arrive on the fresh
-/// channel and are acked gathered. At most [`MAX_LEFT`] channels left behind hold messages at
+/// sent is still taken and handled, and acked on its own channel (open until its last ack) in
+/// one `multiple` ack once the gap closes, while new messages arrive on the fresh channel and
+/// are acked gathered. At most [`MAX_LEFT`] channels left behind hold messages at
 /// once, so the service holds at most `MAX_LEFT + 1` times `PREFETCH` messages.
 pub(super) struct Intake {
     pub(super) consumer: Consumer,

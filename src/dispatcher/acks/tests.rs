@@ -27,8 +27,8 @@ impl Ackable for StandIn {
     }
 }
 
-/// A gatherer on stand-in messages (window 512) that has been handed `received`, with where
-/// its acks are noted, and the time it started.
+/// A gatherer on stand-in messages that has been handed `received`, with where its acks are
+/// noted, and the time it started.
 struct Gathering {
     acks: Acks<StandIn>,
     sent: Sent,
@@ -37,9 +37,14 @@ struct Gathering {
 }
 
 impl Gathering {
+    /// Window 512.
     fn after_receiving(received: &[u64]) -> Gathering {
-        let (acks, gather) = Acks::start_with(Metrics::new(), 512, 0);
-        for &tag in received {
+        Gathering::in_window(512, received.iter().copied())
+    }
+
+    fn in_window(window: usize, received: impl IntoIterator<Item = u64>) -> Gathering {
+        let (acks, gather) = Acks::start_with(Metrics::new(), window, 0);
+        for tag in received {
             acks.received(tag);
         }
         Gathering {
@@ -177,7 +182,7 @@ async fn a_message_handed_back_last_lets_the_settled_ones_go_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
-    let (g, _) = gap_under(MIN_COSTLY as u64 + 1).await;
+    let g = gap_under(MIN_COSTLY as u64 + 1).await;
     assert_eq!(g.acks.under_way(), 1);
     assert!(
         g.sent().is_empty(),
@@ -187,29 +192,21 @@ async fn the_gatherer_reports_the_costly_gap_to_whoever_waits_for_it() {
 }
 
 /// A gatherer (window 4,096: half of it never reached here, and never shallow) on `1..=last`, every
-/// message but 1 settled: 1 hangs with everything above it.
-async fn gap_under(last: u64) -> (Gathering, u64) {
-    let (acks, gather) = Acks::start_with(Metrics::new(), 4096, 0);
-    let g = Gathering {
-        acks,
-        sent: Sent::default(),
-        task: tokio::spawn(gather),
-        start: Instant::now(),
-    };
-    for tag in 1..=last {
-        g.acks.received(tag);
-    }
+/// message but 1 settled, once it has reported 1: 1 hangs with everything above it.
+async fn gap_under(last: u64) -> Gathering {
+    let g = Gathering::in_window(4096, 1..=last);
     for tag in 2..=last {
         g.settle(tag);
     }
     let gap = tokio::time::timeout(HOLD + GATHER * 10, g.acks.costly_gap()).await;
     assert_eq!(gap.ok(), Some(1), "reported with {} above it", last - 1);
-    (g, last)
+    g
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_move_spares_every_lone_ack_what_settled_on_the_old_channel_goes_in_one_ack() {
-    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    let last = MIN_COSTLY as u64 + 44;
+    let g = gap_under(last).await;
     // The dispatcher moved away: the channel is retired.
     g.acks.retire();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -228,7 +225,8 @@ async fn a_move_spares_every_lone_ack_what_settled_on_the_old_channel_goes_in_on
 
 #[tokio::test(start_paused = true)]
 async fn with_no_move_what_waits_above_a_reported_gap_goes_alone_after_the_grace() {
-    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    let last = MIN_COSTLY as u64 + 44;
+    let g = gap_under(last).await;
     let reported = Instant::now();
     tokio::time::sleep(MOVE_GRACE - GATHER * 2).await;
     assert!(g.sent().is_empty(), "within the grace");
@@ -248,7 +246,8 @@ async fn with_no_move_what_waits_above_a_reported_gap_goes_alone_after_the_grace
 
 #[tokio::test(start_paused = true)]
 async fn stopping_ends_the_hold_of_a_retired_channel() {
-    let (g, last) = gap_under(MIN_COSTLY as u64 + 44).await;
+    let last = MIN_COSTLY as u64 + 44;
+    let g = gap_under(last).await;
     g.acks.retire();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(g.sent().is_empty());

@@ -83,10 +83,10 @@ impl<T> Window<T> {
     /// What to send now: everything settled below the first tag under way as one `multiple`
     /// ack. Above it, on a channel still consumed from: everything alone when the gap has stayed
     /// at one message for [`HOLD`] (once it is reported, not before [`MOVE_GRACE`] since: the
-    /// move that spares them may be under way), when it is `last`, or when as many wait there as make half
-    /// the window; else what has waited [`MAX_HOLD`] (one round, [`GATHER`], with fewer than
-    /// [`SHALLOW`] unacked). On a retired channel: alone only when `last`, or once it waited
-    /// [`RETIRED_HOLD`]. The rest waits for the gap to close. A gap that has stayed for
+    /// move that spares them may be under way), when it is `last`, or when as many wait there
+    /// as make half the window; else what has waited [`MAX_HOLD`] (one round, [`GATHER`], with
+    /// fewer than [`SHALLOW`] unacked). On a retired channel: alone only when `last`, or once it
+    /// waited [`RETIRED_HOLD`]. The rest waits for the gap to close. A gap that has stayed for
     /// [`HOLD`] with at least `min_costly` waiting (or gone alone) above it is reported once.
     pub(super) fn round(&mut self, last: bool, now: Instant) -> Round<T> {
         let mut round = Round {
