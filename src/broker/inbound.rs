@@ -33,29 +33,49 @@ async fn ack(acker: &lapin::Acker, multiple: bool) -> bool {
     settle(acker.ack(BasicAckOptions { multiple })).await
 }
 
-/// One message taken from a queue.
+/// One message taken from a queue: what of lapin's [`Delivery`] the service reads, and no more.
+///
+/// The dispatcher holds up to `PREFETCH` of these at once, most waiting in their account's lane,
+/// so their size is most of its memory: a `Delivery` is 432 bytes inline (its properties alone
+/// 296), and keeps the exchange's and routing key's names on the heap besides. Kept here:
+/// the tag, the body, the acker, and the properties boxed (read once or twice, and needed whole
+/// only to publish the message again unchanged).
 pub struct Inbound {
-    delivery: Delivery,
+    tag: u64,
+    body: Box<[u8]>,
+    properties: Box<lapin::BasicProperties>,
+    acker: lapin::Acker,
 }
 
 impl Inbound {
     pub(super) fn new(delivery: Delivery) -> Inbound {
-        Inbound { delivery }
+        let Delivery {
+            delivery_tag,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        Inbound {
+            tag: delivery_tag,
+            body: data.into_boxed_slice(),
+            properties: Box::new(properties),
+            acker,
+        }
     }
 
     /// Its delivery tag: its place among the messages of its channel.
     pub fn delivery_tag(&self) -> u64 {
-        self.delivery.delivery_tag
+        self.tag
     }
 
     pub fn body(&self) -> &[u8] {
-        &self.delivery.data
+        &self.body
     }
 
     /// The AMQP `message_id`, if any.
     pub fn message_id(&self) -> Option<&str> {
-        self.delivery
-            .properties
+        self.properties
             .message_id()
             .as_ref()
             .map(ShortString::as_str)
@@ -64,7 +84,7 @@ impl Inbound {
     /// The task kind this message claims to be (its `x-webhook-task` header), if it claims one.
     /// A claim only: [`Inbound::seal`] is what the claim is checked against.
     pub fn task_kind(&self) -> Option<String> {
-        header_text(&self.delivery.properties, TASK_HEADER)
+        header_text(&self.properties, TASK_HEADER)
     }
 
     pub fn is_task(&self) -> bool {
@@ -73,7 +93,7 @@ impl Inbound {
 
     /// The seal headers as they came: (key id, MAC).
     pub fn seal(&self) -> (Option<String>, Option<String>) {
-        let props = &self.delivery.properties;
+        let props = &*self.properties;
         (
             header_text(props, KEY_HEADER),
             header_text(props, MAC_HEADER),
@@ -83,23 +103,23 @@ impl Inbound {
     /// Whether it carries an AMQP `expiration` (a message that must not outlive it is never
     /// parked: the delay queue would hand it back to the events queue, expiration dropped).
     pub fn expires(&self) -> bool {
-        self.delivery.properties.expiration().is_some()
+        self.properties.expiration().is_some()
     }
 
     /// Its properties (headers included) as they came, to publish it again unchanged.
     pub(super) fn properties(&self) -> lapin::BasicProperties {
-        self.delivery.properties.clone()
+        (*self.properties).clone()
     }
 
     /// How RabbitMQ dead-lettered it, if it did.
     pub fn death(&self) -> Option<Death> {
-        death(&self.delivery.properties)
+        death(&self.properties)
     }
 
     /// Acks it; `false` when the ack failed or did not complete within [`SETTLE_TIMEOUT`] (the
     /// broker will deliver the message again).
     pub async fn ack(&self) -> bool {
-        ack(&self.delivery.acker, false).await
+        ack(&self.acker, false).await
     }
 
     /// Acks it and every message delivered before it on its channel that is not settled yet
@@ -107,7 +127,7 @@ impl Inbound {
     /// nothing else, whose earlier messages are all in the batch or settled. Bounded like
     /// [`Inbound::ack`].
     pub async fn ack_through(&self) -> bool {
-        ack(&self.delivery.acker, true).await
+        ack(&self.acker, true).await
     }
 
     /// Hands it back to its queue as a failed delivery; bounded like [`Inbound::ack`].
@@ -116,21 +136,21 @@ impl Inbound {
     /// what ends a message that can never be handed on. RabbitMQ 3 counts both.
     pub async fn requeue(&self) -> bool {
         let requeue = BasicRejectOptions { requeue: true };
-        settle(self.delivery.acker.reject(requeue)).await
+        settle(self.acker.reject(requeue)).await
     }
 
     /// What acking it takes, without its body: a settled message may wait a while for its ack
     /// (see the dispatcher's acks), and its body is not needed for it.
     pub fn into_settled(self) -> Settled {
         Settled {
-            tag: self.delivery.delivery_tag,
-            acker: self.delivery.acker,
+            tag: self.tag,
+            acker: self.acker,
         }
     }
 
     /// Its body and properties, to publish it again unchanged (queue migration).
     pub(super) fn parts(&self) -> (&[u8], &lapin::BasicProperties) {
-        (&self.delivery.data, &self.delivery.properties)
+        (&self.body, &self.properties)
     }
 }
 
@@ -215,5 +235,84 @@ impl Consumer {
 
     pub(super) fn tag(&self) -> lapin::types::ShortString {
         self.inner.tag()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    use super::*;
+
+    fn delivery(tag: u64, body: &[u8], properties: lapin::BasicProperties) -> Delivery {
+        let mut delivery = Delivery::mock(
+            tag,
+            "clarm.events".into(),
+            "purchase".into(),
+            true,
+            body.to_vec(),
+        );
+        delivery.properties = properties;
+        delivery
+    }
+
+    #[test]
+    fn a_message_keeps_all_the_service_reads_and_its_properties_whole() {
+        let mut headers = FieldTable::default();
+        for (name, value) in [
+            (TASK_HEADER, "delivery"),
+            (KEY_HEADER, "k1"),
+            (MAC_HEADER, "mac"),
+            ("x-producer", "checkout"),
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        }
+        let properties = lapin::BasicProperties::default()
+            .with_message_id("evt_1".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_expiration("60000".into())
+            .with_headers(headers);
+        let message = Inbound::new(delivery(7, br#"{"a":1}"#, properties.clone()));
+
+        assert_eq!(message.delivery_tag(), 7);
+        assert_eq!(message.body(), br#"{"a":1}"#);
+        assert_eq!(message.message_id(), Some("evt_1"));
+        assert_eq!(message.task_kind().as_deref(), Some("delivery"));
+        assert_eq!(
+            message.seal(),
+            (Some("k1".to_string()), Some("mac".to_string()))
+        );
+        assert!(message.expires());
+        assert!(message.death().is_none());
+        assert_eq!(
+            message.properties(),
+            properties,
+            "published again unchanged"
+        );
+        let (body, kept) = message.parts();
+        assert_eq!((body, kept), (&br#"{"a":1}"#[..], &properties));
+        assert_eq!(message.into_settled().delivery_tag(), 7);
+    }
+
+    #[test]
+    fn a_message_without_properties_claims_nothing() {
+        let message = Inbound::new(delivery(1, b"{}", lapin::BasicProperties::default()));
+        assert_eq!(message.message_id(), None);
+        assert!(!message.is_task());
+        assert_eq!(message.seal(), (None, None));
+        assert!(!message.expires());
+    }
+
+    /// What the intake window's memory is made of: each message held costs this much besides
+    /// its body and its boxed properties (a lapin `Delivery` held whole was 432 bytes).
+    #[test]
+    fn a_message_in_hand_is_a_fifth_of_a_delivery() {
+        assert!(
+            size_of::<Inbound>() <= 96,
+            "Inbound grew to {} bytes; lapin's Delivery is {}",
+            size_of::<Inbound>(),
+            size_of::<Delivery>()
+        );
     }
 }
