@@ -169,6 +169,19 @@ impl FromRequestParts<ApiState> for Session {
             .key
             .check_session(&cookie, chrono::Utc::now())
             .map_err(|_| ended())?;
+        // A session signed out is refused even where a copy of its cookie survived.
+        match state.store.session_signed_out(&grant.nonce).await {
+            Ok(false) => {}
+            Ok(true) => return Err(ended()),
+            Err(e) => {
+                tracing::error!(error = %e, "portal session could not be checked");
+                return Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The portal is unavailable",
+                    "The service could not check this session. Try again in a moment.",
+                ));
+            }
+        }
         Ok(Session {
             account_id: grant.account_id.clone(),
             csrf: state.portal.key.csrf(&grant),
@@ -337,8 +350,26 @@ fn cross_site_arrival(parts: &Parts) -> Option<Response> {
     Some(response)
 }
 
-/// Ends the session (its CSRF token checked: no other site can sign a customer out).
-async fn logout(State(state): State<ApiState>, _: Change) -> Response {
+/// Ends the session (its CSRF token checked: no other site can sign a customer out): the
+/// browser forgets its cookie, and the store records the session as signed out, so a copy of the
+/// cookie kept anywhere else is refused too. When that record cannot be written the cookie is
+/// kept and the customer is told to try again: "signed out" would not be true everywhere.
+async fn logout(State(state): State<ApiState>, change: Change) -> Response {
+    let grant = &change.session.grant;
+    let now = chrono::Utc::now();
+    if let Err(e) = state
+        .store
+        .sign_out_session(&grant.nonce, grant.expires_at, now)
+        .await
+    {
+        tracing::error!(error = %e, "portal session could not be signed out");
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Signing out did not complete",
+            "The service could not end this session. You are still signed in; try again in a \
+             moment.",
+        );
+    }
     let mut response = problem(
         StatusCode::OK,
         "Signed out",

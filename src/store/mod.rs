@@ -8,6 +8,7 @@ mod keys;
 mod log_counts;
 mod replay_jobs;
 mod replays;
+mod signouts;
 mod subscriptions;
 
 use std::str::FromStr;

@@ -163,6 +163,41 @@ async fn a_link_starts_a_session_and_leaves_the_address_bar() {
 }
 
 #[tokio::test]
+async fn a_signed_out_session_is_refused_even_from_a_copy_of_its_cookie() {
+    let app = spawn_app().await;
+    let user = PortalUser::signed_in(&app, "acct_a").await;
+    // Someone else holds a copy of the cookie, and a form's CSRF token from before.
+    let copied = user.copy();
+    let copied_csrf = copied.csrf().await;
+    let elsewhere = PortalUser::signed_in(&app, "acct_a").await;
+
+    let signed_out = user.submit("/portal/logout", &[]).await;
+    assert_eq!(signed_out.status, StatusCode::OK, "{}", signed_out.html);
+    assert!(signed_out.html.contains("Signed out"));
+    let refused = copied.get("/portal/integrations").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.html);
+    assert!(refused.html.contains("Your session has ended") && !refused.html.contains("acct_a"));
+    let change = copied
+        .post(
+            "/portal/integrations",
+            &[
+                ("csrf", copied_csrf.as_str()),
+                ("url", "https://attacker.example/after-sign-out"),
+                ("events", "purchase"),
+            ],
+        )
+        .await;
+    assert_eq!(change.status, StatusCode::UNAUTHORIZED, "{}", change.html);
+
+    // Another session of the same account goes on (signing out ends one session, not all),
+    // and nothing was added through the copy.
+    let list = elsewhere.get("/portal/integrations").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(!list.html.contains("after-sign-out"), "{}", list.html);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn behind_https_the_session_cookie_is_secure() {
     // Published beyond this machine: the token and the portal key are required.
     let token = "test-token-0123456789abcdef";

@@ -351,6 +351,51 @@ async fn claims_releases_and_tie_order_agree_on_sqlite_and_postgresql() {
     drop(db);
 }
 
+/// Portal sign-outs: recorded once however often, found by session id, and a row whose session
+/// has expired goes with the next sign-out (its text timestamps compared the same on both).
+async fn signouts_on(url: &str) {
+    use webhook_dispatcher::store::Store;
+    let store = Store::connect(url).await.expect("store");
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let now = at("2026-12-06T10:00:00Z");
+    assert!(!store.session_signed_out("s_old").await.unwrap(), "{url}");
+    store
+        .sign_out_session("s_old", at("2026-12-06T11:00:00Z"), now)
+        .await
+        .unwrap();
+    store
+        .sign_out_session("s_old", at("2026-12-06T11:00:00Z"), now)
+        .await
+        .unwrap();
+    assert!(store.session_signed_out("s_old").await.unwrap(), "{url}");
+    assert!(!store.session_signed_out("s_other").await.unwrap(), "{url}");
+    // Two hours on, "s_old" has expired: the next sign-out removes its row, not its own.
+    store
+        .sign_out_session(
+            "s_new",
+            at("2026-12-06T20:00:00Z"),
+            at("2026-12-06T12:00:00Z"),
+        )
+        .await
+        .unwrap();
+    assert!(!store.session_signed_out("s_old").await.unwrap(), "{url}");
+    assert!(store.session_signed_out("s_new").await.unwrap(), "{url}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn portal_sign_outs_are_kept_until_their_sessions_expire_on_sqlite_and_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    signouts_on(&sqlite_url(&dir.path().join("store.db"))).await;
+    let db = TempDatabase::create().await;
+    signouts_on(&db.url).await;
+    drop(db);
+}
+
 /// A replay on a young PostgreSQL delivery log (never analyzed: autovacuum, kept away here, has
 /// not come by) first gives the planner statistics, once; they then read as fresh until a tenth
 /// of the log changes. Without them every replay page read and sorted every record the

@@ -78,6 +78,16 @@ impl PortalUser {
         user
     }
 
+    /// Another browser holding a copy of this one's cookies (a cookie copied off a shared
+    /// computer, say).
+    pub fn copy(&self) -> PortalUser {
+        PortalUser {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            cookies: Mutex::new(self.cookies.lock().unwrap().clone()),
+        }
+    }
+
     /// Opens an absolute URL (a portal link).
     pub async fn open(&self, url: &str) -> Page {
         self.send(self.http.get(url)).await
