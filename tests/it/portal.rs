@@ -198,6 +198,47 @@ async fn a_signed_out_session_is_refused_even_from_a_copy_of_its_cookie() {
 }
 
 #[tokio::test]
+async fn a_sign_out_the_store_cannot_record_says_so_and_keeps_the_session() {
+    let app = spawn_app().await;
+    let user = PortalUser::signed_in(&app, "acct_a").await;
+    let copied = user.copy();
+    // A writer holds the store (SQLite's write lock): the sign-out cannot be recorded, so it
+    // must not claim the session has ended — a copy of the cookie would still work.
+    let lock = StoreLock::take(&app.db_path()).await;
+    let failed = user.submit("/portal/logout", &[]).await;
+    assert_eq!(
+        failed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        failed.html
+    );
+    assert!(
+        failed.html.contains("Signing out did not complete"),
+        "{}",
+        failed.html
+    );
+    assert!(
+        failed.header("set-cookie").is_empty(),
+        "the browser keeps its cookie: {}",
+        failed.header("set-cookie")
+    );
+    assert_eq!(
+        user.get("/portal/integrations").await.status,
+        StatusCode::OK
+    );
+
+    // The store back, signing out again works, and ends the copy too.
+    lock.release().await;
+    let signed_out = user.submit("/portal/logout", &[]).await;
+    assert_eq!(signed_out.status, StatusCode::OK, "{}", signed_out.html);
+    assert_eq!(
+        copied.get("/portal/integrations").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn behind_https_the_session_cookie_is_secure() {
     // Published beyond this machine: the token and the portal key are required.
     let token = "test-token-0123456789abcdef";
