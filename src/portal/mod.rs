@@ -7,7 +7,9 @@
 //! signed cookie, HttpOnly, SameSite=Strict, Secure behind https — and redirects to the
 //! Integrations page, so the token leaves the address bar. Every query is scoped by the
 //! session's account: another account's subscription or record is a 404, like a missing one.
-//! Every state change is a POST carrying the session's CSRF token.
+//! Every state change is a POST carrying the session's CSRF token. Signing out records the
+//! session in the store (`portal_signouts`), which every request checks, so a copy of a
+//! signed-out cookie is refused on every replica.
 
 mod delivery_logs;
 mod integrations;
