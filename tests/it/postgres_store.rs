@@ -195,13 +195,23 @@ fn stored_letter(event: Option<&str>) -> webhook_dispatcher::wire::DeadLetter {
     }
 }
 
+/// Runs `check` on the store at a fresh SQLite file's URL, then at a fresh PostgreSQL
+/// database's (dropped after).
+async fn on_sqlite_and_postgresql<F, Checked>(check: F)
+where
+    F: Fn(String) -> Checked,
+    Checked: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    check(sqlite_url(&dir.path().join("store.db"))).await;
+    let db = TempDatabase::create().await;
+    check(db.url.clone()).await;
+    drop(db);
+}
+
 #[tokio::test]
 async fn a_batch_of_dead_letters_is_stored_whole_and_once_on_sqlite_and_postgresql() {
-    let dir = tempfile::tempdir().unwrap();
-    batch_on(&sqlite_url(&dir.path().join("store.db"))).await;
-    let db = TempDatabase::create().await;
-    batch_on(&db.url).await;
-    drop(db);
+    on_sqlite_and_postgresql(|url| async move { batch_on(&url).await }).await;
 }
 
 /// More than one multi-row INSERT's worth, with a record already stored and a copy within the
@@ -344,11 +354,7 @@ async fn claims_and_ties_on(url: &str) {
 
 #[tokio::test]
 async fn claims_releases_and_tie_order_agree_on_sqlite_and_postgresql() {
-    let dir = tempfile::tempdir().unwrap();
-    claims_and_ties_on(&sqlite_url(&dir.path().join("store.db"))).await;
-    let db = TempDatabase::create().await;
-    claims_and_ties_on(&db.url).await;
-    drop(db);
+    on_sqlite_and_postgresql(|url| async move { claims_and_ties_on(&url).await }).await;
 }
 
 /// Portal sign-outs: recorded once however often, found by session id, and a row whose session
@@ -389,11 +395,7 @@ async fn signouts_on(url: &str) {
 
 #[tokio::test]
 async fn portal_sign_outs_are_kept_until_their_sessions_expire_on_sqlite_and_postgresql() {
-    let dir = tempfile::tempdir().unwrap();
-    signouts_on(&sqlite_url(&dir.path().join("store.db"))).await;
-    let db = TempDatabase::create().await;
-    signouts_on(&db.url).await;
-    drop(db);
+    on_sqlite_and_postgresql(|url| async move { signouts_on(&url).await }).await;
 }
 
 /// A replay on a young PostgreSQL delivery log (never analyzed: autovacuum, kept away here, has
