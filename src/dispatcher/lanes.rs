@@ -7,9 +7,14 @@
 //! reach their lanes. When it fills up anyway (by count or by bytes), the accounts holding more
 //! than their share have their next messages parked: put back in the first delay queue
 //! (confirmed, then acked), from where they return to the events queue — so the window keeps
-//! moving and a quiet account's event is never stuck in the broker behind a noisy one's.
+//! moving and a quiet account's event is not stuck in the broker behind a noisy one's. Only an
+//! account whose lane is slower to turn over than that delay is parked by count (its oldest
+//! waiting message has waited at least as long, [`Lanes::waited`]): a lane that drains sooner
+//! moves the window as fast as parking would, and parking it only sends its messages round the
+//! delay queue and back to the end of the events queue.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -31,8 +36,17 @@ pub fn account_of(body: &[u8]) -> String {
 }
 
 struct Lane<T> {
-    waiting: VecDeque<(T, usize)>,
+    waiting: VecDeque<Waiting<T>>,
     bytes: usize,
+}
+
+/// A message in its lane: its size, and when it joined the lane (milliseconds since the lanes
+/// began, wrapping: only differences of less than 49 days are read). Two `u32`s, so a message
+/// waiting costs no more than it did with its size alone as a `usize`.
+struct Waiting<T> {
+    message: T,
+    bytes: u32,
+    since: u32,
 }
 
 /// Messages waiting to start, one FIFO lane per account, taken in turn; an account with
@@ -48,6 +62,8 @@ pub struct Lanes<T = Inbound> {
     per_account: usize,
     len: usize,
     bytes: usize,
+    /// What each message's `since` counts from.
+    epoch: Instant,
 }
 
 impl<T> Lanes<T> {
@@ -59,7 +75,13 @@ impl<T> Lanes<T> {
             per_account: per_account.max(1),
             len: 0,
             bytes: 0,
+            epoch: Instant::now(),
         }
+    }
+
+    fn millis(&self, at: Instant) -> u32 {
+        // Wraps after 49 days; `waited` subtracts wrapping too.
+        at.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
     /// Messages waiting.
@@ -85,7 +107,7 @@ impl<T> Lanes<T> {
     pub fn holds(&self, which: impl Fn(&T) -> bool) -> bool {
         self.lanes
             .values()
-            .any(|lane| lane.waiting.iter().any(|(message, _)| which(message)))
+            .any(|lane| lane.waiting.iter().any(|w| which(&w.message)))
     }
 
     fn has_room(&self, account: &str) -> bool {
@@ -94,12 +116,24 @@ impl<T> Lanes<T> {
 
     /// Queues `message` (of `bytes`) in `account`'s lane.
     pub fn push(&mut self, account: String, message: T, bytes: usize) {
+        self.push_at(account, message, bytes, Instant::now());
+    }
+
+    fn push_at(&mut self, account: String, message: T, bytes: usize, now: Instant) {
+        let since = self.millis(now);
         let lane = self.lanes.entry(account.clone()).or_insert_with(|| Lane {
             waiting: VecDeque::new(),
             bytes: 0,
         });
         let first = lane.waiting.is_empty();
-        lane.waiting.push_back((message, bytes));
+        // An inbound message is at most 256 KiB (a larger one is still held, to be rejected).
+        let size = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let bytes = size as usize;
+        lane.waiting.push_back(Waiting {
+            message,
+            bytes: size,
+            since,
+        });
         lane.bytes += bytes;
         self.len += 1;
         self.bytes += bytes;
@@ -112,7 +146,9 @@ impl<T> Lanes<T> {
     pub fn pop(&mut self) -> Option<(String, T)> {
         let account = self.turns.pop_front()?;
         let lane = self.lanes.get_mut(&account).expect("a turn has a lane");
-        let (message, bytes) = lane.waiting.pop_front().expect("a turn has a message");
+        let Waiting { message, bytes, .. } =
+            lane.waiting.pop_front().expect("a turn has a message");
+        let bytes = bytes as usize;
         lane.bytes -= bytes;
         self.len -= 1;
         self.bytes -= bytes;
@@ -150,6 +186,19 @@ impl<T> Lanes<T> {
         };
         let accounts = self.lanes.len();
         lane.waiting.len() * accounts >= self.len || lane.bytes * accounts >= self.bytes
+    }
+
+    /// How long the oldest message waiting in `account`'s lane has waited: about how long the
+    /// lane takes to turn over (zero when nothing of it waits).
+    pub fn waited(&self, account: &str) -> Duration {
+        self.waited_at(account, Instant::now())
+    }
+
+    fn waited_at(&self, account: &str, now: Instant) -> Duration {
+        let Some(oldest) = self.lanes.get(account).and_then(|l| l.waiting.front()) else {
+            return Duration::ZERO;
+        };
+        Duration::from_millis(u64::from(self.millis(now).wrapping_sub(oldest.since)))
     }
 }
 
@@ -219,6 +268,57 @@ mod tests {
         // A few big messages are over their share by bytes.
         lanes.push("big".into(), 9, 10_000);
         assert!(lanes.over_share("big"));
+    }
+
+    #[test]
+    fn a_lane_has_waited_as_long_as_its_oldest_message() {
+        let mut lanes = Lanes::new(1);
+        let t0 = lanes.epoch + Duration::from_secs(10);
+        assert_eq!(lanes.waited_at("a", t0), Duration::ZERO, "no lane");
+        lanes.push_at("a".into(), "a0".to_string(), 1, t0);
+        lanes.push_at(
+            "a".into(),
+            "a1".to_string(),
+            1,
+            t0 + Duration::from_millis(300),
+        );
+        lanes.push_at(
+            "a".into(),
+            "a2".to_string(),
+            1,
+            t0 + Duration::from_millis(500),
+        );
+        lanes.push_at(
+            "b".into(),
+            "b0".to_string(),
+            1,
+            t0 + Duration::from_millis(900),
+        );
+        let now = t0 + Duration::from_millis(1_000);
+        assert_eq!(lanes.waited_at("a", now), Duration::from_millis(1_000));
+        assert_eq!(lanes.waited_at("b", now), Duration::from_millis(100));
+        assert_eq!(lanes.waited_at("absent", now), Duration::ZERO);
+        // a0 starts: the lane's oldest is now a1; a1 and a2 wait for a0 to finish (one under way).
+        assert_eq!(pop(&mut lanes).as_deref(), Some("a0"));
+        assert_eq!(lanes.waited_at("a", now), Duration::from_millis(700));
+        assert_eq!(pop(&mut lanes).as_deref(), Some("b0"));
+        assert_eq!(
+            lanes.waited_at("b", now),
+            Duration::ZERO,
+            "b's lane is empty"
+        );
+        lanes.finished("a");
+        assert_eq!(pop(&mut lanes).as_deref(), Some("a1"));
+        assert_eq!(lanes.waited_at("a", now), Duration::from_millis(500));
+        // Past the 49 days a `u32` of milliseconds holds, ages still come out right.
+        let late = lanes.epoch + Duration::from_millis(u64::from(u32::MAX) + 10);
+        lanes.push_at(
+            "c".into(),
+            "c0".to_string(),
+            1,
+            late - Duration::from_millis(20),
+        );
+        assert_eq!(lanes.waited_at("c", late), Duration::from_millis(20));
     }
 
     #[test]

@@ -258,8 +258,9 @@ impl Dispatcher {
     }
 
     /// Queues `message` in its account's lane — or, when the window is full and that account
-    /// holds more than its share of what waits, parks it in the first delay queue so the window
-    /// keeps moving for everyone else.
+    /// holds more than its share of what waits, and its lane takes longer to turn over than the
+    /// first delay, parks it in the first delay queue so the window keeps moving for everyone
+    /// else.
     fn admit(
         self: &Arc<Self>,
         message: Inbound,
@@ -279,14 +280,22 @@ impl Dispatcher {
         let full = (waiting + started) * 8 >= self.window * 7
             && waiting * 2 >= self.window
             && waiting >= 4 * self.per_account;
-        let parkable = !message.expires() && !self.broker.topology.retries.is_empty();
+        let first_delay = self.broker.topology.retries.first().map(|q| q.delay);
+        let parkable = !message.expires() && first_delay.is_some();
         // Past the byte budget anything parkable is parked (memory first); otherwise only an
-        // account over its share, and only as fast as the budget allows (each message started
-        // earns a few parks), so a backlog larger than the window is not cycled through the
-        // delay queue at the broker's full speed.
+        // account over its share whose lane is slower to turn over than the first delay (a
+        // parked message comes back after it, at the end of the events queue: from a lane that
+        // drains sooner it would only be late, and the window moves as fast without it — a
+        // one-account backlog past the window drained at half speed when it was), and only as
+        // fast as the budget allows (each message started earns a few parks), so a backlog
+        // larger than the window is not cycled through the delay queue at the broker's full
+        // speed.
         let park = parkable
             && (lanes.bytes() >= INTAKE_BYTES
-                || full && lanes.over_share(&account) && parking.spend());
+                || full
+                    && lanes.over_share(&account)
+                    && first_delay.is_some_and(|delay| lanes.waited(&account) >= delay)
+                    && parking.spend());
         if park {
             let aside = self
                 .clone()

@@ -123,7 +123,7 @@ impl Metrics {
         tracing::debug!(
             account_id,
             delay,
-            "intake window full and this account over its share; message parked"
+            "intake window full and this account over its share and slow to turn over, or too many bytes waiting; message parked"
         );
     }
 

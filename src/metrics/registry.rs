@@ -119,7 +119,7 @@ impl Metrics {
             &registry,
             IntCounter::new(
                 "webhook_events_parked_total",
-                "Messages put back in the first delay queue, unattempted, because the intake window was full and their account held more than its share of it (fairness across accounts).",
+                "Messages put back in the first delay queue, unattempted, because the intake window was full, their account held more than its share of it and its lane took longer than that delay to turn over (fairness across accounts), or because too many bytes waited.",
             ),
         );
         let intake_waiting = register(
