@@ -280,8 +280,8 @@ impl Dispatcher {
         let full = (waiting + started) * 8 >= self.window * 7
             && waiting * 2 >= self.window
             && waiting >= 4 * self.per_account;
+        // Nothing is parkable without a delay queue to park it in.
         let first_delay = self.broker.topology.retries.first().map(|q| q.delay);
-        let parkable = !message.expires() && first_delay.is_some();
         // Past the byte budget anything parkable is parked (memory first); otherwise only an
         // account over its share whose lane is slower to turn over than the first delay (a
         // parked message comes back after it, at the end of the events queue: from a lane that
@@ -290,12 +290,14 @@ impl Dispatcher {
         // fast as the budget allows (each message started earns a few parks), so a backlog
         // larger than the window is not cycled through the delay queue at the broker's full
         // speed.
-        let park = parkable
-            && (lanes.bytes() >= INTAKE_BYTES
-                || full
-                    && lanes.over_share(&account)
-                    && first_delay.is_some_and(|delay| lanes.waited(&account) >= delay)
-                    && parking.spend());
+        let park = !message.expires()
+            && first_delay.is_some_and(|delay| {
+                lanes.bytes() >= INTAKE_BYTES
+                    || full
+                        && lanes.over_share(&account)
+                        && lanes.waited(&account) >= delay
+                        && parking.spend()
+            });
         if park {
             let aside = self
                 .clone()

@@ -129,10 +129,7 @@ async fn small_window(retry_delays: &str) -> TestApp {
 /// Waits until `receiver` has had as many requests as `ids`, then a little more, and checks that
 /// each of `ids` arrived exactly once (by `webhook-id`).
 async fn each_once(receiver: &Receiver, ids: &[String]) {
-    wait_until("every event", PATIENCE * 3, || async {
-        receiver.count() >= ids.len()
-    })
-    .await;
+    receiver.wait_for(ids.len(), PATIENCE * 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut counts = std::collections::HashMap::new();
     for r in receiver.received() {
