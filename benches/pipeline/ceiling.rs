@@ -86,6 +86,7 @@ fn queue_args(o: &Options) -> FieldTable {
         queue_type: kind,
         retry_delays: RetryDelays(Vec::new()),
         delivery_limit: 20,
+        bundles: false,
     };
     Topology::queues_only(&queues).plain_args()
 }

@@ -400,7 +400,7 @@ async fn main() {
                     &format!("9. outage ({})", store.name()),
                     &format!("{n} events to an endpoint refusing connections"),
                     &format!(
-                        "dead letters persisted {:.0}/s = {:.2} × ceiling ({:.2} × the broker alone); first attempts handed off {:.0}/s = {:.2} × ({:.2} ×); P.dead at most {} ready; the logger's longest pause with P.dead not empty {:.0} ms",
+                        "dead letters persisted {:.0}/s = {:.2} × ceiling ({:.2} × the broker alone); first attempts handed off {:.0}/s = {:.2} × ({:.2} ×); P.dead at most {} ready; the logger's longest pause with P.dead not empty {:.0} ms; stages (first–last, s) {}",
                         r.persisted,
                         r.persisted / ceiling_rate,
                         r.persisted / broker.dead,
@@ -408,7 +408,15 @@ async fn main() {
                         r.handed_off / ceiling_rate,
                         r.handed_off / broker.handed_off,
                         r.dead_peak,
-                        r.longest_pause * 1000.0
+                        r.longest_pause * 1000.0,
+                        r.stages
+                            .iter()
+                            .map(|(stage, span)| match span {
+                                Some((a, b)) => format!("{stage} {a:.2}–{b:.2}"),
+                                None => format!("{stage} –"),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     &format!("≥ 0.8 × ceiling; P.dead < {dead_limit}"),
                 ],

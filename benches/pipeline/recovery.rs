@@ -43,18 +43,24 @@ pub struct Recovery {
     pub replayed: f64,
     /// Records replayed per second, until the last delivery arrived.
     pub replayed_delivered: f64,
+    /// When each stage began and ended (seconds since the service started): the hand-offs to
+    /// each delay queue, in order, then the dead letters persisted. Where the spans stretch
+    /// shows which stage holds the others back.
+    pub stages: Vec<(String, Option<(f64, f64)>)>,
+}
+
+/// The span from the first sample above zero to the first that reached `n`.
+fn span(samples: &[(f64, f64)], n: usize) -> Option<(f64, f64)> {
+    let first = samples.iter().find(|(_, v)| *v > 0.0)?.0;
+    let last = samples.iter().find(|(_, v)| *v >= n as f64)?.0;
+    Some((first, last))
 }
 
 /// `(seconds since start, value)` samples of one counter: the rate over the span from the first
 /// sample above zero to the first that reached `n`.
 fn span_rate(samples: &[(f64, f64)], n: usize) -> f64 {
-    let first = samples.iter().find(|(_, v)| *v > 0.0).map(|(t, _)| *t);
-    let last = samples
-        .iter()
-        .find(|(_, v)| *v >= n as f64)
-        .map(|(t, _)| *t);
-    match (first, last) {
-        (Some(a), Some(b)) if b > a => n as f64 / (b - a),
+    match span(samples, n) {
+        Some((a, b)) if b > a => n as f64 / (b - a),
         _ => f64::NAN,
     }
 }
@@ -120,6 +126,8 @@ pub async fn run(
     };
     let dead_queue = service.dead_queue();
     let (mut handed, mut persisted, mut dead_peak) = (Vec::new(), Vec::new(), 0);
+    let delays = ["2s", "4s", "8s"];
+    let mut later: Vec<Vec<(f64, f64)>> = vec![Vec::new(); delays.len() - 1];
     let mut waiting = Vec::new();
     loop {
         let page = service.metrics().await;
@@ -128,6 +136,11 @@ pub async fn run(
             t,
             crate::support::metric_sum(&page, "webhook_retries_scheduled_total", "delay=\"2s\""),
         ));
+        for (samples, delay) in later.iter_mut().zip(&delays[1..]) {
+            let label = format!("delay=\"{delay}\"");
+            let v = crate::support::metric_sum(&page, "webhook_retries_scheduled_total", &label);
+            samples.push((t, v));
+        }
         let stored = crate::support::metric_sum(&page, "webhook_dead_letters_persisted_total", "");
         persisted.push((t, stored));
         let depth = probe
@@ -188,7 +201,13 @@ pub async fn run(
     counters.assert_exactly(&format!("replay on {}", store.name()), 0..n as u64, 1);
     drop(service);
     drop(pg);
+    let mut stages = vec![(delays[0].to_string(), span(&handed, n))];
+    for (samples, delay) in later.iter().zip(&delays[1..]) {
+        stages.push((delay.to_string(), span(samples, n)));
+    }
+    stages.push(("stored".to_string(), span(&persisted, n)));
     Recovery {
+        stages,
         handed_off: span_rate(&handed, n),
         persisted: span_rate(&persisted, n),
         dead_peak,

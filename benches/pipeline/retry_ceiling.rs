@@ -84,6 +84,7 @@ pub async fn retry_ceiling(o: &Options, conn: &Connection) -> RetryCeiling {
             Duration::from_secs(8),
         ]),
         delivery_limit: 20,
+        bundles: false,
     };
     let exchange = format!("{}.exchange", settings.queue_prefix);
     let topology = Topology::with(&exchange, &settings);

@@ -88,6 +88,7 @@ impl ApiState {
             publisher: self.publisher.clone(),
             events_queue: self.topology.events.clone(),
             keys: self.keys.clone(),
+            bundles: self.topology.bundles,
         }
     }
 }

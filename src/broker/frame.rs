@@ -5,6 +5,9 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::seal::{DEAD_LETTER_KIND, KEY_HEADER, Keyring, MAC_HEADER};
+use crate::wire::bundle::{
+    DEAD_LETTER_BUNDLE, DEAD_LETTERS_HEADER, DeadLetterBundle, TASK_BUNDLE, TaskBundle,
+};
 use crate::wire::{DeadLetter, DeliveryTask, TASK_HEADER, TaskKind};
 
 /// A delivery task as a message: its JSON, and properties with the task header saying why it
@@ -21,8 +24,29 @@ pub fn task_message(
         (KEY_HEADER, seal.key_id.as_str()),
         (MAC_HEADER, seal.mac.as_str()),
     ];
-    let props = json_props(&task.event_id, &headers);
+    let props = json_props(Some(&task.event_id), &headers);
     (body, props)
+}
+
+/// Delivery tasks of `account_id` as one message ([`TaskBundle`]): the task header says
+/// `bundle`, and the seal covers them all.
+pub fn task_bundle_message(
+    account_id: &str,
+    tasks: Vec<&DeliveryTask>,
+    keys: &Keyring,
+) -> (Vec<u8>, BasicProperties) {
+    let bundle = TaskBundle {
+        account_id: account_id.to_string(),
+        tasks,
+    };
+    let body = serde_json::to_vec(&bundle).expect("task bundle serialises");
+    let seal = keys.seal(TASK_BUNDLE, &body);
+    let headers = [
+        (TASK_HEADER, TASK_BUNDLE),
+        (KEY_HEADER, seal.key_id.as_str()),
+        (MAC_HEADER, seal.mac.as_str()),
+    ];
+    (body, json_props(None, &headers))
 }
 
 /// A dead letter as a message: its JSON, sealed, so the DLQ logger can tell it from a forgery.
@@ -33,12 +57,29 @@ pub fn dead_letter_message(dead: &DeadLetter, keys: &Keyring) -> (Vec<u8>, Basic
         (KEY_HEADER, seal.key_id.as_str()),
         (MAC_HEADER, seal.mac.as_str()),
     ];
-    let props = json_props(&dead.id, &headers);
+    let props = json_props(Some(&dead.id), &headers);
     (body, props)
 }
 
-/// Persistent JSON message properties with the given message id and headers.
-fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
+/// Dead letters as one message ([`DeadLetterBundle`]), sealed, marked by its own header.
+pub fn dead_letter_bundle_message(
+    dead_letters: Vec<&DeadLetter>,
+    keys: &Keyring,
+) -> (Vec<u8>, BasicProperties) {
+    let count = dead_letters.len().to_string();
+    let body =
+        serde_json::to_vec(&DeadLetterBundle { dead_letters }).expect("dead letters serialise");
+    let seal = keys.seal(DEAD_LETTER_BUNDLE, &body);
+    let headers = [
+        (DEAD_LETTERS_HEADER, count.as_str()),
+        (KEY_HEADER, seal.key_id.as_str()),
+        (MAC_HEADER, seal.mac.as_str()),
+    ];
+    (body, json_props(None, &headers))
+}
+
+/// Persistent JSON message properties with the given message id (if any) and headers.
+fn json_props(message_id: Option<&str>, headers: &[(&str, &str)]) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in headers {
         table.insert(
@@ -47,7 +88,7 @@ fn json_props(message_id: &str, headers: &[(&str, &str)]) -> BasicProperties {
         );
     }
     let mut props = BasicProperties::default().with_content_type("application/json".into());
-    if let Ok(id) = lapin::types::ShortString::try_new(message_id) {
+    if let Some(Ok(id)) = message_id.map(lapin::types::ShortString::try_new) {
         props = props.with_message_id(id);
     }
     if !table.inner().is_empty() {
@@ -116,5 +157,5 @@ pub(super) fn death(props: &BasicProperties) -> Option<Death> {
 /// The properties of an inbound event published like a producer would (the operator CLI's
 /// `publish`): JSON, the event id as `message_id`.
 pub fn event_props(event_id: &str) -> BasicProperties {
-    json_props(event_id, &[])
+    json_props(Some(event_id), &[])
 }

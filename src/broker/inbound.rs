@@ -14,6 +14,7 @@ use super::connection::close_channel;
 use super::frame::{Death, death, header_text};
 use crate::seal::{KEY_HEADER, MAC_HEADER};
 use crate::wire::TASK_HEADER;
+use crate::wire::bundle::DEAD_LETTERS_HEADER;
 
 /// Longest wait for an ack or nack. On a live connection one completes as soon as its frame is
 /// written; but lapin (4.12) can leave one that was under way when the connection dropped
@@ -85,6 +86,21 @@ impl Inbound {
     /// A claim only: [`Inbound::seal`] is what the claim is checked against.
     pub fn task_kind(&self) -> Option<String> {
         header_text(&self.properties, TASK_HEADER)
+    }
+
+    /// Whether it claims to be a bundle of dead letters (its `x-webhook-dead-letters` header); a
+    /// claim only, like [`Inbound::task_kind`].
+    pub fn is_dead_letter_bundle(&self) -> bool {
+        header_text(&self.properties, DEAD_LETTERS_HEADER).is_some()
+    }
+
+    /// How many dead letters it claims to hold: a bundle's count (at most
+    /// [`MAX_ITEMS`](crate::wire::bundle::MAX_ITEMS)), else 1. A claim only: it sizes the
+    /// logger's batches, nothing else.
+    pub fn dead_letters_claimed(&self) -> usize {
+        header_text(&self.properties, DEAD_LETTERS_HEADER)
+            .and_then(|n| n.parse::<usize>().ok())
+            .map_or(1, |n| n.clamp(1, crate::wire::bundle::MAX_ITEMS))
     }
 
     pub fn is_task(&self) -> bool {

@@ -14,7 +14,10 @@ mod session;
 pub mod topology;
 
 pub use connection::{Broker, CLOSE_TIMEOUT, DEAD_PREFETCH};
-pub use frame::{Death, dead_letter_message, event_props, task_message};
+pub use frame::{
+    Death, dead_letter_bundle_message, dead_letter_message, event_props, task_bundle_message,
+    task_message,
+};
 pub use inbound::{Consumer, Inbound, Settled};
 pub use publish::{Pending, Publisher, Route, TASK_CONFIRM_TIMEOUT};
 pub use queues::QueueCounts;
@@ -23,7 +26,7 @@ pub use topology::{EventsQueue, Topology};
 
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot reach RabbitMQ: {0}")]
     Pool(String),

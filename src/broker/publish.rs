@@ -7,7 +7,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 
 use super::BrokerError;
-use super::frame::task_message;
+use super::frame::{task_bundle_message, task_message};
 use crate::seal::Keyring;
 use crate::wire::{DeliveryTask, TaskKind};
 
@@ -135,6 +135,19 @@ impl Publisher {
         keys: &Keyring,
     ) -> Result<Pending, BrokerError> {
         let (body, props) = task_message(task, kind, keys);
+        self.send(Route::queue(events_queue), &body, props).await
+    }
+
+    /// [`send_task`](Self::send_task) for several tasks of `account_id` as one message (a
+    /// bundle, [`crate::wire::bundle`]).
+    pub async fn send_task_bundle(
+        &self,
+        events_queue: &str,
+        account_id: &str,
+        tasks: &[DeliveryTask],
+        keys: &Keyring,
+    ) -> Result<Pending, BrokerError> {
+        let (body, props) = task_bundle_message(account_id, tasks.iter().collect(), keys);
         self.send(Route::queue(events_queue), &body, props).await
     }
 

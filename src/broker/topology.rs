@@ -33,6 +33,9 @@ pub struct Topology {
     pub control: String,
     queue_type: QueueType,
     delivery_limit: u32,
+    /// Whether what is handed to one queue at the same moment may travel as one message
+    /// (`BUNDLES`, [`crate::wire::bundle`]).
+    pub bundles: bool,
 }
 
 impl Topology {
@@ -64,6 +67,7 @@ impl Topology {
             control: format!("{p}.control"),
             queue_type: queues.queue_type,
             delivery_limit: queues.delivery_limit,
+            bundles: queues.bundles,
         }
     }
 
@@ -82,6 +86,7 @@ impl Topology {
             control: String::new(),
             queue_type: QueueType::Quorum,
             delivery_limit: 20,
+            bundles: false,
         }
     }
 

@@ -131,6 +131,7 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
         publisher: Publisher::default(),
         events_queue: String::new(),
         keys: keys.clone(),
+        bundles: false,
     };
     let mut listed: Vec<Vec<String>> = Vec::new();
     let plan = looker
@@ -187,6 +188,7 @@ async fn replaying<T>(
         publisher: broker.publisher.clone(),
         events_queue: broker.topology.events.clone(),
         keys,
+        bundles: broker.topology.bundles,
     };
     let bar = progress(total, "replaying");
     let done = work(&replayer, &bar).await;

@@ -52,6 +52,13 @@ pub struct QueueSettings {
     /// `x-delivery-limit`). Part of the queue's arguments: changing it needs `migrate-queues`.
     #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub delivery_limit: u32,
+
+    /// Lets what is handed to one queue at the same moment travel as one message (a bundle):
+    /// retries, deferrals and dead letters, and consecutive replayed records of one account.
+    /// Every version from 0.5 reads bundles; set `false` while replicas of 0.4, which cannot,
+    /// still consume the same queues (a rolling upgrade).
+    #[arg(long, env = "BUNDLES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub bundles: bool,
 }
 
 /// The store.

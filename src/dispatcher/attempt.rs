@@ -31,7 +31,7 @@ impl Dispatcher {
                 attempts,
                 Reason::SubscriptionDisabled,
             );
-            return self.dead_letter(&dead).await;
+            return self.dead_letter(dead).await;
         }
         // Its account's share, then the global permit, then the endpoint's slot, always in that
         // order. The share first: an account at its share waits holding nothing the others

@@ -1,14 +1,59 @@
 //! Handing a delivery on once its step is decided: done, to a delay queue (a retry, or a
 //! deferral that spends no attempt), or to `P.dead` — each with a publisher confirm, so the
-//! message it came from can be acked.
+//! message it came from can be acked. What is handed to the same queue at the same time goes
+//! as one message ([`gather`](super::gather)).
 
+use lapin::BasicProperties;
+
+use super::gather::Item;
 use super::{Dispatcher, HandleError};
-use crate::broker::{Route, dead_letter_message, task_message};
+use crate::broker::{
+    dead_letter_bundle_message, dead_letter_message, task_bundle_message, task_message,
+};
 use crate::delivery::AttemptRecord;
 use crate::event::EventKind;
 use crate::retry::Next;
+use crate::seal::Keyring;
 use crate::subscriptions::Subscription;
+use crate::wire::bundle::{ATTEMPT_BYTES, ITEM_BYTES, task_size};
 use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason, TaskKind};
+
+/// A task on its way to a delay queue, and why (sent alone, the task header says so).
+pub(super) struct Parked {
+    task: DeliveryTask,
+    kind: TaskKind,
+}
+
+impl Item for Parked {
+    fn size(&self) -> usize {
+        task_size(&self.task)
+    }
+
+    fn alone(&self, keys: &Keyring) -> (Vec<u8>, BasicProperties) {
+        task_message(&self.task, self.kind, keys)
+    }
+
+    fn bundle(account: &str, items: &[Parked], keys: &Keyring) -> (Vec<u8>, BasicProperties) {
+        task_bundle_message(account, items.iter().map(|p| &p.task).collect(), keys)
+    }
+}
+
+impl Item for DeadLetter {
+    fn size(&self) -> usize {
+        self.payload.get().len()
+            + self.detail.as_ref().map_or(0, String::len)
+            + self.attempts.len() * ATTEMPT_BYTES
+            + ITEM_BYTES
+    }
+
+    fn alone(&self, keys: &Keyring) -> (Vec<u8>, BasicProperties) {
+        dead_letter_message(self, keys)
+    }
+
+    fn bundle(_: &str, items: &[DeadLetter], keys: &Keyring) -> (Vec<u8>, BasicProperties) {
+        dead_letter_bundle_message(items.iter().collect(), keys)
+    }
+}
 
 impl Dispatcher {
     /// Carries out `next` for the delivery of `ev` to `sub` after `attempts`; `deferrals` counts
@@ -24,55 +69,48 @@ impl Dispatcher {
         match next {
             Next::Done => Ok(()),
             Next::Retry(index) => {
+                let task = ev.task(&sub.id, attempts, 0);
+                self.park(index, task, TaskKind::Delivery).await?;
                 let queue = &self.broker.topology.retries[index];
-                self.park(
-                    &queue.name,
-                    &ev.task(&sub.id, attempts, 0),
-                    TaskKind::Delivery,
-                )
-                .await?;
                 self.metrics.retry_scheduled(&queue.label);
                 Ok(())
             }
             Next::Defer(index) => {
-                let queue = &self.broker.topology.retries[index];
                 let task = ev.task(&sub.id, attempts, deferrals + 1);
-                self.park(&queue.name, &task, TaskKind::Deferred).await?;
+                self.park(index, task, TaskKind::Deferred).await?;
+                let queue = &self.broker.topology.retries[index];
                 self.metrics.delivery_deferred(&sub.id, &queue.label);
                 Ok(())
             }
             Next::Exhausted => {
                 let dead =
                     DeadLetter::given_up(ev, &sub.id, Some(&sub.url), attempts, Reason::Exhausted);
-                self.dead_letter(&dead).await?;
+                self.dead_letter(dead).await?;
                 self.health.exhausted(&sub.id);
                 Ok(())
             }
         }
     }
 
-    /// Publishes a delivery task to the delay queue `queue`, sealed, with a confirm.
+    /// Publishes a delivery task to the delay queue `index`, sealed, with a confirm (in a bundle
+    /// with its account's other tasks handed to that queue meanwhile).
     async fn park(
         &self,
-        queue: &str,
-        task: &DeliveryTask,
+        index: usize,
+        task: DeliveryTask,
         kind: TaskKind,
     ) -> Result<(), HandleError> {
-        let (body, props) = task_message(task, kind, &self.keys);
-        self.broker
-            .publisher
-            .publish_retrying(Route::queue(queue), &body, props)
-            .await?;
-        Ok(())
+        let queue = &self.broker.topology.retries[index].name;
+        let account = task.account_id.clone();
+        self.retries
+            .send(queue, &account, Parked { task, kind })
+            .await
+            .map_err(HandleError::Broker)
     }
 
-    /// Publishes a dead letter to `P.dead`, sealed, with a confirm, and counts it.
-    pub(super) async fn dead_letter(&self, dead: &DeadLetter) -> Result<(), HandleError> {
-        let (body, props) = dead_letter_message(dead, &self.keys);
-        self.broker
-            .publisher
-            .publish_retrying(Route::queue(&self.broker.topology.dead), &body, props)
-            .await?;
+    /// Publishes a dead letter to `P.dead`, sealed, with a confirm (in a bundle with others
+    /// handed on meanwhile), and counts it.
+    pub(super) async fn dead_letter(&self, dead: DeadLetter) -> Result<(), HandleError> {
         // The label is one of the six event names or `unknown`, never what a producer wrote
         // (an unknown name of up to 256 KiB would be a new series each time).
         let event = dead
@@ -80,7 +118,12 @@ impl Dispatcher {
             .as_deref()
             .and_then(EventKind::parse)
             .map_or("unknown", EventKind::as_str);
-        self.metrics.dead_lettered(event, &dead.reason);
+        let reason = dead.reason.clone();
+        self.dead
+            .send(&self.broker.topology.dead, "", dead)
+            .await
+            .map_err(HandleError::Broker)?;
+        self.metrics.dead_lettered(event, &reason);
         Ok(())
     }
 }

@@ -2,11 +2,13 @@
 //! (retries, deferrals, replays, test events) go to their one subscription. One file a step:
 //! consume and settle (here; the consumer's channel and its moves in [`intake`], its acks in
 //! [`acks`]), [`route`] (event or task), [`attempt`] (one delivery) and [`handoff`] (retry,
-//! defer, dead-letter). A message is acked only once each of its deliveries
+//! defer, dead-letter; what is handed on to the same queue at the same time travels as one
+//! message, [`gather`]). A message is acked only once each of its deliveries
 //! has succeeded or been handed to a delay queue or `P.dead` with a confirm.
 
 mod acks;
 mod attempt;
+mod gather;
 mod handoff;
 mod intake;
 pub mod lanes;
@@ -29,6 +31,8 @@ use crate::metrics::Metrics;
 use crate::seal::Keyring;
 use crate::subscriptions::{Directory, LookupError};
 use acks::{Acks, AcksWatch};
+use gather::Gatherer;
+use handoff::Parked;
 use intake::{Intake, MAX_LEFT, Opening, Taken, next_of, opened};
 use lanes::Lanes;
 use shares::Shares;
@@ -43,6 +47,10 @@ pub struct Dispatcher {
     metrics: Metrics,
     /// Seals the tasks and dead letters it publishes, and checks the tasks it consumes.
     keys: Arc<Keyring>,
+    /// Hands tasks to the delay queues, gathered by queue and account.
+    retries: Arc<Gatherer<Parked>>,
+    /// Hands dead letters to `P.dead`, gathered.
+    dead: Arc<Gatherer<crate::wire::DeadLetter>>,
     /// Bounds each account's deliveries under way (half of `MAX_IN_FLIGHT`, as `per_account`),
     /// taken before `limit`: see [`shares`].
     shares: Shares,
@@ -137,7 +145,12 @@ impl Dispatcher {
             Some(parts.metrics.endpoint_limits()),
         );
         let per_account = (parts.max_in_flight / 2).max(parts.max_in_flight_per_endpoint);
+        let (publisher, bundles) = (&parts.broker.publisher, parts.broker.topology.bundles);
+        let retries = Gatherer::new(publisher.clone(), parts.keys.clone(), bundles);
+        let dead = Gatherer::new(publisher.clone(), parts.keys.clone(), bundles);
         Dispatcher {
+            retries,
+            dead,
             directory: parts.directory,
             activity: parts.activity,
             health: parts.health,

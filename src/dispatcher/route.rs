@@ -1,6 +1,6 @@
 //! Which deliveries a message leads to: an inbound event fans out to every matching
 //! subscription of its account; a message claiming to be a task goes to its one subscription,
-//! once its seal verifies.
+//! once its seal verifies; a bundle of tasks to each of theirs.
 
 use futures_util::future::join_all;
 
@@ -8,6 +8,7 @@ use super::{Dispatcher, HandleError};
 use crate::broker::Inbound;
 use crate::event;
 use crate::seal::Unverified;
+use crate::wire::bundle::{TASK_BUNDLE, TaskBundle};
 use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason};
 
 impl Dispatcher {
@@ -30,7 +31,7 @@ impl Dispatcher {
             Err(err) => {
                 self.metrics.event_rejected(err.reason(), &err.to_string());
                 let dead = DeadLetter::rejected(raw, message.message_id(), &err);
-                return self.dead_letter(&dead).await;
+                return self.dead_letter(dead).await;
             }
         };
         self.metrics.event_consumed(event.kind.as_str());
@@ -68,17 +69,30 @@ impl Dispatcher {
             };
             self.metrics.forged_message("events", &forgery);
             return self
-                .dead_letter(&DeadLetter::forged_task(raw, &forgery))
+                .dead_letter(DeadLetter::forged_task(raw, &forgery))
                 .await;
         }
-        let task = match DeliveryTask::read(raw) {
-            Ok(task) => task,
+        // A bundle is its tasks, each run as if it had come alone; the message is settled once
+        // they all are, as an event's fan-out is.
+        let tasks = if kind == TASK_BUNDLE {
+            TaskBundle::read(raw)
+        } else {
+            DeliveryTask::read(raw).map(|task| vec![task])
+        };
+        let tasks = match tasks {
+            Ok(tasks) => tasks,
             Err(detail) => {
                 return self
-                    .dead_letter(&DeadLetter::invalid_task(raw, detail))
+                    .dead_letter(DeadLetter::invalid_task(raw, detail))
                     .await;
             }
         };
+        let runs = tasks.into_iter().map(|task| Box::pin(self.run_task(task)));
+        join_all(runs).await.into_iter().collect()
+    }
+
+    /// One task's delivery, to its subscription if that still exists.
+    async fn run_task(&self, task: DeliveryTask) -> Result<(), HandleError> {
         // A subscription of another account is as good as gone: the task names both.
         let sub = self
             .directory
@@ -110,7 +124,7 @@ impl Dispatcher {
                     attempts,
                     Reason::SubscriptionDeleted,
                 );
-                self.dead_letter(&dead).await
+                self.dead_letter(dead).await
             }
         }
     }

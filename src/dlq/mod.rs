@@ -5,7 +5,7 @@
 //! by the dead letter's id), so a batch delivered again after a lost ack is stored once.
 //! `webhook-dispatcher dlq drain` stores through the same [`Logger::store_and_ack`], one
 //! message at a time. Only a dead letter whose seal verifies is believed
-//! ([`Logger::record_of`]).
+//! ([`Logger::records_in`]); a bundle of dead letters is one message and many records.
 
 mod record;
 
@@ -33,16 +33,22 @@ pub struct Logger {
 }
 
 /// The most dead letters committed in one transaction: half of what the logger may hold
-/// unacked ([`DEAD_PREFETCH`]). Under a full-rate outage batches fill up while the previous one
-/// commits; at a trickle each dead letter is stored on its own at once.
+/// unacked ([`DEAD_PREFETCH`]) — messages, or the dead letters their bundles say they hold, a
+/// batch closing once either reaches it (the bundle that passes it still goes in). Under a
+/// full-rate outage batches fill up while the previous one commits; at a trickle each dead
+/// letter is stored on its own at once.
 pub const BATCH: usize = DEAD_PREFETCH as usize / 2;
 
 pub async fn run(mut consumer: Consumer, logger: Logger, stop: CancellationToken) {
     while let Some(first) = consumer.next_until(&stop, "dead letters").await {
+        let mut held = first.dead_letters_claimed();
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && held < BATCH {
             match consumer.ready_now() {
-                Some(message) => batch.push(message),
+                Some(message) => {
+                    held += message.dead_letters_claimed();
+                    batch.push(message);
+                }
                 None => break,
             }
         }
@@ -112,7 +118,7 @@ impl Logger {
             .await
         {
             Ok(done) if done.ack_failed => Stored::AckFailed,
-            Ok(done) if done.new == 1 => Stored::New,
+            Ok(done) if done.new > 0 => Stored::New,
             Ok(_) => Stored::Duplicate,
             Err(not_acked) => not_acked,
         }
@@ -126,11 +132,12 @@ impl Logger {
     ) -> Result<Vec<record::Record>, record::NotYet> {
         let mut records = Vec::with_capacity(messages.len());
         for message in messages {
-            let record = self.record_of(message).await?;
-            records.push(record::Record {
-                dead: record.dead.sanitized(),
-                ..record
-            });
+            for record in self.records_in(message).await? {
+                records.push(record::Record {
+                    dead: record.dead.sanitized(),
+                    ..record
+                });
+            }
         }
         Ok(records)
     }

@@ -6,6 +6,7 @@ use crate::event;
 use crate::seal::{DEAD_LETTER_KIND, Forgery, Unverified};
 use crate::store::{StoreError, Trust};
 use crate::time::{now_rfc3339, rfc3339};
+use crate::wire::bundle::{DEAD_LETTER_BUNDLE, DeadLetterBundle, TASK_BUNDLE, TaskBundle};
 use crate::wire::{self, DeadLetter, DeliveryTask, Reason};
 
 /// A message from `P.dead` as the delivery log will hold it.
@@ -32,62 +33,84 @@ pub(super) enum NotYet {
 }
 
 impl Logger {
-    /// What a message from `P.dead` is recorded as. Three kinds arrive there:
-    /// - a dead letter the service sealed: stored as it says (trusted);
+    /// What a message from `P.dead` is recorded as: one record, or one for each dead letter or
+    /// task of a bundle ([`crate::wire::bundle`]). Three kinds arrive there:
+    /// - a dead letter the service sealed, or a bundle of them: stored as it says (trusted);
     /// - a message RabbitMQ dead-lettered from `P.events` (its `x-death` names that queue): a
     ///   delivery task whose seal verifies becomes a replayable record of that delivery; any
     ///   other message (an inbound event that expired, say) is kept like a rejected one, raw,
     ///   naming no subscription;
     /// - anything else (no seal, a wrong one, not even JSON): kept raw as untrusted, naming no
     ///   account or subscription, never replayable, and counted as forged.
-    pub(super) async fn record_of(&self, message: &Inbound) -> Result<Record, NotYet> {
+    pub(super) async fn records_in(&self, message: &Inbound) -> Result<Vec<Record>, NotYet> {
         let data = message.body();
         if let Some(death) = message.death().filter(|d| d.queue == self.events_queue) {
-            return self.broker_dead_letter(message, &death).await;
+            return self.broker_dead_letters(message, &death).await;
         }
+        let bundle = message.is_dead_letter_bundle();
+        let kind = if bundle {
+            DEAD_LETTER_BUNDLE
+        } else {
+            DEAD_LETTER_KIND
+        };
+        let read = |data: &[u8]| {
+            if bundle {
+                DeadLetterBundle::read(data)
+            } else {
+                serde_json::from_slice::<DeadLetter>(data)
+                    .map(|dead| vec![dead])
+                    .map_err(|e| e.to_string())
+            }
+        };
         let (key_id, mac) = message.seal();
         let verdict = match self
             .keys
-            .verify(DEAD_LETTER_KIND, data, key_id.as_deref(), mac.as_deref())
+            .verify(kind, data, key_id.as_deref(), mac.as_deref())
             .await
         {
             Ok(()) => Ok(()),
             Err(Unverified::Forged(forgery)) => Err(forgery),
             Err(keys) => return Err(NotYet::Keys(keys)),
         };
-        Ok(
-            match verdict.map(|()| serde_json::from_slice::<DeadLetter>(data)) {
-                Ok(Ok(dead)) => Record {
+        Ok(match verdict.map(|()| read(data)) {
+            Ok(Ok(dead_letters)) => dead_letters
+                .into_iter()
+                .map(|dead| Record {
                     dead,
                     trust: Trust::Verified,
                     broker_made: false,
                     forged: None,
-                },
-                // Sealed by the service, yet not a dead letter it can read (another version's?).
-                Ok(Err(e)) => untrusted(
-                    data,
-                    Reason::Unreadable,
-                    format!("a sealed message that is not a dead letter this version reads: {e}"),
-                ),
-                Err(forgery) => {
-                    let (reason, claim) = match serde_json::from_slice::<Claimed>(data) {
-                        Ok(claimed) => (
-                            Reason::ForgedDeadLetter,
-                            format!("; it claims reason {:?}", shorten(&claimed.reason)),
-                        ),
-                        Err(_) => (Reason::Unreadable, String::new()),
-                    };
-                    Record {
-                        forged: Some(forgery.clone()),
-                        ..untrusted(data, reason, format!("not believed: {forgery}{claim}"))
-                    }
-                }
-            },
-        )
+                })
+                .collect(),
+            // Sealed by the service, yet not a dead letter it can read (another version's?).
+            Ok(Err(e)) => vec![untrusted(
+                data,
+                Reason::Unreadable,
+                format!("a sealed message that is not a dead letter this version reads: {e}"),
+            )],
+            Err(forgery) => {
+                let (reason, claim) = match claimed_reason(data) {
+                    Some(claimed) => (
+                        Reason::ForgedDeadLetter,
+                        format!("; it claims reason {:?}", shorten(&claimed)),
+                    ),
+                    None => (Reason::Unreadable, String::new()),
+                };
+                vec![Record {
+                    forged: Some(forgery.clone()),
+                    ..untrusted(data, reason, format!("not believed: {forgery}{claim}"))
+                }]
+            }
+        })
     }
 
-    /// The record of a message RabbitMQ dead-lettered from `P.events`.
-    async fn broker_dead_letter(&self, message: &Inbound, death: &Death) -> Result<Record, NotYet> {
+    /// The records of a message RabbitMQ dead-lettered from `P.events`: one, or one per task
+    /// of a bundle.
+    async fn broker_dead_letters(
+        &self,
+        message: &Inbound,
+        death: &Death,
+    ) -> Result<Vec<Record>, NotYet> {
         let data = message.body();
         let reason = Reason::of_death(&death.reason);
         let detail = format!(
@@ -99,45 +122,32 @@ impl Logger {
                 .map(|n| format!(", {n} times"))
                 .unwrap_or_default()
         );
-        // Redelivered copies carry the same bytes and x-death, so they get the same id.
-        let id = wire::raw_dead_letter_id(
-            &[
-                data,
-                reason.as_str().as_bytes(),
-                &death.time.unwrap_or(0).to_be_bytes(),
-            ]
-            .concat(),
-        );
+        // Redelivered copies carry the same bytes and x-death, so they get the same id; each task
+        // of a bundle its place in it besides.
+        let id_of = |place: Option<usize>| {
+            wire::raw_dead_letter_id(
+                &[
+                    data,
+                    reason.as_str().as_bytes(),
+                    &death.time.unwrap_or(0).to_be_bytes(),
+                    &place.map(|n| n.to_be_bytes().to_vec()).unwrap_or_default(),
+                ]
+                .concat(),
+            )
+        };
         let at = death
             .time
             .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
             .map_or_else(now_rfc3339, rfc3339);
-        if let Some(task) = self.verified_task(message).await? {
-            let url = self
-                .store
-                .subscription(&task.subscription_id)
-                .await
-                .map_err(NotYet::Subscription)?
-                .map(|s| s.url);
-            let dead = DeadLetter {
-                id,
-                event_id: task.event_id,
-                account_id: Some(task.account_id),
-                subscription_id: Some(task.subscription_id),
-                url,
-                event: Some(task.event),
-                payload: wire::raw_payload(task.body.as_bytes()),
-                reason: reason.as_str().to_string(),
-                detail: Some(detail),
-                attempts: task.attempts,
-                dead_lettered_at: at,
-            };
-            return Ok(Record {
-                dead,
-                trust: Trust::Verified,
-                broker_made: true,
-                forged: None,
-            });
+        if let Some((tasks, bundled)) = self.verified_tasks(message).await? {
+            let mut records = Vec::with_capacity(tasks.len());
+            for (place, task) in tasks.into_iter().enumerate() {
+                records.push(
+                    self.task_record(task, id_of(bundled.then_some(place)), reason, &detail, &at)
+                        .await?,
+                );
+            }
+            return Ok(records);
         }
         // An inbound event (or whatever else was on the queue): kept raw, like a rejected one.
         let message_id = message.message_id();
@@ -157,11 +167,48 @@ impl Logger {
             }
         };
         let dead = DeadLetter {
-            id,
+            id: id_of(None),
             account_id,
             event,
             dead_lettered_at: at,
             ..DeadLetter::for_raw(data, event_id, reason, detail)
+        };
+        Ok(vec![Record {
+            dead,
+            trust: Trust::Verified,
+            broker_made: true,
+            forged: None,
+        }])
+    }
+
+    /// The record of one delivery task RabbitMQ dead-lettered: replayable, naming its
+    /// subscription's URL as it is now.
+    async fn task_record(
+        &self,
+        task: DeliveryTask,
+        id: String,
+        reason: Reason,
+        detail: &str,
+        at: &str,
+    ) -> Result<Record, NotYet> {
+        let url = self
+            .store
+            .subscription(&task.subscription_id)
+            .await
+            .map_err(NotYet::Subscription)?
+            .map(|s| s.url);
+        let dead = DeadLetter {
+            id,
+            event_id: task.event_id,
+            account_id: Some(task.account_id),
+            subscription_id: Some(task.subscription_id),
+            url,
+            event: Some(task.event),
+            payload: wire::raw_payload(task.body.as_bytes()),
+            reason: reason.as_str().to_string(),
+            detail: Some(detail.to_string()),
+            attempts: task.attempts,
+            dead_lettered_at: at.to_string(),
         };
         Ok(Record {
             dead,
@@ -171,8 +218,12 @@ impl Logger {
         })
     }
 
-    /// The delivery task in a message, if it is one and its seal verifies.
-    async fn verified_task(&self, message: &Inbound) -> Result<Option<DeliveryTask>, NotYet> {
+    /// The delivery tasks in a message, if it is a task or a bundle of them and its seal
+    /// verifies, and whether it was a bundle.
+    async fn verified_tasks(
+        &self,
+        message: &Inbound,
+    ) -> Result<Option<(Vec<DeliveryTask>, bool)>, NotYet> {
         let Some(kind) = message.task_kind() else {
             return Ok(None);
         };
@@ -182,7 +233,12 @@ impl Logger {
             .verify(&kind, message.body(), key_id.as_deref(), mac.as_deref())
             .await
         {
-            Ok(()) => Ok(DeliveryTask::read(message.body()).ok()),
+            Ok(()) if kind == TASK_BUNDLE => Ok(TaskBundle::read(message.body())
+                .ok()
+                .map(|tasks| (tasks, true))),
+            Ok(()) => Ok(DeliveryTask::read(message.body())
+                .ok()
+                .map(|task| (vec![task], false))),
             Err(Unverified::Forged(_)) => Ok(None),
             Err(keys) => Err(NotYet::Keys(keys)),
         }
@@ -193,6 +249,16 @@ impl Logger {
 #[derive(serde::Deserialize)]
 struct Claimed {
     reason: String,
+}
+
+/// The reason an unverified message claims, for its record's detail: a dead letter's, or the
+/// first of a bundle's.
+fn claimed_reason(data: &[u8]) -> Option<String> {
+    if let Ok(one) = serde_json::from_slice::<Claimed>(data) {
+        return Some(one.reason);
+    }
+    let many = serde_json::from_slice::<DeadLetterBundle<Claimed>>(data).ok()?;
+    many.dead_letters.into_iter().next().map(|c| c.reason)
 }
 
 /// The record of a message nothing in which is believed.

@@ -1,8 +1,10 @@
 //! Messages the service itself puts on the broker: delivery tasks (retries and replays, on the
 //! delay queues and back on `P.events`), dead letters (on `P.dead`, [`dead_letter`]) and
-//! subscription changes (on `P.control`, [`control`]).
+//! subscription changes (on `P.control`, [`control`]); several tasks or dead letters handed on
+//! together travel as one message ([`bundle`]).
 //! Producers never see these.
 
+pub mod bundle;
 pub mod control;
 mod dead_letter;
 

@@ -378,14 +378,15 @@ async fn store_unavailable_holds_dead_letters() {
     assert_eq!(lock.rows().await, 0, "nothing was written past the lock");
 
     // A graceful stop while the logger is stuck: it hands its unacked dead letters back, so all
-    // of them are in the queue again.
+    // of them are in the queue again (in fewer messages: those dead-lettered together travel
+    // as one).
     svc.stop(PATIENCE).await;
     // A quorum queue takes back a closed channel's unacked messages asynchronously: poll.
     let dead = svc.dead_queue();
     wait_until(
         &format!("all {N} dead letters back in {dead}: none acked unpersisted"),
         PATIENCE,
-        || async { producer.ready(&dead).await == N as u32 },
+        || async { producer.dead_letters_ready(&dead).await == N },
     )
     .await;
 

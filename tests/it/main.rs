@@ -7,6 +7,7 @@ mod support;
 mod admin_api;
 mod broker_restart;
 mod bulk_replay;
+mod bundles;
 mod cli;
 mod cli_terminal;
 mod delivery;

@@ -82,7 +82,7 @@ async fn forged_tasks_are_dead_lettered_by_every_route_and_nothing_is_delivered(
     ];
     let mut n = 0;
     for (exchange, routing_key) in routes {
-        for kind in ["delivery", "replay", "retry"] {
+        for kind in ["delivery", "replay", "retry", "bundle"] {
             for seal in seals {
                 let mut pairs = vec![("x-webhook-task", kind)];
                 pairs.extend_from_slice(seal);
@@ -198,6 +198,19 @@ async fn forged_dead_letters_are_kept_as_untrusted_and_never_replayed() {
             ),
             headers(&[("x-webhook-key", "424242"), ("x-webhook-mac", "AAAA")]),
         ),
+        // A bundle claimed, its seal wrong: one record for the whole message, nothing in it
+        // believed, not even that it holds two dead letters.
+        (
+            json!({"dead_letters": [
+                dead_letter_json(&sub, "dl_forged_bundle_1", "purchase", "2026-12-01T00:00:00.000Z"),
+                dead_letter_json(&sub, "dl_forged_bundle_2", "purchase", "2026-12-01T00:00:00.000Z"),
+            ]}),
+            headers(&[
+                ("x-webhook-dead-letters", "2"),
+                ("x-webhook-key", "1"),
+                ("x-webhook-mac", "AAAA"),
+            ]),
+        ),
     ];
     for (body, props) in &forged {
         publish("", &dead, body.to_string().as_bytes(), props.clone()).await;
@@ -270,7 +283,7 @@ async fn forged_dead_letters_are_kept_as_untrusted_and_never_replayed() {
         .iter()
         .map(|s| s["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(skipped, ["untrusted"; 4], "{bulk}");
+    assert_eq!(skipped, ["untrusted"; 5], "{bulk}");
     let got = receiver.wait_for(1, PATIENCE).await;
     assert_eq!(got[0].header("webhook-id"), "evt_genuine");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -361,15 +374,43 @@ async fn a_sealed_task_the_broker_dead_letters_becomes_a_replayable_record() {
         AMQPValue::LongString(service.events_queue().into_bytes().into()),
     );
     death.insert("count".into(), AMQPValue::LongLongInt(20));
-    let mut table = props.headers().clone().unwrap();
-    table.insert(
-        "x-death".into(),
-        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    let died = |props: BasicProperties| {
+        let mut table = props.headers().clone().unwrap();
+        table.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death.clone())].into()),
+        );
+        props.with_headers(table)
+    };
+    publish("", &service.dead_queue(), &body, died(props)).await;
+    // A bundle of two tasks the broker dead-lettered: a record for each.
+    let bundled: Vec<_> = ["evt_limit_a", "evt_limit_b"]
+        .map(|id| webhook_dispatcher::wire::DeliveryTask {
+            event_id: id.into(),
+            ..task.clone()
+        })
+        .to_vec();
+    let (bundle, props) = webhook_dispatcher::broker::task_bundle_message(
+        "acct_acme",
+        bundled.iter().collect(),
+        &keys,
     );
-    publish("", &service.dead_queue(), &body, props.with_headers(table)).await;
+    publish("", &service.dead_queue(), &bundle, died(props)).await;
 
-    let records = service.wait_for_logs("reason=delivery_limit", 1).await;
-    let record = &records[0];
+    let records = service.wait_for_logs("reason=delivery_limit", 3).await;
+    let mut events: Vec<&str> = records
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    events.sort_unstable();
+    assert_eq!(events, ["evt_limit", "evt_limit_a", "evt_limit_b"]);
+    let ids: std::collections::HashSet<&str> =
+        records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "a record id each: {records:?}");
+    let record = records
+        .iter()
+        .find(|r| r["event_id"] == "evt_limit")
+        .unwrap();
     assert_eq!(record["subscription_id"], sub, "{record}");
     assert_eq!(record["url"], receiver.url, "{record}");
     assert_eq!(record["trusted"], true);

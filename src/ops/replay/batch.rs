@@ -1,4 +1,7 @@
-//! One batch of a replay: claimed in one transaction, sent, committed once confirmed.
+//! One batch of a replay: claimed in one transaction, sent (consecutive records of one account
+//! as one message), committed once confirmed.
+
+use std::ops::Range;
 
 use futures_util::FutureExt;
 use futures_util::StreamExt;
@@ -9,6 +12,7 @@ use crate::broker::{BrokerError, Pending, TASK_CONFIRM_TIMEOUT};
 use crate::store::StoreError;
 use crate::time::now_rfc3339;
 use crate::wire::TaskKind;
+use crate::wire::bundle::{MAX_BYTES, MAX_ITEMS, task_size};
 
 /// Publishes of a batch handed to the AMQP client at once: each waits for its frames to be
 /// written, and one at a time that was a round through the client's I/O thread per record.
@@ -57,16 +61,19 @@ impl Replayer {
         let mut pending = Vec::new();
         let mut sending = FuturesOrdered::new();
         let mut refused = false;
-        for q in &queued {
+        let mut next = 0;
+        while next < queued.len() {
             // Take in the publishes written so far (with SENDING under way, wait for the oldest):
             // once one is refused, nothing more is sent.
-            while let Some(Some((n, written))) = if sending.len() >= SENDING {
+            while let Some(Some((places, written))) = if sending.len() >= SENDING {
                 Some(sending.next().await)
             } else {
                 sending.next().now_or_never()
             } {
-                refused |= took(&mut outcomes, &mut pending, n, written);
+                refused |= took(&mut outcomes, &mut pending, places, written);
             }
+            let q = &queued[next];
+            next += 1;
             if refused {
                 outcomes.push(None);
                 continue;
@@ -75,37 +82,67 @@ impl Replayer {
                 outcomes.push(Some(Err(Skip::AlreadyReplayed(None).into())));
                 continue;
             }
+            // The records after it of the same account, held too, go in the same message (a
+            // bundle, as the dispatcher hands on retries): the broker's cost is per message.
             let task = task_of(&q.log).expect("checked: the record has a subscription");
-            let n = outcomes.len();
-            outcomes.push(Some(Ok(())));
+            let mut bytes = task_size(&task);
+            let mut tasks = vec![task];
+            let most = if self.bundles { MAX_ITEMS } else { 1 };
+            while let Some(more) = queued.get(next)
+                && tasks.len() < most
+                && claim.holds(&more.log.id)
+                && let Some(task) = task_of(&more.log)
+                && task.account_id == tasks[0].account_id
+                && bytes + task_size(&task) <= MAX_BYTES
+            {
+                bytes += task_size(&task);
+                tasks.push(task);
+                next += 1;
+            }
+            let places = outcomes.len()..outcomes.len() + tasks.len();
+            outcomes.extend(tasks.iter().map(|_| Some(Ok(()))));
             let (publisher, queue, keys) = (&self.publisher, &self.events_queue, &self.keys);
             let send = async move {
-                let written = publisher.send_task(queue, &task, TaskKind::Replay, keys);
+                let written = async {
+                    match tasks.as_slice() {
+                        [one] => {
+                            publisher
+                                .send_task(queue, one, TaskKind::Replay, keys)
+                                .await
+                        }
+                        many => {
+                            let account = &many[0].account_id;
+                            publisher.send_task_bundle(queue, account, many, keys).await
+                        }
+                    }
+                };
                 let written = tokio::time::timeout_at(deadline, written)
                     .await
                     .unwrap_or_else(|_| Err(late()));
-                (n, written)
+                (places, written)
             };
             sending.push_back(send);
             // First poll: its frames are queued now, behind the ones before it.
-            if let Some(Some((n, written))) = sending.next().now_or_never() {
-                refused |= took(&mut outcomes, &mut pending, n, written);
+            if let Some(Some((places, written))) = sending.next().now_or_never() {
+                refused |= took(&mut outcomes, &mut pending, places, written);
             }
         }
-        while let Some((n, written)) = sending.next().await {
-            took(&mut outcomes, &mut pending, n, written);
+        while let Some((places, written)) = sending.next().await {
+            took(&mut outcomes, &mut pending, places, written);
         }
         let confirms =
-            futures_util::future::join_all(pending.into_iter().map(|(n, sent)| async move {
+            futures_util::future::join_all(pending.into_iter().map(|(places, sent)| async move {
                 let confirmed = tokio::time::timeout_at(deadline, sent.confirmed())
                     .await
                     .unwrap_or_else(|_| Err(late()));
-                (n, confirmed)
+                (places, confirmed)
             }))
             .await;
-        for (n, confirmed) in confirms {
+        for (places, confirmed) in confirms {
             if let Err(e) = confirmed {
-                outcomes[n] = Some(Err(e.into()));
+                for n in places {
+                    outcomes[n] = Some(Err(e.clone().into()));
+                }
             }
         }
         // Everything not confirmed reads as not replayed; the rest is final.
@@ -138,21 +175,23 @@ impl Replayer {
     }
 }
 
-/// Files the publish of record `n`: written, its confirm joins `pending`; refused, its outcome
-/// says why. True when refused.
+/// Files the publish of the records at `places` (one message): written, its confirm joins
+/// `pending`; refused, their outcomes say why. True when refused.
 fn took(
     outcomes: &mut [Option<Result<(), ReplayError>>],
-    pending: &mut Vec<(usize, Pending)>,
-    n: usize,
+    pending: &mut Vec<(Range<usize>, Pending)>,
+    places: Range<usize>,
     written: Result<Pending, BrokerError>,
 ) -> bool {
     match written {
         Ok(sent) => {
-            pending.push((n, sent));
+            pending.push((places, sent));
             false
         }
         Err(e) => {
-            outcomes[n] = Some(Err(e.into()));
+            for n in places {
+                outcomes[n] = Some(Err(e.clone().into()));
+            }
             true
         }
     }

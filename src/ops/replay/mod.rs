@@ -59,6 +59,8 @@ pub struct Replayer {
     pub events_queue: String,
     /// Seals the replayed tasks.
     pub keys: Arc<Keyring>,
+    /// Whether consecutive records of one account may be sent as one message (`BUNDLES`).
+    pub bundles: bool,
 }
 
 impl Replayer {

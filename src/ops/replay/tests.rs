@@ -69,6 +69,7 @@ async fn a_run_shows_seen_every_row_it_handles_unreadable_ones_too() {
             store.ensure_message_key().await.unwrap();
             Arc::new(Keyring::load(Arc::new(store.clone())).await.unwrap())
         },
+        bundles: true,
     };
 
     let (mut records, mut unreadable) = (Vec::new(), Vec::new());

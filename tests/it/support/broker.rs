@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use super::{LOAD_ACCOUNT, amqp_url};
@@ -162,6 +162,33 @@ impl Producer {
             }
         }
         confirmed
+    }
+
+    /// Dead letters ready in `queue` (a dead-letter queue): each message counts one, a bundle
+    /// as many as its `x-webhook-dead-letters` header says. Reads them without acking, then
+    /// closes its channel, which hands them all back (a quorum queue takes them back a moment
+    /// later: poll).
+    pub async fn dead_letters_ready(&self, queue: &str) -> usize {
+        let channel = self.conn.create_channel().await.expect("reading channel");
+        let mut held = 0;
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"))
+        {
+            let count = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("x-webhook-dead-letters")? {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+                    _ => None,
+                });
+            held += count.unwrap_or(1);
+        }
+        closed(channel.close(200, "read".into())).await;
+        held
     }
 
     /// Messages ready in `queue` (a passive declare; unacked messages are not counted).
