@@ -103,8 +103,12 @@ impl LogFilter {
 }
 
 /// Rows in one multi-row `INSERT` of dead letters: 12 values each, far below SQLite's 32,766
-/// and PostgreSQL's 65,535 bound parameters.
-const ROWS_PER_INSERT: usize = 128;
+/// and PostgreSQL's 65,535 bound parameters. Not more: SQLite looks each `$N` up by name in a
+/// list (`sqlite3_bind_parameter_name`), so binding a statement costs the square of its
+/// parameters; at 128 rows it was the largest single cost of an outage's dead letters (5.75 %
+/// of the service's CPU while they were stored), and the logger alone persisted 17,600/s on
+/// SQLite where it does 21,800–26,600/s at 32 (BENCHMARKS.md, "Bundles").
+const ROWS_PER_INSERT: usize = 32;
 
 pub(super) const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
 
