@@ -66,7 +66,7 @@ pub async fn run(mut consumer: Consumer, logger: Logger, stop: CancellationToken
 pub struct Committed {
     /// Records the batch added to the store.
     pub new: usize,
-    /// Messages whose record was already there (redelivered copies).
+    /// Records that were already there (of redelivered copies).
     pub duplicates: usize,
     /// The ack failed: the broker delivers the batch again, and it is stored once.
     pub ack_failed: bool,
@@ -75,10 +75,9 @@ pub struct Committed {
 /// What became of one message from `P.dead` ([`Logger::store_and_ack`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
-    /// Committed to the store, then acked.
-    New,
-    /// A record with its id was already there (a redelivered copy); acked.
-    Duplicate,
+    /// Committed to the store, then acked: its records (one, or a bundle's), `new` of them
+    /// added and `duplicates` already there (a redelivered copy's).
+    Committed { new: usize, duplicates: usize },
     /// Committed, but the ack failed: the broker delivers it again, and it is stored once.
     AckFailed,
     /// `stop` fired before the store took it: not acked, it stays in the queue.
@@ -118,8 +117,10 @@ impl Logger {
             .await
         {
             Ok(done) if done.ack_failed => Stored::AckFailed,
-            Ok(done) if done.new > 0 => Stored::New,
-            Ok(_) => Stored::Duplicate,
+            Ok(done) => Stored::Committed {
+                new: done.new,
+                duplicates: done.duplicates,
+            },
             Err(not_acked) => not_acked,
         }
     }

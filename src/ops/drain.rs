@@ -17,7 +17,7 @@ use crate::store::Store;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Dead letters taken off the queue and safely in the store.
+    /// Dead letters taken off the queue and safely in the store (a bundle's each count).
     pub drained: u64,
     /// Of those, how many the store already held (redelivered copies).
     pub already_stored: u64,
@@ -29,7 +29,8 @@ pub struct DrainReport {
 /// running it by hand wants an answer, not a command that waits silently forever.
 pub const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Drains `P.dead` into `store`. `progress(done, remaining)` follows each message; `log` runs
+/// Drains `P.dead` into `store`. `progress(done, remaining)` follows each message (messages
+/// taken, messages left; a bundle is one); `log` runs
 /// each log line (see [`Patience::log`]).
 pub async fn drain(
     broker: &Broker,
@@ -52,6 +53,7 @@ pub async fn drain(
     };
     let reader = broker.reader(queue).await?;
     let mut report = DrainReport::default();
+    let mut taken = 0;
     loop {
         if stop.is_cancelled() {
             report.interrupted = true;
@@ -68,10 +70,9 @@ pub async fn drain(
         };
         let stored = logger.store_and_ack(&message, stop, patience).await;
         match stored {
-            Stored::New => report.drained += 1,
-            Stored::Duplicate => {
-                report.drained += 1;
-                report.already_stored += 1;
+            Stored::Committed { new, duplicates } => {
+                report.drained += (new + duplicates) as u64;
+                report.already_stored += duplicates as u64;
             }
             Stored::Stopped => {
                 report.interrupted = true;
@@ -95,7 +96,8 @@ pub async fn drain(
                 )));
             }
         }
-        progress(report.drained, u64::from(remaining));
+        taken += 1;
+        progress(taken, u64::from(remaining));
     }
     reader.close().await;
     Ok(report)

@@ -74,6 +74,24 @@ async fn sealed(
     service: &ServiceProcess,
     letters: &[DeadLetter],
 ) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
+    let keys = service_keys(service).await;
+    letters
+        .iter()
+        .map(|dl| dead_letter_message(dl, &keys))
+        .collect()
+}
+
+/// `letters` sealed by the service as one message, a bundle (as its dispatcher makes one when
+/// they are dead-lettered together).
+async fn sealed_bundle(
+    service: &ServiceProcess,
+    letters: &[DeadLetter],
+) -> (Vec<u8>, lapin::BasicProperties) {
+    let keys = service_keys(service).await;
+    webhook_dispatcher::broker::dead_letter_bundle_message(letters.iter().collect(), &keys)
+}
+
+async fn service_keys(service: &ServiceProcess) -> Keyring {
     let store = Store::open_existing(&sqlite_url(service.db_path()))
         .await
         .expect("the service's store");
@@ -81,10 +99,7 @@ async fn sealed(
         .await
         .expect("the service's message key");
     store.close().await;
-    letters
-        .iter()
-        .map(|dl| dead_letter_message(dl, &keys))
-        .collect()
+    keys
 }
 
 fn ids_of(records: &[Value]) -> Vec<String> {
@@ -335,11 +350,14 @@ async fn dlq_drain_stores_every_dead_letter_once_while_the_service_is_down() {
         assert!(store.insert_dead_letter(dl, Trust::Verified).await.unwrap());
     }
     let dead = service.dead_queue();
-    publish_messages("", &dead, &sealed(&service, &letters).await).await;
+    // Twenty alone, the last ten as one bundle: 21 messages, 30 dead letters.
+    let mut messages = sealed(&service, &letters[..20]).await;
+    messages.push(sealed_bundle(&service, &letters[20..]).await);
+    publish_messages("", &dead, &messages).await;
     publish_raw("", &dead, &[b"not a dead letter".to_vec()]).await;
     let stats: Value =
         serde_json::from_str(&service.cli(&["dlq", "stats", "--json"], b"").await.stdout).unwrap();
-    assert_eq!(stats["queues"][4]["ready"], 31, "{stats}");
+    assert_eq!(stats["queues"][4]["ready"], 22, "{stats}");
 
     let run = service.cli(&["dlq", "drain"], b"").await;
     run.expect_code(0);
