@@ -391,7 +391,7 @@ async fn main() {
                 broker.handed_off,
                 broker.handed_off / ceiling_rate
             ),
-            "— (what any dispatcher could reach)",
+            "— (what a dispatcher sending a message per delivery could reach)",
         ]);
         for store in [replicas::StoreKind::Sqlite, replicas::StoreKind::Postgres] {
             let r = recovery::run(&o, &conn, &counters, &ok_url, store).await;
