@@ -105,7 +105,7 @@ impl LogFilter {
 /// Rows in one multi-row `INSERT` of dead letters: 12 values each, far below SQLite's 32,766
 /// and PostgreSQL's 65,535 bound parameters. Not more: SQLite looks each `$N` up by name in a
 /// list (`sqlite3_bind_parameter_name`), so binding a statement costs the square of its
-/// parameters; at 128 rows it was the largest single cost of an outage's dead letters (5.75 %
+/// parameters; at 128 rows it was the largest single cost of an outage's dead letters (12.6 %
 /// of the service's CPU while they were stored), and the logger alone persisted 17,600/s on
 /// SQLite where it does 21,800–26,600/s at 32 (BENCHMARKS.md, "Bundles").
 const ROWS_PER_INSERT: usize = 32;
