@@ -6,6 +6,7 @@
 //! builds a new session; lapin's own recovery is not relied on.
 
 mod connection;
+mod declare;
 pub mod frame;
 mod inbound;
 mod publish;
@@ -14,6 +15,7 @@ mod session;
 pub mod topology;
 
 pub use connection::{Broker, CLOSE_TIMEOUT, DEAD_PREFETCH};
+pub use declare::EventsQueue;
 pub use frame::{
     Death, dead_letter_bundle_message, dead_letter_message, event_props, task_bundle_message,
     task_message,
@@ -22,7 +24,7 @@ pub use inbound::{Consumer, Inbound, Settled};
 pub use publish::{Pending, Publisher, Route, TASK_CONFIRM_TIMEOUT};
 pub use queues::QueueCounts;
 pub use session::{Consuming, Session};
-pub use topology::{EventsQueue, Topology};
+pub use topology::Topology;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, Que
 use lapin::types::FieldTable;
 
 use super::connection::close_channel;
-use super::topology::declare_queue;
+use super::declare::declare_queue;
 use super::{Broker, BrokerError, Inbound, Route};
 
 /// What a passive declare reports of a queue.
