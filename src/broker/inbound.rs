@@ -88,19 +88,17 @@ impl Inbound {
         header_text(&self.properties, TASK_HEADER)
     }
 
-    /// Whether it claims to be a bundle of dead letters (its `x-webhook-dead-letters` header); a
-    /// claim only, like [`Inbound::task_kind`].
-    pub fn is_dead_letter_bundle(&self) -> bool {
-        header_text(&self.properties, DEAD_LETTERS_HEADER).is_some()
-    }
-
-    /// How many dead letters it claims to hold: a bundle's count (at most
-    /// [`MAX_ITEMS`](crate::wire::bundle::MAX_ITEMS)), else 1. A claim only: it sizes the
-    /// logger's batches, nothing else.
-    pub fn dead_letters_claimed(&self) -> usize {
-        header_text(&self.properties, DEAD_LETTERS_HEADER)
-            .and_then(|n| n.parse::<usize>().ok())
-            .map_or(1, |n| n.clamp(1, crate::wire::bundle::MAX_ITEMS))
+    /// How many dead letters it claims to hold, when it claims to be a bundle of them (its
+    /// `x-webhook-dead-letters` header): the count (1 to
+    /// [`MAX_ITEMS`](crate::wire::bundle::MAX_ITEMS); 1 when unreadable). A claim only, like
+    /// [`Inbound::task_kind`]: it picks the seal to check and sizes the logger's batches.
+    pub fn dead_letters_claimed(&self) -> Option<usize> {
+        let count = header_text(&self.properties, DEAD_LETTERS_HEADER)?;
+        Some(
+            count
+                .parse::<usize>()
+                .map_or(1, |n| n.clamp(1, crate::wire::bundle::MAX_ITEMS)),
+        )
     }
 
     pub fn is_task(&self) -> bool {

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::{BrokerError, Publisher, Route};
 use crate::seal::Keyring;
-use crate::wire::bundle::{MAX_BYTES, MAX_ITEMS};
+use crate::wire::bundle::{MAX_BYTES, MAX_ITEMS, bundle_len};
 
 /// What a gatherer publishes: one item alone, or several as a bundle.
 pub(super) trait Item: Send + 'static {
@@ -141,18 +141,9 @@ impl<T: Item> Gatherer<T> {
     }
 }
 
-/// The oldest waiting items that make one bundle: at most `most`, and no more bytes than
-/// [`MAX_BYTES`] unless the first alone is larger.
+/// The oldest waiting items that make one bundle ([`bundle_len`]).
 fn take_bundle<T: Item, A>(waiting: &mut Vec<(T, A)>, most: usize) -> Vec<(T, A)> {
-    let mut bytes = 0;
-    let mut n = 0;
-    for (item, _) in waiting.iter().take(most) {
-        if n > 0 && bytes + item.size() > MAX_BYTES {
-            break;
-        }
-        bytes += item.size();
-        n += 1;
-    }
+    let n = bundle_len(waiting.iter().map(|(item, _)| item.size()), most);
     waiting.drain(..n).collect()
 }
 

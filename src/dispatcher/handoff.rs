@@ -7,6 +7,7 @@ use lapin::BasicProperties;
 
 use super::gather::Item;
 use super::{Dispatcher, HandleError};
+use crate::broker::topology::RetryQueue;
 use crate::broker::{
     dead_letter_bundle_message, dead_letter_message, task_bundle_message, task_message,
 };
@@ -15,7 +16,7 @@ use crate::event::EventKind;
 use crate::retry::Next;
 use crate::seal::Keyring;
 use crate::subscriptions::Subscription;
-use crate::wire::bundle::{ATTEMPT_BYTES, ITEM_BYTES, task_size};
+use crate::wire::bundle::{dead_letter_size, task_size};
 use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason, TaskKind};
 
 /// A task on its way to a delay queue, and why (sent alone, the task header says so).
@@ -40,10 +41,7 @@ impl Item for Parked {
 
 impl Item for DeadLetter {
     fn size(&self) -> usize {
-        self.payload.get().len()
-            + self.detail.as_ref().map_or(0, String::len)
-            + self.attempts.len() * ATTEMPT_BYTES
-            + ITEM_BYTES
+        dead_letter_size(self)
     }
 
     fn alone(&self, keys: &Keyring) -> (Vec<u8>, BasicProperties) {
@@ -69,16 +67,16 @@ impl Dispatcher {
         match next {
             Next::Done => Ok(()),
             Next::Retry(index) => {
-                let task = ev.task(&sub.id, attempts, 0);
-                self.park(index, task, TaskKind::Delivery).await?;
                 let queue = &self.broker.topology.retries[index];
+                let task = ev.task(&sub.id, attempts, 0);
+                self.park(queue, task, TaskKind::Delivery).await?;
                 self.metrics.retry_scheduled(&queue.label);
                 Ok(())
             }
             Next::Defer(index) => {
-                let task = ev.task(&sub.id, attempts, deferrals + 1);
-                self.park(index, task, TaskKind::Deferred).await?;
                 let queue = &self.broker.topology.retries[index];
+                let task = ev.task(&sub.id, attempts, deferrals + 1);
+                self.park(queue, task, TaskKind::Deferred).await?;
                 self.metrics.delivery_deferred(&sub.id, &queue.label);
                 Ok(())
             }
@@ -92,18 +90,17 @@ impl Dispatcher {
         }
     }
 
-    /// Publishes a delivery task to the delay queue `index`, sealed, with a confirm (in a bundle
+    /// Publishes a delivery task to the delay queue `queue`, sealed, with a confirm (in a bundle
     /// with its account's other tasks handed to that queue meanwhile).
     async fn park(
         &self,
-        index: usize,
+        queue: &RetryQueue,
         task: DeliveryTask,
         kind: TaskKind,
     ) -> Result<(), HandleError> {
-        let queue = &self.broker.topology.retries[index].name;
         let account = task.account_id.clone();
         self.retries
-            .send(queue, &account, Parked { task, kind })
+            .send(&queue.name, &account, Parked { task, kind })
             .await
             .map_err(HandleError::Broker)
     }

@@ -8,7 +8,7 @@ use super::{Dispatcher, HandleError};
 use crate::broker::Inbound;
 use crate::event;
 use crate::seal::Unverified;
-use crate::wire::bundle::{TASK_BUNDLE, TaskBundle};
+use crate::wire::bundle;
 use crate::wire::{DeadLetter, DeliveryTask, EventRef, Reason};
 
 impl Dispatcher {
@@ -74,12 +74,7 @@ impl Dispatcher {
         }
         // A bundle is its tasks, each run as if it had come alone; the message is settled once
         // they all are, as an event's fan-out is.
-        let tasks = if kind == TASK_BUNDLE {
-            TaskBundle::read(raw)
-        } else {
-            DeliveryTask::read(raw).map(|task| vec![task])
-        };
-        let tasks = match tasks {
+        let tasks = match bundle::tasks_in(kind, raw) {
             Ok(tasks) => tasks,
             Err(detail) => {
                 return self

@@ -41,12 +41,12 @@ pub const BATCH: usize = DEAD_PREFETCH as usize / 2;
 
 pub async fn run(mut consumer: Consumer, logger: Logger, stop: CancellationToken) {
     while let Some(first) = consumer.next_until(&stop, "dead letters").await {
-        let mut held = first.dead_letters_claimed();
+        let mut held = first.dead_letters_claimed().unwrap_or(1);
         let mut batch = vec![first];
         while batch.len() < BATCH && held < BATCH {
             match consumer.ready_now() {
                 Some(message) => {
-                    held += message.dead_letters_claimed();
+                    held += message.dead_letters_claimed().unwrap_or(1);
                     batch.push(message);
                 }
                 None => break,

@@ -6,7 +6,7 @@ use crate::event;
 use crate::seal::{DEAD_LETTER_KIND, Forgery, Unverified};
 use crate::store::{StoreError, Trust};
 use crate::time::{now_rfc3339, rfc3339};
-use crate::wire::bundle::{DEAD_LETTER_BUNDLE, DeadLetterBundle, TASK_BUNDLE, TaskBundle};
+use crate::wire::bundle::{self, DEAD_LETTER_BUNDLE, DeadLetterBundle, TASK_BUNDLE};
 use crate::wire::{self, DeadLetter, DeliveryTask, Reason};
 
 /// A message from `P.dead` as the delivery log will hold it.
@@ -47,20 +47,11 @@ impl Logger {
         if let Some(death) = message.death().filter(|d| d.queue == self.events_queue) {
             return self.broker_dead_letters(message, &death).await;
         }
-        let bundle = message.is_dead_letter_bundle();
-        let kind = if bundle {
+        let is_bundle = message.dead_letters_claimed().is_some();
+        let kind = if is_bundle {
             DEAD_LETTER_BUNDLE
         } else {
             DEAD_LETTER_KIND
-        };
-        let read = |data: &[u8]| {
-            if bundle {
-                DeadLetterBundle::read(data)
-            } else {
-                serde_json::from_slice::<DeadLetter>(data)
-                    .map(|dead| vec![dead])
-                    .map_err(|e| e.to_string())
-            }
         };
         let (key_id, mac) = message.seal();
         let verdict = match self
@@ -72,36 +63,38 @@ impl Logger {
             Err(Unverified::Forged(forgery)) => Err(forgery),
             Err(keys) => return Err(NotYet::Keys(keys)),
         };
-        Ok(match verdict.map(|()| read(data)) {
-            Ok(Ok(dead_letters)) => dead_letters
-                .into_iter()
-                .map(|dead| Record {
-                    dead,
-                    trust: Trust::Verified,
-                    broker_made: false,
-                    forged: None,
-                })
-                .collect(),
-            // Sealed by the service, yet not a dead letter it can read (another version's?).
-            Ok(Err(e)) => vec![untrusted(
-                data,
-                Reason::Unreadable,
-                format!("a sealed message that is not a dead letter this version reads: {e}"),
-            )],
-            Err(forgery) => {
-                let (reason, claim) = match claimed_reason(data) {
-                    Some(claimed) => (
-                        Reason::ForgedDeadLetter,
-                        format!("; it claims reason {:?}", shorten(&claimed)),
-                    ),
-                    None => (Reason::Unreadable, String::new()),
-                };
-                vec![Record {
-                    forged: Some(forgery.clone()),
-                    ..untrusted(data, reason, format!("not believed: {forgery}{claim}"))
-                }]
-            }
-        })
+        Ok(
+            match verdict.map(|()| bundle::dead_letters_in(is_bundle, data)) {
+                Ok(Ok(dead_letters)) => dead_letters
+                    .into_iter()
+                    .map(|dead| Record {
+                        dead,
+                        trust: Trust::Verified,
+                        broker_made: false,
+                        forged: None,
+                    })
+                    .collect(),
+                // Sealed by the service, yet not a dead letter it can read (another version's?).
+                Ok(Err(e)) => vec![untrusted(
+                    data,
+                    Reason::Unreadable,
+                    format!("a sealed message that is not a dead letter this version reads: {e}"),
+                )],
+                Err(forgery) => {
+                    let (reason, claim) = match claimed_reason(data) {
+                        Some(claimed) => (
+                            Reason::ForgedDeadLetter,
+                            format!("; it claims reason {:?}", shorten(&claimed)),
+                        ),
+                        None => (Reason::Unreadable, String::new()),
+                    };
+                    vec![Record {
+                        forged: Some(forgery.clone()),
+                        ..untrusted(data, reason, format!("not believed: {forgery}{claim}"))
+                    }]
+                }
+            },
+        )
     }
 
     /// The records of a message RabbitMQ dead-lettered from `P.events`: one, or one per task
@@ -233,12 +226,9 @@ impl Logger {
             .verify(&kind, message.body(), key_id.as_deref(), mac.as_deref())
             .await
         {
-            Ok(()) if kind == TASK_BUNDLE => Ok(TaskBundle::read(message.body())
+            Ok(()) => Ok(bundle::tasks_in(&kind, message.body())
                 .ok()
-                .map(|tasks| (tasks, true))),
-            Ok(()) => Ok(DeliveryTask::read(message.body())
-                .ok()
-                .map(|task| (vec![task], false))),
+                .map(|tasks| (tasks, kind == TASK_BUNDLE))),
             Err(Unverified::Forged(_)) => Ok(None),
             Err(keys) => Err(NotYet::Keys(keys)),
         }

@@ -27,13 +27,57 @@ pub const MAX_ITEMS: usize = 128;
 pub const MAX_BYTES: usize = 256 * 1024;
 
 /// What an attempt record adds to an item's JSON, about.
-pub const ATTEMPT_BYTES: usize = 160;
+const ATTEMPT_BYTES: usize = 160;
 /// What an item's fields besides its body and attempts add, about.
-pub const ITEM_BYTES: usize = 256;
+const ITEM_BYTES: usize = 256;
 
 /// About how many bytes of JSON `task` makes in a bundle.
 pub fn task_size(task: &DeliveryTask) -> usize {
     task.body.len() + task.attempts.len() * ATTEMPT_BYTES + ITEM_BYTES
+}
+
+/// About how many bytes of JSON `dead` makes in a bundle.
+pub fn dead_letter_size(dead: &DeadLetter) -> usize {
+    dead.payload.get().len()
+        + dead.detail.as_ref().map_or(0, String::len)
+        + dead.attempts.len() * ATTEMPT_BYTES
+        + ITEM_BYTES
+}
+
+/// How many of the leading items, of these sizes, make one bundle: at most `most`, and no more
+/// than [`MAX_BYTES`] unless the first alone is larger (it then goes alone).
+pub fn bundle_len(sizes: impl IntoIterator<Item = usize>, most: usize) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for size in sizes.into_iter().take(most) {
+        if n > 0 && bytes + size > MAX_BYTES {
+            break;
+        }
+        bytes += size;
+        n += 1;
+    }
+    n
+}
+
+/// The tasks in a message whose seal verified as `kind`: a bundle's (`kind` [`TASK_BUNDLE`]),
+/// or the one task.
+pub fn tasks_in(kind: &str, data: &[u8]) -> Result<Vec<DeliveryTask>, String> {
+    if kind == TASK_BUNDLE {
+        TaskBundle::read(data)
+    } else {
+        DeliveryTask::read(data).map(|task| vec![task])
+    }
+}
+
+/// The dead letters in a message whose seal verified: a bundle's, or the one dead letter.
+pub fn dead_letters_in(bundle: bool, data: &[u8]) -> Result<Vec<DeadLetter>, String> {
+    if bundle {
+        DeadLetterBundle::read(data)
+    } else {
+        serde_json::from_slice::<DeadLetter>(data)
+            .map(|dead| vec![dead])
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Delivery tasks of one account, handed on together. `account_id` comes first so the

@@ -11,8 +11,9 @@ use super::{Failed, Pace, Queued, ReplayError, Replayer, Report, Seen, Skip, tas
 use crate::broker::{BrokerError, Pending, TASK_CONFIRM_TIMEOUT};
 use crate::store::StoreError;
 use crate::time::now_rfc3339;
+use crate::wire::DeliveryTask;
 use crate::wire::TaskKind;
-use crate::wire::bundle::{MAX_BYTES, MAX_ITEMS, task_size};
+use crate::wire::bundle::{MAX_ITEMS, bundle_len, task_size};
 
 /// Publishes of a batch handed to the AMQP client at once: each waits for its frames to be
 /// written, and one at a time that was a round through the client's I/O thread per record.
@@ -85,20 +86,19 @@ impl Replayer {
             // The records after it of the same account, held too, go in the same message (a
             // bundle, as the dispatcher hands on retries): the broker's cost is per message.
             let task = task_of(&q.log).expect("checked: the record has a subscription");
-            let mut bytes = task_size(&task);
-            let mut tasks = vec![task];
             let most = if self.bundles { MAX_ITEMS } else { 1 };
-            while let Some(more) = queued.get(next)
-                && tasks.len() < most
-                && claim.holds(&more.log.id)
-                && let Some(task) = task_of(&more.log)
-                && task.account_id == tasks[0].account_id
-                && bytes + task_size(&task) <= MAX_BYTES
-            {
-                bytes += task_size(&task);
-                tasks.push(task);
-                next += 1;
-            }
+            let account = task.account_id.clone();
+            let mut tasks: Vec<DeliveryTask> = std::iter::once(task)
+                .chain(queued[next..].iter().map_while(|more| {
+                    let held = claim.holds(&more.log.id);
+                    held.then(|| task_of(&more.log))
+                        .flatten()
+                        .filter(|t| t.account_id == account)
+                }))
+                .take(most)
+                .collect();
+            tasks.truncate(bundle_len(tasks.iter().map(task_size), most));
+            next += tasks.len() - 1;
             let places = outcomes.len()..outcomes.len() + tasks.len();
             outcomes.extend(tasks.iter().map(|_| Some(Ok(()))));
             let (publisher, queue, keys) = (&self.publisher, &self.events_queue, &self.keys);
