@@ -2,11 +2,11 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-// Dynamic SQL here only splices constants and numbered placeholders; every value is bound.
+// Dynamic SQL here only splices constants and placeholders; every value is bound.
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Page, Store, StoreError};
+use super::{Page, Params, Store, StoreError};
 use crate::delivery::AttemptRecord;
 use crate::wire::DeadLetter;
 
@@ -103,11 +103,10 @@ impl LogFilter {
 }
 
 /// Rows in one multi-row `INSERT` of dead letters: 12 values each, far below SQLite's 32,766
-/// and PostgreSQL's 65,535 bound parameters. Not more: SQLite looks each `$N` up by name in a
-/// list (`sqlite3_bind_parameter_name`), so binding a statement costs the square of its
-/// parameters; at 128 rows it was the largest single cost of an outage's dead letters (12.6 %
-/// of the service's CPU while they were stored), and the logger alone persisted 17,600/s on
-/// SQLite where it does 21,800–26,600/s at 32 (BENCHMARKS.md, "Bundles").
+/// and PostgreSQL's 65,535 bound parameters. At 128 rows with numbered placeholders, binding
+/// was the largest single cost of an outage's dead letters on SQLite (see [`Params`]); with
+/// SQLite's placeholders anonymous, 128 rows measured no faster than 32 (BENCHMARKS.md,
+/// "Anonymous placeholders"), and a shorter statement holds the write lock for less.
 const ROWS_PER_INSERT: usize = 32;
 
 pub(super) const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
@@ -134,12 +133,11 @@ impl Store {
     ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut new_ids = std::collections::HashSet::new();
+        let params = self.params();
         for chunk in batch.chunks(ROWS_PER_INSERT) {
+            // Bound row by row, in the columns' order.
             let rows = (0..chunk.len())
-                .map(|row| {
-                    let p: Vec<String> = (1..=12).map(|c| format!("${}", row * 12 + c)).collect();
-                    format!("({})", p.join(", "))
-                })
+                .map(|row| format!("({})", params.list(row * 12 + 1, 12)))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
@@ -257,7 +255,7 @@ impl Store {
         ids: &[String],
         order: &str,
     ) -> Result<Vec<Read>, StoreError> {
-        let (conditions, binds) = conditions(base, cursor, filter, ids);
+        let (conditions, binds) = conditions(self.params(), base, cursor, filter, ids);
         let sql = format!("SELECT {COLUMNS} FROM delivery_logs WHERE {conditions} {order}");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for value in binds {
@@ -274,7 +272,7 @@ impl Store {
         filter: &LogFilter,
         ids: &[String],
     ) -> Result<i64, StoreError> {
-        let (conditions, binds) = conditions(base, ("id > ", None), filter, ids);
+        let (conditions, binds) = conditions(self.params(), base, ("id > ", None), filter, ids);
         let sql = format!("SELECT COUNT(*) FROM delivery_logs WHERE {conditions}");
         let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
         for value in binds {
@@ -285,8 +283,9 @@ impl Store {
 }
 
 /// `{base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when `ids` is not empty,
-/// with the values to bind to their numbered placeholders.
+/// with the values to bind, in order, to their placeholders.
 fn conditions<'a>(
+    params: Params,
     base: &str,
     cursor: (&'static str, Option<&'a str>),
     filter: &'a LogFilter,
@@ -297,14 +296,13 @@ fn conditions<'a>(
     for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
         if let Some(value) = value {
             binds.push(value);
-            sql.push_str(&format!(" AND {condition}${}", binds.len()));
+            sql.push_str(&format!(" AND {condition}{}", params.nth(binds.len())));
         }
     }
     if !ids.is_empty() {
-        let first = binds.len() + 1;
+        let list = params.list(binds.len() + 1, ids.len());
         binds.extend(ids.iter().map(String::as_str));
-        let placeholders: Vec<String> = (first..=binds.len()).map(|n| format!("${n}")).collect();
-        sql.push_str(&format!(" AND id IN ({})", placeholders.join(", ")));
+        sql.push_str(&format!(" AND id IN ({list})"));
     }
     (sql, binds)
 }

@@ -1,6 +1,7 @@
 //! Subscriptions and the delivery log, in SQLite or PostgreSQL through one interface. Both go
 //! through sqlx's `Any` driver with one portable schema (`migrations/`), so every query is
-//! written once and tested on SQLite; `$N` placeholders work on both.
+//! written once and tested on SQLite; `$N` placeholders work on both (a statement of many
+//! values built at run time writes them as [`Params`] says).
 
 mod delivery_logs;
 pub mod health;
@@ -23,6 +24,38 @@ pub use log_counts::{GroupBy, LogGroup};
 pub use replay_jobs::{JobProgress, ReplayJob};
 pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, Rotated, SubscriptionPatch};
+
+/// How a statement built at run time with many values writes its placeholders. PostgreSQL
+/// numbers them (`$1`, `$2`, …). SQLite reads `$N` as a name: sqlx asks it the name of every
+/// parameter it binds, and SQLite finds one by walking the statement's list of names, so a
+/// statement of n numbered parameters costs n²/2 steps to bind — at 384 (a 32-row `INSERT`) it
+/// was still 23 % of the DLQ logger's CPU and 7 % of the service's while an outage's dead
+/// letters were stored (BENCHMARKS.md, "Anonymous placeholders"). Anonymous `?`s have no names
+/// to walk; they are bound in order, so with [`Params::InOrder`] a statement's placeholders
+/// must stand in the order its values are bound, each value once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Params {
+    Numbered,
+    InOrder,
+}
+
+impl Params {
+    /// The placeholder of the `n`th value bound (from 1).
+    pub(crate) fn nth(self, n: usize) -> String {
+        match self {
+            Params::Numbered => format!("${n}"),
+            Params::InOrder => "?".to_string(),
+        }
+    }
+
+    /// The placeholders of the `n` values bound from the `first`th on, comma-separated.
+    pub(crate) fn list(self, first: usize, n: usize) -> String {
+        (first..first + n)
+            .map(|i| self.nth(i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -155,6 +188,15 @@ impl Store {
             pool,
             postgres: !is_sqlite,
         })
+    }
+
+    /// How this store's statements of many values write their placeholders.
+    pub(crate) fn params(&self) -> Params {
+        if self.postgres {
+            Params::Numbered
+        } else {
+            Params::InOrder
+        }
     }
 
     /// Whether the store answers a trivial query within a second.

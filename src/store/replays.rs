@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-// Dynamic SQL here only splices numbered placeholders; every value is bound.
+// Dynamic SQL here only splices placeholders; every value is bound.
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{LogFilter, Read, Store, StoreError};
+use super::{LogFilter, Params, Read, Store, StoreError};
 
 /// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
 /// `ids`) that were not replayed yet.
@@ -142,10 +142,12 @@ impl Store {
     pub async fn claim_replays(&self, ids: &[String], at: &str) -> Result<BatchClaim, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut claimed = HashSet::new();
+        let params = self.params();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE delivery_logs SET replayed_at = $1 WHERE replayed_at IS NULL AND id IN ({}) RETURNING id",
-                placeholders(2, chunk.len())
+                "UPDATE delivery_logs SET replayed_at = {} WHERE replayed_at IS NULL AND id IN ({}) RETURNING id",
+                params.nth(1),
+                params.list(2, chunk.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at.to_string());
             for id in chunk {
@@ -157,6 +159,7 @@ impl Store {
         }
         Ok(BatchClaim {
             tx,
+            params,
             claimed,
             released: Vec::new(),
         })
@@ -166,17 +169,10 @@ impl Store {
 /// Records per statement of a batch claim (bound parameters stay far below every limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Records claimed together and not yet final: see [`Store::claim_replays`].
 pub struct BatchClaim {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    params: Params,
     claimed: HashSet<String>,
     released: Vec<String>,
 }
@@ -199,7 +195,7 @@ impl BatchClaim {
         for chunk in self.released.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE delivery_logs SET replayed_at = NULL WHERE id IN ({})",
-                placeholders(1, chunk.len())
+                self.params.list(1, chunk.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {

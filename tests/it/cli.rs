@@ -1033,11 +1033,11 @@ async fn a_slow_replay_leaves_the_store_free_between_its_sends() {
 /// A replay whose store fails past its first page stops there and says what it did (the counts
 /// and why it stopped), not only the error; what it did not reach stays replayable. The failure
 /// here is a row whose very id the store cannot read (a blob, which SQLite sorts after every
-/// text id: the last record, on the second page). A record that reads but whose payload or
+/// text id: the last record, on the second page of 2,048). A record that reads but whose payload or
 /// attempts do not fails alone instead (`replay_names_a_record_that_cannot_be_read…`).
 #[tokio::test]
 async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays() {
-    const RECORDS: usize = 600;
+    const RECORDS: usize = 2100;
     let Replayable {
         service,
         receiver,
@@ -1058,14 +1058,14 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
         .await;
     run.expect_code(1);
     assert!(
-        run.stdout.contains("replayed 500, skipped 0, failed 0"),
+        run.stdout.contains("replayed 2048, skipped 0, failed 0"),
         "{run:?}"
     );
     assert!(
         run.stderr.contains("stopped when the store failed"),
         "{run:?}"
     );
-    receiver.wait_distinct(500, PATIENCE).await;
+    receiver.wait_distinct(2048, PATIENCE).await;
 
     edit_store(
         service.db_path(),
@@ -1078,7 +1078,7 @@ async fn a_replay_the_store_fails_midway_reports_what_it_did_and_the_rest_stays(
         .await;
     rest.expect_code(0);
     assert!(
-        rest.stdout.contains("replayed 100, skipped 0, failed 0"),
+        rest.stdout.contains("replayed 52, skipped 0, failed 0"),
         "{rest:?}"
     );
     receiver.wait_distinct(RECORDS, PATIENCE).await;

@@ -219,7 +219,26 @@ async fn a_batch_of_dead_letters_is_stored_whole_and_once_on_sqlite_and_postgres
 async fn batch_on(url: &str) {
     use webhook_dispatcher::store::{Store, Trust};
     let store = Store::connect(url).await.expect("store");
-    let letters: Vec<_> = (0..300).map(|_| stored_letter(Some("purchase"))).collect();
+    let letters: Vec<_> = (0..300)
+        .map(|i| {
+            let mut letter = stored_letter(Some("purchase"));
+            letter.account_id = Some(format!("acct_{i}"));
+            letter.subscription_id = Some(format!("sub_{i}"));
+            letter.url = Some(format!("https://example.com/{i}"));
+            letter.payload =
+                webhook_dispatcher::wire::raw_payload(format!("{{\"n\":{i}}}").as_bytes());
+            letter.detail = Some(format!("detail {i}"));
+            letter.attempts = serde_json::from_value(serde_json::json!([{
+                "attempt": 1,
+                "started_at": webhook_dispatcher::time::now_rfc3339(),
+                "duration_ms": i,
+                "status": 500,
+                "error": null,
+            }]))
+            .unwrap();
+            letter
+        })
+        .collect();
     assert!(
         store
             .insert_dead_letter(&letters[7], Trust::Verified)
@@ -237,6 +256,33 @@ async fn batch_on(url: &str) {
     let kept = store.delivery_log(&letters[299].id).await.unwrap().unwrap();
     assert_eq!(kept.event_id, letters[299].event_id, "{url}");
     assert_eq!(kept.trusted, Some(true), "{url}");
+    // Every value in its own column of its own row: the statements bind hundreds of values,
+    // numbered on PostgreSQL and in order on SQLite.
+    let ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+    let read = store.delivery_logs_by_id(&ids).await.unwrap();
+    assert_eq!(read.len(), 300, "{url}");
+    for (got, want) in read.iter().zip(&letters) {
+        let (got, want) = (
+            serde_json::to_value(got.as_ref().unwrap()).unwrap(),
+            serde_json::to_value(want).unwrap(),
+        );
+        for column in [
+            "id",
+            "event_id",
+            "account_id",
+            "subscription_id",
+            "url",
+            "event",
+            "payload",
+            "reason",
+            "detail",
+            "attempts",
+            "dead_lettered_at",
+        ] {
+            assert_eq!(got[column], want[column], "{column} ({url})");
+        }
+        assert_eq!(got["trusted"], true, "{url}");
+    }
     // The same batch again (a lost ack): nothing new, nothing doubled.
     let again = store.insert_dead_letters(&batch).await.unwrap();
     assert!(again.iter().all(|new| !new), "{url}");
