@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Page, Params, Store, StoreError};
+use super::{Page, Params, ROWS_PER_STATEMENT, Store, StoreError};
 use crate::delivery::AttemptRecord;
 use crate::wire::DeadLetter;
 
@@ -109,7 +109,16 @@ impl LogFilter {
 /// "Anonymous placeholders"), and a shorter statement holds the write lock for less.
 const ROWS_PER_INSERT: usize = 32;
 
-pub(super) const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, replayed_at, trusted";
+/// A record's columns. When it was replayed: its row in `delivery_log_replays`, where a claim
+/// writes, else its own `replayed_at`, marked before 0.5 or by a 0.4 replica during a rolling
+/// upgrade (`migrations/20261207000001_replay_claims.sql`).
+pub(super) const COLUMNS: &str = "id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, \
+     COALESCE((SELECT r.replayed_at FROM delivery_log_replays r WHERE r.id = delivery_logs.id), delivery_logs.replayed_at) AS replayed_at, \
+     trusted";
+
+/// That a record of `delivery_logs` was not replayed (neither place says it was), as SQL.
+pub(super) const NOT_REPLAYED: &str = "(delivery_logs.replayed_at IS NULL AND NOT EXISTS \
+     (SELECT 1 FROM delivery_log_replays r WHERE r.id = delivery_logs.id))";
 
 impl Store {
     /// Persists a dead letter; `false` if a record with its id was already there (a redelivered
@@ -170,17 +179,35 @@ impl Store {
         Ok(batch.iter().map(|(dl, _)| new_ids.remove(&dl.id)).collect())
     }
 
-    /// Deletes up to `limit` records dead-lettered before `before` (the stored format); how
-    /// many went. One short statement, so a purge in many of them never holds the store long.
+    /// Deletes up to `limit` records dead-lettered before `before` (the stored format), and
+    /// their replays; how many went. One short transaction, so a purge in many of them never
+    /// holds the store long.
     pub async fn purge_delivery_logs(&self, before: &str, limit: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM delivery_logs WHERE id IN \
-             (SELECT id FROM delivery_logs WHERE dead_lettered_at < $1 LIMIT {limit})"
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT id FROM delivery_logs WHERE dead_lettered_at < $1 LIMIT {limit}"
         )))
         .bind(before)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let params = self.params();
+        let mut gone = 0;
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let list = params.list(1, chunk.len());
+            for table in ["delivery_log_replays", "delivery_logs"] {
+                let sql = format!("DELETE FROM {table} WHERE id IN ({list})");
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                let deleted = query.execute(&mut *tx).await?.rows_affected();
+                if table == "delivery_logs" {
+                    gone += deleted;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     pub async fn delivery_log(&self, id: &str) -> Result<Option<DeliveryLog>, StoreError> {

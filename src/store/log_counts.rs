@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::delivery_logs::NOT_REPLAYED;
 use super::{Store, StoreError};
 
 /// Records sharing one value of a column (`None`: the column is null), and how many of them
@@ -44,7 +45,7 @@ impl Store {
         // opposite ends, so it is placed explicitly). CAST: PostgreSQL sums to NUMERIC, which the Any driver does not decode.
         let sql = format!(
             "SELECT {column} AS name, COUNT(*) AS total, \
-             CAST(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS not_replayed \
+             CAST(SUM(CASE WHEN {NOT_REPLAYED} THEN 1 ELSE 0 END) AS BIGINT) AS not_replayed \
              FROM delivery_logs GROUP BY {column} \
              ORDER BY total DESC, {column} IS NULL, {column} ASC LIMIT {top}"
         );
@@ -64,11 +65,11 @@ impl Store {
 
     /// All records, and how many of them were not replayed yet.
     pub async fn count_delivery_logs(&self) -> Result<LogGroup, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT COUNT(*) AS total, \
-             CAST(COALESCE(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS not_replayed \
-             FROM delivery_logs",
-        )
+             CAST(COALESCE(SUM(CASE WHEN {NOT_REPLAYED} THEN 1 ELSE 0 END), 0) AS BIGINT) AS not_replayed \
+             FROM delivery_logs"
+        )))
         .fetch_one(&self.pool)
         .await?;
         Ok(LogGroup {

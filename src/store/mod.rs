@@ -25,6 +25,10 @@ pub use replay_jobs::{JobProgress, ReplayJob};
 pub use replays::{BatchClaim, ReplayClaim, ReplaySelection};
 pub use subscriptions::{NewSubscription, Rotated, SubscriptionPatch};
 
+/// Values one statement built at run time binds at most (an `IN` list of ids): far below every
+/// limit on bound parameters.
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
+
 /// How a statement built at run time with many values writes its placeholders. PostgreSQL
 /// numbers them (`$1`, `$2`, …). SQLite reads `$N` as a name: sqlx asks it the name of every
 /// parameter it binds, and SQLite finds one by walking the statement's list of names, so a

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 // Dynamic SQL here only splices placeholders; every value is bound.
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{LogFilter, Params, Read, Store, StoreError};
+use super::delivery_logs::NOT_REPLAYED;
+use super::{LogFilter, Params, ROWS_PER_STATEMENT, Read, Store, StoreError};
 
 /// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
 /// `ids`) that were not replayed yet.
@@ -36,7 +37,7 @@ impl Store {
     ) -> Result<Vec<Read>, StoreError> {
         let order = format!("ORDER BY id ASC LIMIT {limit}");
         self.select_logs(
-            "replayed_at IS NULL",
+            NOT_REPLAYED,
             ("id > ", after),
             &selection.filter,
             &selection.ids,
@@ -87,7 +88,7 @@ impl Store {
         &self,
         selection: &ReplaySelection,
     ) -> Result<i64, StoreError> {
-        self.count_logs("replayed_at IS NULL", &selection.filter, &selection.ids)
+        self.count_logs(NOT_REPLAYED, &selection.filter, &selection.ids)
             .await
     }
 
@@ -101,9 +102,11 @@ impl Store {
         at: &str,
     ) -> Result<Option<ReplayClaim>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
-        )
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO delivery_log_replays (id, replayed_at) \
+             SELECT id, $1 FROM delivery_logs WHERE id = $2 AND {NOT_REPLAYED} \
+             ON CONFLICT (id) DO NOTHING"
+        )))
         .bind(at)
         .bind(id)
         .execute(&mut *tx)
@@ -145,7 +148,9 @@ impl Store {
         let params = self.params();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE delivery_logs SET replayed_at = {} WHERE replayed_at IS NULL AND id IN ({}) RETURNING id",
+                "INSERT INTO delivery_log_replays (id, replayed_at) \
+                 SELECT id, {} FROM delivery_logs WHERE id IN ({}) AND {NOT_REPLAYED} \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
                 params.nth(1),
                 params.list(2, chunk.len())
             );
@@ -165,9 +170,6 @@ impl Store {
         })
     }
 }
-
-/// Records per statement of a batch claim (bound parameters stay far below every limit).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// Records claimed together and not yet final: see [`Store::claim_replays`].
 pub struct BatchClaim {
@@ -194,7 +196,7 @@ impl BatchClaim {
     pub async fn commit(mut self) -> Result<(), StoreError> {
         for chunk in self.released.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE delivery_logs SET replayed_at = NULL WHERE id IN ({})",
+                "DELETE FROM delivery_log_replays WHERE id IN ({})",
                 self.params.list(1, chunk.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));

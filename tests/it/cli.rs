@@ -884,11 +884,10 @@ async fn ctrl_c_stops_a_replay_between_batches_and_a_second_run_replays_the_rest
         <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(service.db_path()))
             .await
             .unwrap();
-    let marked: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM delivery_logs WHERE replayed_at IS NOT NULL")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let marked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_log_replays")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
     assert_eq!(
         marked as usize, replayed,

@@ -715,3 +715,148 @@ async fn creates_racing_for_an_accounts_last_places_stop_at_its_limit_on_postgre
         assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
     }
 }
+
+#[tokio::test]
+async fn replays_are_kept_apart_read_from_either_place_and_purged_with_their_records() {
+    on_sqlite_and_postgresql(|url| async move { replays_on(&url).await }).await;
+}
+
+/// A claim writes a short row of its own (`delivery_log_replays`); a record marked in its own
+/// `replayed_at` (before 0.5, or by a 0.4 replica during a rolling upgrade) reads as replayed
+/// too, is not selected or claimed again, and the purge takes a record's replay with it.
+async fn replays_on(url: &str) {
+    use webhook_dispatcher::store::{ReplaySelection, Store, Trust};
+    let store = Store::connect(url).await.expect("store");
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(url).await.unwrap();
+    let replays = async |raw: &mut sqlx::AnyConnection| -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM delivery_log_replays")
+            .fetch_one(raw)
+            .await
+            .unwrap()
+    };
+    let letters: Vec<_> = (0..4).map(|_| stored_letter(Some("purchase"))).collect();
+    let batch: Vec<_> = letters.iter().map(|l| (l, Trust::Verified)).collect();
+    store.insert_dead_letters(&batch).await.unwrap();
+    let ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+
+    let claimed_at = "2026-12-07T10:00:00.000Z";
+    let claim = store.claim_replays(&ids[..1], claimed_at).await.unwrap();
+    claim.commit().await.unwrap();
+    let marked_at = "2026-12-01T09:00:00.000Z";
+    sqlx::query("UPDATE delivery_logs SET replayed_at = $1 WHERE id = $2")
+        .bind(marked_at)
+        .bind(&ids[1])
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(replays(&mut raw).await, 1, "a claim's own row ({url})");
+    let marked = sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM delivery_logs WHERE replayed_at IS NOT NULL",
+    )
+    .fetch_one(&mut raw)
+    .await
+    .unwrap();
+    assert_eq!(marked, 1, "the claim left the record's row alone ({url})");
+
+    let read = |n: usize| {
+        let store = store.clone();
+        let id = ids[n].clone();
+        async move { store.delivery_log(&id).await.unwrap().unwrap().replayed_at }
+    };
+    assert_eq!(read(0).await.as_deref(), Some(claimed_at), "{url}");
+    assert_eq!(read(1).await.as_deref(), Some(marked_at), "{url}");
+    assert_eq!(read(2).await, None, "{url}");
+    assert_eq!(store.count_delivery_logs().await.unwrap().not_replayed, 2);
+    let selection = ReplaySelection::default();
+    assert_eq!(store.count_replay_candidates(&selection).await.unwrap(), 2);
+    let candidates: Vec<String> = store
+        .replay_candidates(&selection, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().id)
+        .collect();
+    assert_eq!(candidates, ids[2..], "{url}");
+    let again = store.claim_replays(&ids[..3], claimed_at).await.unwrap();
+    let held: Vec<&String> = ids.iter().filter(|id| again.holds(id)).collect();
+    assert_eq!(held, [&ids[2]], "{url}");
+    drop(again);
+    assert!(
+        store
+            .claim_replay(&ids[1], claimed_at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Purged: the records and the replay row with them.
+    let later = webhook_dispatcher::time::rfc3339(chrono::Utc::now() + chrono::Duration::hours(1));
+    assert_eq!(store.purge_delivery_logs(&later, 10).await.unwrap(), 4);
+    assert_eq!(replays(&mut raw).await, 0, "{url}");
+    raw.close().await.unwrap();
+    store.close().await;
+}
+
+/// The migration that moved replays to their own table copies those already marked: they stay
+/// replayed, with their time.
+#[tokio::test]
+async fn records_replayed_before_the_upgrade_stay_replayed() {
+    on_sqlite_and_postgresql(|url| async move { upgrade_on(&url).await }).await;
+}
+
+async fn upgrade_on(url: &str) {
+    use webhook_dispatcher::store::Store;
+    let all = sqlx::migrate!("./migrations");
+    let mut before = sqlx::migrate!("./migrations");
+    let last = all.migrations.len() - 1;
+    assert_eq!(
+        all.migrations[last].description, "replay claims",
+        "the migration under test is the newest: move this test's cut when adding one"
+    );
+    before.migrations = all.migrations[..last].to_vec().into();
+    sqlx::any::install_default_drivers();
+    let options = format!(
+        "{url}{}",
+        if url.starts_with("sqlite:") {
+            "?mode=rwc"
+        } else {
+            ""
+        }
+    );
+    let pool = sqlx::AnyPool::connect(&options).await.unwrap();
+    before.run(&pool).await.unwrap();
+    for (id, replayed_at) in [
+        ("dl_old_1", Some("2026-12-01T09:00:00.000Z")),
+        ("dl_old_2", None),
+    ] {
+        sqlx::query(
+            "INSERT INTO delivery_logs (id, event_id, payload, reason, attempts, dead_lettered_at, replayed_at, trusted) \
+             VALUES ($1, 'evt', '{}', 'exhausted', '[]', '2026-11-30T09:00:00.000Z', $2, 1)",
+        )
+        .bind(id)
+        .bind(replayed_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = Store::connect(url).await.expect("migrated");
+    let copied: (String, String) =
+        sqlx::query_as("SELECT id, replayed_at FROM delivery_log_replays")
+            .fetch_one(&sqlx::AnyPool::connect(&options).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        copied,
+        (
+            "dl_old_1".to_string(),
+            "2026-12-01T09:00:00.000Z".to_string()
+        ),
+        "{url}"
+    );
+    let old = store.delivery_log("dl_old_1").await.unwrap().unwrap();
+    assert_eq!(old.replayed_at.as_deref(), Some("2026-12-01T09:00:00.000Z"));
+    assert_eq!(store.count_delivery_logs().await.unwrap().not_replayed, 1);
+    store.close().await;
+}
