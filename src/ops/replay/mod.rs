@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::broker::Publisher;
 use crate::seal::Keyring;
@@ -100,13 +101,24 @@ impl Replayer {
                 tracing::warn!(error = %e, "the delivery log's planner statistics could not be refreshed; the replay goes on")
             }
         }
+        // The next page, read while this one's batches are claimed, sent and committed: a read
+        // only (what it finds is claimed later, as any page's records are), dropped unread when
+        // the run stops first. Only when a page's size does not hang on how the run goes.
+        let ahead = matches!(limit, Limit::None | Limit::Replayed(_));
+        let mut next_page: Option<AbortOnDropHandle<Result<Vec<Read>, StoreError>>> = None;
         loop {
             let wanted = limit.page(&report, batch.len(), PAGE);
-            let page = match self
-                .store
-                .replay_candidates(selection, after.as_deref(), wanted as i64)
-                .await
-            {
+            let read = match next_page.take() {
+                Some(reading) => reading
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Shared(e.to_string()))),
+                None => {
+                    self.store
+                        .replay_candidates(selection, after.as_deref(), wanted as i64)
+                        .await
+                }
+            };
+            let page = match read {
                 Ok(page) => page,
                 // Nothing done yet: the run failed. Past the first page, what was done is
                 // worth reporting (a request's thousands of replays, a job's counts): it
@@ -121,6 +133,21 @@ impl Replayer {
                 }
             };
             let full = page.len() == wanted;
+            if ahead
+                && full
+                && let Some(last) = page.last()
+            {
+                let (store, selection, last) = (
+                    self.store.clone(),
+                    selection.clone(),
+                    id_of(last).to_string(),
+                );
+                next_page = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                    store
+                        .replay_candidates(&selection, Some(&last), PAGE as i64)
+                        .await
+                })));
+            }
             for read in page {
                 // Stopped: only between batches, so every record looked at is filed and the
                 // rest untouched.
