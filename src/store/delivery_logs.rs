@@ -181,33 +181,31 @@ impl Store {
 
     /// Deletes up to `limit` records dead-lettered before `before` (the stored format), and
     /// their replays; how many went. One short transaction, so a purge in many of them never
-    /// holds the store long.
+    /// holds the store long. It writes from its first statement: on SQLite a transaction that
+    /// read first could not take the write lock once another writer had committed.
     pub async fn purge_delivery_logs(&self, before: &str, limit: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT id FROM delivery_logs WHERE dead_lettered_at < $1 LIMIT {limit}"
+        let gone: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "DELETE FROM delivery_logs WHERE id IN \
+             (SELECT id FROM delivery_logs WHERE dead_lettered_at < $1 LIMIT {limit}) RETURNING id"
         )))
         .bind(before)
         .fetch_all(&mut *tx)
         .await?;
         let params = self.params();
-        let mut gone = 0;
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let list = params.list(1, chunk.len());
-            for table in ["delivery_log_replays", "delivery_logs"] {
-                let sql = format!("DELETE FROM {table} WHERE id IN ({list})");
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for id in chunk {
-                    query = query.bind(id.as_str());
-                }
-                let deleted = query.execute(&mut *tx).await?.rows_affected();
-                if table == "delivery_logs" {
-                    gone += deleted;
-                }
+        for chunk in gone.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM delivery_log_replays WHERE id IN ({})",
+                params.list(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.as_str());
             }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(gone)
+        Ok(gone.len() as u64)
     }
 
     pub async fn delivery_log(&self, id: &str) -> Result<Option<DeliveryLog>, StoreError> {
