@@ -24,24 +24,15 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| mismatch_or(e, "exchange", &self.exchange, &FieldTable::default()))?;
-        channel
-            .exchange_declare(
-                self.control.as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| mismatch_or(e, "exchange", &self.control, &FieldTable::default()))?;
+        for (name, kind) in [
+            (&self.exchange, ExchangeKind::Topic),
+            (&self.control, ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(|e| mismatch_or(e, "exchange", name, &FieldTable::default()))?;
+        }
         for retry in &self.retries {
             declare_queue(&channel, &retry.name, self.retry_args(retry)).await?;
         }

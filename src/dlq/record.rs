@@ -1,4 +1,6 @@
-//! What a message in `P.dead` becomes in the delivery log ([`Logger::record_of`]).
+//! What a message in `P.dead` becomes in the delivery log ([`Logger::records_in`]).
+
+use std::collections::HashMap;
 
 use super::Logger;
 use crate::broker::{Death, Inbound};
@@ -133,12 +135,22 @@ impl Logger {
             .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
             .map_or_else(now_rfc3339, rfc3339);
         if let Some((tasks, bundled)) = self.verified_tasks(message).await? {
+            // A bundle's tasks mostly share a subscription: its URL is looked up once.
+            let mut urls: HashMap<String, Option<String>> = HashMap::new();
             let mut records = Vec::with_capacity(tasks.len());
             for (place, task) in tasks.into_iter().enumerate() {
-                records.push(
-                    self.task_record(task, id_of(bundled.then_some(place)), reason, &detail, &at)
-                        .await?,
-                );
+                if !urls.contains_key(&task.subscription_id) {
+                    let url = self
+                        .store
+                        .subscription(&task.subscription_id)
+                        .await
+                        .map_err(NotYet::Subscription)?
+                        .map(|s| s.url);
+                    urls.insert(task.subscription_id.clone(), url);
+                }
+                let url = urls[&task.subscription_id].clone();
+                let id = id_of(bundled.then_some(place));
+                records.push(task_record(task, url, id, reason, &detail, &at));
             }
             return Ok(records);
         }
@@ -172,43 +184,6 @@ impl Logger {
             broker_made: true,
             forged: None,
         }])
-    }
-
-    /// The record of one delivery task RabbitMQ dead-lettered: replayable, naming its
-    /// subscription's URL as it is now.
-    async fn task_record(
-        &self,
-        task: DeliveryTask,
-        id: String,
-        reason: Reason,
-        detail: &str,
-        at: &str,
-    ) -> Result<Record, NotYet> {
-        let url = self
-            .store
-            .subscription(&task.subscription_id)
-            .await
-            .map_err(NotYet::Subscription)?
-            .map(|s| s.url);
-        let dead = DeadLetter {
-            id,
-            event_id: task.event_id,
-            account_id: Some(task.account_id),
-            subscription_id: Some(task.subscription_id),
-            url,
-            event: Some(task.event),
-            payload: wire::raw_payload(task.body.as_bytes()),
-            reason: reason.as_str().to_string(),
-            detail: Some(detail.to_string()),
-            attempts: task.attempts,
-            dead_lettered_at: at.to_string(),
-        };
-        Ok(Record {
-            dead,
-            trust: Trust::Verified,
-            broker_made: true,
-            forged: None,
-        })
     }
 
     /// The delivery tasks in a message, if it is a task or a bundle of them and its seal
@@ -264,4 +239,35 @@ fn untrusted(data: &[u8], reason: Reason, detail: String) -> Record {
 /// Text from outside, cut for a record's detail.
 fn shorten(text: &str) -> String {
     text.chars().take(60).collect()
+}
+
+/// The record of one delivery task RabbitMQ dead-lettered: replayable, naming its
+/// subscription's URL as it is now (`url`).
+fn task_record(
+    task: DeliveryTask,
+    url: Option<String>,
+    id: String,
+    reason: Reason,
+    detail: &str,
+    at: &str,
+) -> Record {
+    let dead = DeadLetter {
+        id,
+        event_id: task.event_id,
+        account_id: Some(task.account_id),
+        subscription_id: Some(task.subscription_id),
+        url,
+        event: Some(task.event),
+        payload: wire::raw_payload(task.body.as_bytes()),
+        reason: reason.as_str().to_string(),
+        detail: Some(detail.to_string()),
+        attempts: task.attempts,
+        dead_lettered_at: at.to_string(),
+    };
+    Record {
+        dead,
+        trust: Trust::Verified,
+        broker_made: true,
+        forged: None,
+    }
 }

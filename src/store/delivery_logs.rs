@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Page, Params, ROWS_PER_STATEMENT, Store, StoreError};
+use super::{Page, Params, Store, StoreError};
 use crate::delivery::AttemptRecord;
 use crate::wire::DeadLetter;
 
@@ -192,18 +192,7 @@ impl Store {
         .bind(before)
         .fetch_all(&mut *tx)
         .await?;
-        let params = self.params();
-        for chunk in gone.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "DELETE FROM delivery_log_replays WHERE id IN ({})",
-                params.list(1, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.as_str());
-            }
-            query.execute(&mut *tx).await?;
-        }
+        super::replays::forget_replays(&mut tx, self.params(), &gone).await?;
         tx.commit().await?;
         Ok(gone.len() as u64)
     }

@@ -194,20 +194,31 @@ impl BatchClaim {
 
     /// Makes the claims final, except the released ones.
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        for chunk in self.released.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "DELETE FROM delivery_log_replays WHERE id IN ({})",
-                self.params.list(1, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            query.execute(&mut *self.tx).await?;
-        }
+        forget_replays(&mut self.tx, self.params, &self.released).await?;
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Deletes the replays of the records `ids` in `tx` (they read as not replayed, or, their
+/// records gone, leave nothing behind).
+pub(super) async fn forget_replays(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    params: Params,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "DELETE FROM delivery_log_replays WHERE id IN ({})",
+            params.list(1, chunk.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// A replay claimed and not yet final: see [`Store::claim_replay`].

@@ -92,18 +92,20 @@ impl TaskBundle {
     /// Reads a bundle whose seal verified, with each task checked as
     /// [`DeliveryTask::read`] checks one, every one of them of the bundle's account.
     pub fn read(data: &[u8]) -> Result<Vec<DeliveryTask>, String> {
-        let bundle: TaskBundle<Box<serde_json::value::RawValue>> =
+        // Parsed once, the tasks with it; then each checked.
+        let bundle: TaskBundle =
             serde_json::from_slice(data).map_err(|e| format!("unreadable task bundle: {e}"))?;
         check_count(bundle.tasks.len(), "task")?;
+        let account = bundle.account_id;
         bundle
             .tasks
-            .iter()
-            .map(|raw| {
-                let task = DeliveryTask::read(raw.get().as_bytes())?;
-                if task.account_id != bundle.account_id {
+            .into_iter()
+            .map(|task| {
+                let task = task.checked()?;
+                if task.account_id != account {
                     return Err(format!(
                         "task bundle of account {:?} holds a task of account {:?}",
-                        bundle.account_id, task.account_id
+                        account, task.account_id
                     ));
                 }
                 Ok(task)

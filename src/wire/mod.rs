@@ -137,19 +137,24 @@ impl DeliveryTask {
     pub fn read(data: &[u8]) -> Result<DeliveryTask, String> {
         let task: DeliveryTask =
             serde_json::from_slice(data).map_err(|e| format!("unreadable delivery task: {e}"))?;
-        let operational = task.subscription_id == crate::operator::SUBSCRIPTION_ID
-            && crate::operator::EVENTS.contains(&task.event.as_str());
-        if EventKind::parse(&task.event).is_none() && !operational {
-            return Err(format!("delivery task for unknown event {:?}", task.event));
+        task.checked()
+    }
+
+    /// The task, if what [`read`](Self::read) checks holds of it.
+    pub(crate) fn checked(self) -> Result<DeliveryTask, String> {
+        let operational = self.subscription_id == crate::operator::SUBSCRIPTION_ID
+            && crate::operator::EVENTS.contains(&self.event.as_str());
+        if EventKind::parse(&self.event).is_none() && !operational {
+            return Err(format!("delivery task for unknown event {:?}", self.event));
         }
-        crate::text::check_event_id(&task.event_id).map_err(|e| format!("delivery task: {e}"))?;
-        if task.attempts.len() > MAX_TASK_ATTEMPTS {
+        crate::text::check_event_id(&self.event_id).map_err(|e| format!("delivery task: {e}"))?;
+        if self.attempts.len() > MAX_TASK_ATTEMPTS {
             return Err(format!(
                 "delivery task with {} attempts (at most {MAX_TASK_ATTEMPTS})",
-                task.attempts.len()
+                self.attempts.len()
             ));
         }
-        Ok(task)
+        Ok(self)
     }
 }
 
