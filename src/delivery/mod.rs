@@ -4,9 +4,11 @@
 pub mod guard;
 pub mod limit;
 mod lookups;
+pub mod refusals;
 pub mod signing;
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
@@ -29,6 +31,8 @@ pub enum Outcome {
     ConnectError(String),
     /// The endpoint's host answered the connection attempt with a refusal (nothing listens on
     /// the port): a connection error like any other, except that it tells nothing about load.
+    /// Also what an attempt within [`refusals::HOLD`] of such a refusal comes to, without
+    /// connecting ([`refusals`]).
     Refused(String),
     /// The endpoint resolved to an address the SSRF guard refuses. Counted as `connect_error`
     /// (the contract's outcome labels); the attempt's error says `blocked`.
@@ -91,6 +95,7 @@ pub struct Deliverer {
     timeout: Duration,
     allow_private: bool,
     user_agent: HeaderValue,
+    refusals: Arc<refusals::Refusals>,
 }
 
 impl Deliverer {
@@ -121,10 +126,13 @@ impl Deliverer {
             timeout,
             allow_private,
             user_agent,
+            refusals: Arc::default(),
         })
     }
 
-    /// Sends `body` to `url` signed with each of `keys`; never fails, every problem is an [`Outcome`].
+    /// Sends `body` to `url` signed with each of `keys`; never fails, every problem is an
+    /// [`Outcome`]. Not sent at all while a refusal of `url` is held ([`refusals`]): the attempt
+    /// fails with that refusal.
     pub async fn attempt(
         &self,
         url: &url::Url,
@@ -135,7 +143,16 @@ impl Deliverer {
     ) -> Attempt {
         let started_at = now_rfc3339();
         let start = Instant::now();
-        let (outcome, retry_after) = self.send(url, keys, event_id, body).await;
+        let (outcome, retry_after) = match self.refusals.held(url.as_str(), start) {
+            Some(refusal) => (Outcome::Refused(refusal), None),
+            None => {
+                let sent = self.send(url, keys, event_id, body).await;
+                if let (Outcome::Refused(_), _) = sent {
+                    self.refusals.refused(url.as_str(), Instant::now());
+                }
+                sent
+            }
+        };
         let took = start.elapsed();
         let record = AttemptRecord {
             attempt,

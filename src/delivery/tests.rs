@@ -11,16 +11,8 @@ async fn dripping(head: &'static str) -> url::Url {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                // The request is small: headers and body come before the first answer.
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                if stream.write_all(head.as_bytes()).await.is_err() {
+                if !read_head(&mut stream).await || stream.write_all(head.as_bytes()).await.is_err()
+                {
                     return;
                 }
                 while stream.write_all(b"x").await.is_ok() {
@@ -30,6 +22,30 @@ async fn dripping(head: &'static str) -> url::Url {
         }
     });
     url::Url::parse(&url).unwrap()
+}
+
+/// Reads a request's head (the request is small: its body comes with it); false if the client
+/// went away first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A port nothing listens on (bound, then closed), and a URL on it.
+fn closed_port() -> (u16, url::Url) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = url::Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap();
+    (port, url)
 }
 
 async fn attempt(url: &url::Url, timeout: Duration) -> (Outcome, AttemptRecord) {
@@ -42,12 +58,7 @@ async fn attempt(url: &url::Url, timeout: Duration) -> (Outcome, AttemptRecord) 
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connection_error_that_says_nothing_about_load() {
-    // A port nothing listens on: bound, then closed.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let url = url::Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap();
+    let (_, url) = closed_port();
     let attempt = Deliverer::new(Duration::from_secs(2), true, 1)
         .unwrap()
         .attempt(&url, &[&SigningKey::generate()], "evt_1", "{}", 1)
@@ -60,6 +71,77 @@ async fn a_refused_connection_is_a_connection_error_that_says_nothing_about_load
     assert_eq!(attempt.outcome.label(), "connect_error");
     assert_eq!(attempt.record.status, None);
     assert_eq!(attempt.signal, Signal::Other, "the limit stays where it is");
+}
+
+#[tokio::test]
+async fn a_refusal_stands_for_the_attempts_right_after_it_then_the_endpoint_is_tried_again() {
+    let (port, url) = closed_port();
+    // A hold longer than the default, so a slow machine cannot let it pass between two steps.
+    let hold = Duration::from_secs(2);
+    let mut deliverer = Deliverer::new(Duration::from_secs(2), true, 1).unwrap();
+    deliverer.refusals = Arc::new(refusals::Refusals::new(hold));
+    let send = |deliverer: Deliverer, url: url::Url| async move {
+        deliverer
+            .attempt(&url, &[&SigningKey::generate()], "evt_1", "{}", 1)
+            .await
+    };
+    let first = send(deliverer.clone(), url.clone()).await;
+    assert!(
+        matches!(&first.outcome, Outcome::Refused(e) if e.contains("os error")),
+        "a real refusal: {:?}",
+        first.outcome
+    );
+
+    // The endpoint comes back at once, on the same port, and counts its connections.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if !read_head(&mut stream).await {
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+
+    // Within the hold, attempts fail with that refusal and nothing is connected to; another
+    // URL is not held back by it.
+    let held = send(deliverer.clone(), url.clone()).await;
+    assert!(
+        matches!(&held.outcome, Outcome::Refused(e) if e.starts_with("connection refused ") && e.contains("ms earlier")),
+        "{:?}",
+        held.outcome
+    );
+    assert_eq!(held.outcome.label(), "connect_error");
+    assert!(
+        held.record
+            .error
+            .as_ref()
+            .is_some_and(|e| e.contains("within 2000 ms of a refusal"))
+    );
+    assert_eq!((held.record.status, held.signal), (None, Signal::Other));
+    let mut other = url.clone();
+    other.set_path("/other");
+    assert!(send(deliverer.clone(), other).await.outcome.is_success());
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only /other connected"
+    );
+
+    // Once the hold has passed, the endpoint is tried again.
+    tokio::time::sleep(hold).await;
+    let again = send(deliverer.clone(), url.clone()).await;
+    assert_eq!(again.outcome, Outcome::Success(204));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[test]
