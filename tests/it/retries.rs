@@ -264,3 +264,50 @@ async fn failed_attempts_are_summed_per_endpoint_in_the_log_not_a_line_each() {
         "no line per dead letter at the default level"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_that_refused_and_came_back_gets_every_delivery_on_the_first_retry() {
+    // A refusal stands for the attempts to the same URL in the next 100 ms, which fail without
+    // connecting; it must not outlive that: once the endpoint is back, the retries reach it.
+    let app = spawn_app().await;
+    let port = free_port();
+    app.subscribe(
+        LOAD_ACCOUNT,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        &["purchase"],
+    )
+    .await;
+    let producer = Producer::connect(&app.exchange).await;
+    let burst = event_ids("came-back", 50);
+    assert_eq!(producer.publish_events(&burst).await, burst.len());
+    let attempts = |page: &str, outcome: &str| {
+        metric_sum(
+            page,
+            "webhook_delivery_attempts_total",
+            &format!(r#"outcome="{outcome}""#),
+        )
+    };
+    // Every first attempt refused (really, or by a refusal just before it)...
+    wait_until("every first attempt refused", PATIENCE, || async {
+        attempts(&app.metrics().await, "connect_error") >= burst.len() as f64
+    })
+    .await;
+    // ...then the endpoint comes back where it was, before the first retries (2 s).
+    let endpoint = CountingReceiver::start_on(port, 200, Duration::ZERO).await;
+    endpoint
+        .wait_distinct(burst.len(), Duration::from_secs(30))
+        .await;
+    assert!(
+        endpoint.counts().values().all(|&n| n == 1),
+        "{:?}",
+        endpoint.counts()
+    );
+    let page = app.metrics().await;
+    assert_eq!(
+        attempts(&page, "connect_error"),
+        burst.len() as f64,
+        "{page}"
+    );
+    assert_eq!(attempts(&page, "success"), burst.len() as f64, "{page}");
+    app.stop().await.unwrap();
+}

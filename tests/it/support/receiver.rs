@@ -55,7 +55,12 @@ pub async fn serve_receiver(app: axum::Router) -> String {
 
 /// [`serve_receiver`], counting the TCP connections it accepts into `accepted`.
 pub async fn serve_receiver_counting(app: axum::Router, accepted: Arc<AtomicUsize>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    serve_receiver_on(0, app, accepted).await
+}
+
+/// [`serve_receiver_counting`] on `port` (0: any free one).
+async fn serve_receiver_on(port: u16, app: axum::Router, accepted: Arc<AtomicUsize>) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("receiver port");
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
@@ -185,6 +190,12 @@ struct Counts {
 impl CountingReceiver {
     /// Answers every request with `status` after `delay`.
     pub async fn start(status: u16, delay: Duration) -> CountingReceiver {
+        CountingReceiver::start_on(0, status, delay).await
+    }
+
+    /// [`start`](Self::start) on `port` (0: any free one): an endpoint that comes back where a
+    /// subscription expects it.
+    pub async fn start_on(port: u16, status: u16, delay: Duration) -> CountingReceiver {
         let state = Arc::new(Counts {
             per_id: Mutex::default(),
             total: AtomicUsize::new(0),
@@ -196,7 +207,7 @@ impl CountingReceiver {
         let app = axum::Router::new()
             .fallback(count)
             .with_state(state.clone());
-        let url = serve_receiver_counting(app, state.connections.clone()).await;
+        let url = serve_receiver_on(port, app, state.connections.clone()).await;
         CountingReceiver { url, state }
     }
 
