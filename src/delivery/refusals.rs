@@ -5,10 +5,10 @@
 //! that is down refuses every attempt, and each was a new TCP connection (a socket, the connect,
 //! the host's reset, the close): more than a quarter of the service's CPU while an outage's first
 //! attempts ran, and as many connection attempts a second at the customer's host as its events
-//! came in (BENCHMARKS.md, "Refusals held for 100 ms"). Held, an endpoint that stays down is
-//! connected to about ten times a second whatever its rate of events, and one that comes back is
-//! found within [`HOLD`]: only the attempts that start in that time fail needlessly, and they are
-//! retried on the usual schedule like any failed attempt.
+//! came in (BENCHMARKS.md, "A refused connection stands for 100 ms"). Held, an endpoint that
+//! stays down is connected to about ten times a second whatever its rate of events, and one that
+//! comes back is found within [`HOLD`]: only the attempts that start in that time fail
+//! needlessly, and they are retried on the usual schedule like any failed attempt.
 //!
 //! Held per URL: the same URL is the same endpoint whoever subscribed it, and a refusal there
 //! says nothing about any other.
@@ -37,11 +37,12 @@ impl Default for Refusals {
 struct Held {
     /// When each URL last refused.
     by_url: HashMap<Box<str>, Instant>,
-    /// When refusals older than [`HOLD`] were last dropped.
+    /// When refusals older than the hold were last dropped.
     pruned: Option<Instant>,
 }
 
 impl Refusals {
+    /// Refusals that stand for `hold`.
     pub fn new(hold: Duration) -> Refusals {
         Refusals {
             hold,
