@@ -143,17 +143,17 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut new_ids = std::collections::HashSet::new();
         let params = self.params();
+        // Every chunk but a short last one has the same statement: written once.
+        let full = insert_statement(params, ROWS_PER_INSERT.min(batch.len()));
         for chunk in batch.chunks(ROWS_PER_INSERT) {
-            // Bound row by row, in the columns' order.
-            let rows = (0..chunk.len())
-                .map(|row| format!("({})", params.list(row * 12 + 1, 12)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO delivery_logs (id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, trusted) \
-                 VALUES {rows} ON CONFLICT (id) DO NOTHING RETURNING id"
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let short;
+            let sql = if chunk.len() == ROWS_PER_INSERT.min(batch.len()) {
+                &full
+            } else {
+                short = insert_statement(params, chunk.len());
+                &short
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (dl, trust) in chunk {
                 let attempts = serde_json::to_string(&dl.attempts).expect("attempts serialise");
                 query = query
@@ -294,6 +294,19 @@ impl Store {
         }
         Ok(query.fetch_one(&self.pool).await?)
     }
+}
+
+/// A multi-row `INSERT` of `rows` dead letters, bound row by row in the columns' order, that
+/// returns the ids it added.
+fn insert_statement(params: Params, rows: usize) -> String {
+    let values = (0..rows)
+        .map(|row| format!("({})", params.list(row * 12 + 1, 12)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO delivery_logs (id, event_id, account_id, subscription_id, url, event, payload, reason, detail, attempts, dead_lettered_at, trusted) \
+         VALUES {values} ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
 }
 
 /// `{base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when `ids` is not empty,

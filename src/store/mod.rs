@@ -54,10 +54,20 @@ impl Params {
 
     /// The placeholders of the `n` values bound from the `first`th on, comma-separated.
     pub(crate) fn list(self, first: usize, n: usize) -> String {
-        (first..first + n)
-            .map(|i| self.nth(i))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut list = String::with_capacity(n * 6);
+        for i in first..first + n {
+            if i > first {
+                list.push_str(", ");
+            }
+            match self {
+                Params::Numbered => {
+                    use std::fmt::Write as _;
+                    let _ = write!(list, "${i}");
+                }
+                Params::InOrder => list.push('?'),
+            }
+        }
+        list
     }
 }
 

@@ -102,16 +102,12 @@ impl Store {
         at: &str,
     ) -> Result<Option<ReplayClaim>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO delivery_log_replays (id, replayed_at) \
-             SELECT id, $1 FROM delivery_logs WHERE id = $2 AND {NOT_REPLAYED} \
-             ON CONFLICT (id) DO NOTHING"
-        )))
-        .bind(at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
+        let claimed = sqlx::query(AssertSqlSafe(claim_statement(self.params(), 1)))
+            .bind(at)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if claimed.is_some() {
             Ok(Some(ReplayClaim { tx }))
         } else {
             tx.rollback().await?;
@@ -147,13 +143,7 @@ impl Store {
         let mut claimed = HashSet::new();
         let params = self.params();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO delivery_log_replays (id, replayed_at) \
-                 SELECT id, {} FROM delivery_logs WHERE id IN ({}) AND {NOT_REPLAYED} \
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-                params.nth(1),
-                params.list(2, chunk.len())
-            );
+            let sql = claim_statement(params, chunk.len());
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at.to_string());
             for id in chunk {
                 query = query.bind(id.clone());
@@ -169,6 +159,19 @@ impl Store {
             released: Vec::new(),
         })
     }
+}
+
+/// A claim of `n` records as replayed: binds the time, then the `n` ids; marks those that exist
+/// and were not replayed yet, and returns their ids. One that another claim holds waits for it,
+/// then is found taken.
+fn claim_statement(params: Params, n: usize) -> String {
+    format!(
+        "INSERT INTO delivery_log_replays (id, replayed_at) \
+         SELECT id, {} FROM delivery_logs WHERE id IN ({}) AND {NOT_REPLAYED} \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+        params.nth(1),
+        params.list(2, n)
+    )
 }
 
 /// Records claimed together and not yet final: see [`Store::claim_replays`].
