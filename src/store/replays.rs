@@ -36,8 +36,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Read>, StoreError> {
         let order = format!("ORDER BY id ASC LIMIT {limit}");
+        let not_replayed = if self.postgres && after.is_some() {
+            NOT_REPLAYED_PAST_THE_CURSOR
+        } else {
+            NOT_REPLAYED
+        };
         self.select_logs(
-            NOT_REPLAYED,
+            not_replayed,
             ("id > ", after),
             &selection.filter,
             &selection.ids,
@@ -46,24 +51,29 @@ impl Store {
         .await
     }
 
-    /// Gives PostgreSQL's planner statistics of the delivery log when it has none, or none
-    /// since a tenth of it changed, before a replay pages through it; nothing on SQLite, whose
-    /// planner walks the id index here either way. Without them (a young table: the first
-    /// outage's records, not yet seen by autovacuum, which waits a minute and more) PostgreSQL
-    /// guesses that a handful of rows match, reads every row the selection's time bound admits
-    /// and sorts them for each page of [`replay_candidates`](Self::replay_candidates): work that
-    /// grows with the log at every page. `ANALYZE` reads a bounded sample and takes no lock that
-    /// writers wait for; it gives up after 2 s waiting for a VACUUM of the table (an error:
-    /// the replay goes on, on the guesses, as it does for a role that may not analyze).
+    /// Gives PostgreSQL's planner statistics of the delivery log when it has none, or when the
+    /// size they give it is off by more than a tenth (and a thousand rows), before a replay
+    /// pages through it; nothing on SQLite, whose planner walks the id index here either way.
+    /// Without them (a young table: the first outage's records, not yet seen by autovacuum,
+    /// which waits a minute and more) PostgreSQL guesses that a handful of rows match, reads
+    /// every row the selection's time bound admits and sorts them for each page of
+    /// [`replay_candidates`](Self::replay_candidates): work that grows with the log at every
+    /// page. `ANALYZE` reads a bounded sample and takes no lock that writers wait for; it gives
+    /// up after 2 s waiting for a VACUUM of the table (an error: the replay goes on, on the
+    /// guesses, as it does for a role that may not analyze). Only the columns a replay selects
+    /// or orders by ([`PLANNED_COLUMNS`]): the wide ones (payload, attempts, url, detail) were
+    /// half of its time and tell a replay's plan nothing. Such an `ANALYZE` sets the size but
+    /// leaves autovacuum's count of changes alone, so autovacuum still analyzes the whole table
+    /// when its turn comes; the size is what tells whether a replay needs one.
     pub async fn refresh_log_statistics(&self) -> Result<bool, StoreError> {
         if !self.postgres {
             return Ok(false);
         }
         let stale: Option<bool> = sqlx::query_scalar(
-            "SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) \
-                    OR n_mod_since_analyze > 1000 + n_live_tup / 10 \
-             FROM pg_stat_user_tables \
-             WHERE relname = 'delivery_logs' AND schemaname = current_schema()",
+            "SELECT c.reltuples < 0 \
+                    OR abs(s.n_live_tup - greatest(c.reltuples, 0)) > 1000 + greatest(c.reltuples, 0) / 10 \
+             FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.relname = 'delivery_logs' AND s.schemaname = current_schema()",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -76,9 +86,11 @@ impl Store {
         sqlx::query("SET LOCAL lock_timeout = '2s'")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("ANALYZE delivery_logs")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "ANALYZE delivery_logs ({PLANNED_COLUMNS})"
+        )))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -161,13 +173,31 @@ impl Store {
     }
 }
 
+/// The columns of `delivery_logs` a replay's statements select by or order by, whose statistics
+/// [`Store::refresh_log_statistics`] keeps.
+const PLANNED_COLUMNS: &str =
+    "id, account_id, subscription_id, event, reason, dead_lettered_at, replayed_at";
+
+/// [`NOT_REPLAYED`] for a page after the cursor (bound first, as `$1`) on PostgreSQL: the
+/// replays it looks for are those past the cursor too, which are all it can find (`r.id =
+/// delivery_logs.id > $1`). Unbounded, PostgreSQL without statistics of `delivery_log_replays`
+/// (a table that grows by the replay's own claims, faster than autovacuum looks at it) joins
+/// every replay there is to each page by hashing them, then sorts what remains of the log: a
+/// page cost more the further the replay got. Bounded, the anti-join walks the replays index
+/// from the cursor, in the page's order.
+const NOT_REPLAYED_PAST_THE_CURSOR: &str = "(delivery_logs.replayed_at IS NULL AND NOT EXISTS \
+     (SELECT 1 FROM delivery_log_replays r WHERE r.id = delivery_logs.id AND r.id > $1))";
+
 /// A claim of `n` records as replayed: binds the time, then the `n` ids; marks those that exist
 /// and were not replayed yet, and returns their ids. One that another claim holds waits for it,
-/// then is found taken.
+/// then is found taken. A replay's row is found by the insert's conflict on its id, not looked
+/// up first: a lookup (`NOT EXISTS`, as in [`NOT_REPLAYED`]) found nothing the conflict does
+/// not, and on PostgreSQL without statistics of `delivery_log_replays` it was a hash of every
+/// replay there is, for each claim.
 fn claim_statement(params: Params, n: usize) -> String {
     format!(
         "INSERT INTO delivery_log_replays (id, replayed_at) \
-         SELECT id, {} FROM delivery_logs WHERE id IN ({}) AND {NOT_REPLAYED} \
+         SELECT id, {} FROM delivery_logs WHERE id IN ({}) AND delivery_logs.replayed_at IS NULL \
          ON CONFLICT (id) DO NOTHING RETURNING id",
         params.nth(1),
         params.list(2, n)

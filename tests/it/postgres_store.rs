@@ -507,8 +507,43 @@ async fn a_replay_first_gives_a_young_postgresql_delivery_log_planner_statistics
             .await
             .unwrap();
     assert_eq!(estimate, 2000.0, "the planner now knows the log's size");
+    // Of the columns a replay selects by, not of the wide ones.
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_stats WHERE tablename = 'delivery_logs' ORDER BY attname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for column in ["account_id", "dead_lettered_at", "id", "replayed_at"] {
+        assert!(kept.iter().any(|c| c == column), "{column}: {kept:?}");
+    }
+    for column in ["payload", "attempts"] {
+        assert!(!kept.iter().any(|c| c == column), "{column}: {kept:?}");
+    }
     assert!(!store.refresh_log_statistics().await.unwrap(), "fresh");
     assert_eq!(analyzed(&mut conn).await, 1);
+
+    // Grown by more than a tenth (and a thousand): stale again, once PostgreSQL has counted the
+    // new rows.
+    let more: Vec<_> = (0..1500).map(|_| stored_letter(Some("purchase"))).collect();
+    let batch: Vec<_> = more.iter().map(|l| (l, Trust::Verified)).collect();
+    store.insert_dead_letters(&batch).await.unwrap();
+    wait_until("PostgreSQL to count the new rows", PATIENCE, || {
+        let url = db.url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let live: i64 = sqlx::query_scalar(
+                "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'delivery_logs'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            live == 3500
+        }
+    })
+    .await;
+    assert!(store.refresh_log_statistics().await.unwrap(), "grown");
+    assert_eq!(analyzed(&mut conn).await, 2);
     conn.close().await.unwrap();
     store.close().await;
     drop(db);
@@ -721,6 +756,57 @@ async fn replays_are_kept_apart_read_from_either_place_and_purged_with_their_rec
     on_sqlite_and_postgresql(|url| async move { replays_on(&url).await }).await;
 }
 
+#[tokio::test]
+async fn a_claim_racing_another_waits_for_it_and_takes_what_it_left() {
+    on_sqlite_and_postgresql(|url| async move { racing_claims_on(&url).await }).await;
+}
+
+/// Two claims of the same records: the second waits for the first, then holds only what the
+/// first did not keep (its commit keeps them, its drop — a failed publish — gives them back).
+async fn racing_claims_on(url: &str) {
+    use webhook_dispatcher::store::{Store, Trust};
+    let store = Store::connect(url).await.expect("store");
+    let letters: Vec<_> = (0..4).map(|_| stored_letter(Some("purchase"))).collect();
+    let batch: Vec<_> = letters.iter().map(|l| (l, Trust::Verified)).collect();
+    store.insert_dead_letters(&batch).await.unwrap();
+    let ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+    let at = "2026-12-07T10:00:00.000Z";
+    let racing = |ids: &[String]| {
+        let (store, ids) = (store.clone(), ids.to_vec());
+        tokio::spawn(async move { store.claim_replays(&ids, at).await.unwrap() })
+    };
+    let held = |claim: &webhook_dispatcher::store::BatchClaim| -> Vec<String> {
+        ids.iter().filter(|id| claim.holds(id)).cloned().collect()
+    };
+
+    let first = store.claim_replays(&ids[..2], at).await.unwrap();
+    let second = racing(&ids);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second claim waits ({url})");
+    first.commit().await.unwrap();
+    let second = second.await.unwrap();
+    assert_eq!(
+        held(&second),
+        ids[2..],
+        "what the first kept is taken ({url})"
+    );
+    drop(second);
+
+    let third = store.claim_replays(&ids[2..], at).await.unwrap();
+    let fourth = racing(&ids);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fourth.is_finished(), "the fourth claim waits ({url})");
+    drop(third);
+    let fourth = fourth.await.unwrap();
+    assert_eq!(
+        held(&fourth),
+        ids[2..],
+        "what the third gave back is free ({url})"
+    );
+    fourth.commit().await.unwrap();
+    store.close().await;
+}
+
 /// A claim writes a short row of its own (`delivery_log_replays`); a record marked in its own
 /// `replayed_at` (before 0.5, or by a 0.4 replica during a rolling upgrade) reads as replayed
 /// too, is not selected or claimed again, and the purge takes a record's replay with it.
@@ -778,6 +864,26 @@ async fn replays_on(url: &str) {
         .map(|r| r.unwrap().id)
         .collect();
     assert_eq!(candidates, ids[2..], "{url}");
+    let after = async |cursor: &String| -> Vec<String> {
+        let page = store.replay_candidates(&selection, Some(cursor), 10);
+        page.await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().id)
+            .collect()
+    };
+    assert_eq!(after(&ids[0]).await, ids[2..], "past a cursor ({url})");
+    assert_eq!(after(&ids[2]).await, ids[3..], "{url}");
+    // A replay past the cursor (on PostgreSQL, the only replays a page looks for) counts.
+    let late = store.claim_replays(&ids[3..], claimed_at).await.unwrap();
+    late.commit().await.unwrap();
+    assert_eq!(after(&ids[0]).await, ids[2..3], "{url}");
+    assert_eq!(after(&ids[2]).await, Vec::<String>::new(), "{url}");
+    sqlx::query("DELETE FROM delivery_log_replays WHERE id = $1")
+        .bind(&ids[3])
+        .execute(&mut raw)
+        .await
+        .unwrap();
     let again = store.claim_replays(&ids[..3], claimed_at).await.unwrap();
     let held: Vec<&String> = ids.iter().filter(|id| again.holds(id)).collect();
     assert_eq!(held, [&ids[2]], "{url}");
