@@ -145,6 +145,13 @@ impl Store {
         .await
     }
 
+    /// Whether claims of different records can be under way at once, neither waiting for the
+    /// other: on PostgreSQL, which locks the rows a claim writes; not on SQLite, where a claim
+    /// holds the one write lock until its commit.
+    pub fn claims_run_side_by_side(&self) -> bool {
+        self.postgres
+    }
+
     /// [`claim_replay`](Store::claim_replay) for many records in one transaction: marks those of
     /// `ids` not replayed yet as replayed at `at`, committed only by [`BatchClaim::commit`]
     /// (which first releases the ones [`BatchClaim::release`] names). Until then no one else

@@ -28,6 +28,7 @@ mod reconnect;
 mod replay_and_metrics;
 mod replay_crash;
 mod replay_jobs;
+mod replay_postgres;
 mod replicas;
 mod retention;
 mod retries;

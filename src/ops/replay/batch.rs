@@ -1,15 +1,17 @@
 //! One batch of a replay: claimed in one transaction, sent (consecutive records of one account
-//! as one message), committed once confirmed.
+//! as one message), committed once confirmed. On PostgreSQL a batch is claimed while the one
+//! before it is sent ([`Ahead`]).
 
 use std::ops::Range;
 
 use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Failed, Pace, Queued, ReplayError, Replayer, Report, Seen, Skip, task_of};
 use crate::broker::{BrokerError, Pending, TASK_CONFIRM_TIMEOUT};
-use crate::store::StoreError;
+use crate::store::{BatchClaim, StoreError};
 use crate::time::now_rfc3339;
 use crate::wire::DeliveryTask;
 use crate::wire::TaskKind;
@@ -19,15 +21,36 @@ use crate::wire::bundle::{MAX_ITEMS, bundle_len, task_size};
 /// written, and one at a time that was a round through the client's I/O thread per record.
 const SENDING: usize = 64;
 
+/// A batch whose claim is under way or done, not sent yet.
+pub(super) struct Claimed {
+    queued: Vec<Queued>,
+    claim: AbortOnDropHandle<Result<BatchClaim, StoreError>>,
+}
+
+/// The batch handed on and not sent yet, if any. Only on PostgreSQL, and only for a replay at
+/// full speed: there a batch's claim runs while the batch before it is sent, confirmed and
+/// committed (claims of different records do not wait for each other), instead of the two
+/// taking turns. On SQLite a claim holds the write lock until its commit, so a batch is sent as
+/// soon as it is claimed; at a set rate the batch waits for its turn before its claim, and one
+/// held ahead would wait that turn out claimed. Dropped unsent, its claim is rolled back.
+pub(super) type Ahead = Option<Claimed>;
+
+/// How many records the batch held in `ahead` has.
+pub(super) fn held(ahead: &Ahead) -> usize {
+    ahead.as_ref().map_or(0, |claimed| claimed.queued.len())
+}
+
 impl Replayer {
-    /// Claims, sends and commits `batch` (emptying it), filing each record in `report` and
-    /// calling `seen` with it. When the broker did not take a record, nothing more is sent: the
-    /// records not sent yet are left untouched (released, not filed; those already sent are
-    /// filed as they went) and this returns `Some` with where a run goes on from: the record
-    /// looked at before the first one not taken.
+    /// Hands `batch` on (emptying it): claimed at its turn of `pace`, then sent and committed
+    /// ([`finish`](Self::finish)) — at once, or, held in `ahead`, once the next batch is handed
+    /// on or the run ends ([`flush`](Self::flush)); the batch held before it is finished now.
+    /// Each record is filed in `report` and given to `seen` when its batch is finished. `Some`:
+    /// the broker did not take a record, and nothing more is sent (a batch held is dropped,
+    /// its claim rolled back): where a run goes on from, as [`finish`](Self::finish) says.
     pub(super) async fn send(
         &self,
         batch: &mut Vec<Queued>,
+        ahead: &mut Ahead,
         report: &mut Report,
         pace: &mut Pace,
         seen: &mut (dyn FnMut(Seen<'_>) + Send),
@@ -36,10 +59,62 @@ impl Replayer {
             return None;
         }
         let queued = std::mem::take(batch);
+        let held = self.store.claims_run_side_by_side() && !pace.paced();
+        if !held && let Some(stopped_at) = self.flush(ahead, report, seen).await {
+            return Some(stopped_at);
+        }
+        pace.turn(queued.len()).await;
         let ids: Vec<String> = queued.iter().map(|q| q.log.id.clone()).collect();
-        pace.turn(ids.len()).await;
-        let at = now_rfc3339();
-        let mut claim = match self.store.claim_replays(&ids, &at).await {
+        let store = self.store.clone();
+        let claim = AbortOnDropHandle::new(tokio::spawn(async move {
+            store.claim_replays(&ids, &now_rfc3339()).await
+        }));
+        let claimed = Claimed { queued, claim };
+        if !held {
+            return self.finish(claimed, report, seen).await;
+        }
+        let before = ahead.replace(claimed);
+        let stopped = match before {
+            Some(before) => self.finish(before, report, seen).await,
+            None => None,
+        };
+        if stopped.is_some() {
+            *ahead = None;
+        }
+        stopped
+    }
+
+    /// Finishes the batch held in `ahead`, if any (see [`send`](Self::send)).
+    pub(super) async fn flush(
+        &self,
+        ahead: &mut Ahead,
+        report: &mut Report,
+        seen: &mut (dyn FnMut(Seen<'_>) + Send),
+    ) -> Option<Option<String>> {
+        match ahead.take() {
+            Some(claimed) => self.finish(claimed, report, seen).await,
+            None => None,
+        }
+    }
+
+    /// Sends and commits a claimed batch, filing each record in `report` and calling `seen`
+    /// with it. When the broker did not take a record, nothing more is sent: the records not
+    /// sent yet are left untouched (released, not filed; those already sent are filed as they
+    /// went) and this returns `Some` with where a run goes on from: the record looked at before
+    /// the first one not taken.
+    async fn finish(
+        &self,
+        claimed: Claimed,
+        report: &mut Report,
+        seen: &mut (dyn FnMut(Seen<'_>) + Send),
+    ) -> Option<Option<String>> {
+        let Claimed { queued, claim } = claimed;
+        let claimed = match claim.await {
+            Ok(claimed) => claimed,
+            // A panic stays a panic; the task is only cancelled by dropping its handle.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let mut claim = match claimed {
             Ok(claim) => claim,
             Err(e) => {
                 for q in &queued {

@@ -23,6 +23,7 @@ use crate::seal::Keyring;
 use crate::store::{DeliveryLog, Read, ReplaySelection, Store, StoreError, Unreadable, id_of};
 use crate::time::now_rfc3339;
 use crate::wire::{DeliveryTask, TaskKind};
+use batch::{Ahead, held};
 
 mod batch;
 pub mod jobs;
@@ -83,15 +84,13 @@ impl Replayer {
     pub async fn run(
         &self,
         selection: &ReplaySelection,
-        mut after: Option<String>,
+        after: Option<String>,
         limit: Limit,
         dry_run: bool,
         pace: &mut Pace,
         seen: &mut (dyn FnMut(Seen<'_>) + Send),
     ) -> Result<Report, StoreError> {
         let mut report = Report::default();
-        let mut subscriptions = Subscriptions::new();
-        let mut batch: Vec<Queued> = Vec::new();
         match self.store.refresh_log_statistics().await {
             Ok(true) => tracing::info!(
                 "the delivery log's planner statistics were refreshed before a replay"
@@ -101,13 +100,54 @@ impl Replayer {
                 tracing::warn!(error = %e, "the delivery log's planner statistics could not be refreshed; the replay goes on")
             }
         }
+        let mut ahead: Ahead = None;
+        let walked = self
+            .walk(
+                selection,
+                after,
+                limit,
+                dry_run,
+                pace,
+                seen,
+                &mut report,
+                &mut ahead,
+            )
+            .await;
+        // However the walk ended, a batch still held is sent (a stop comes between batches,
+        // never between a claim and its publish); one the broker refused ends the run there.
+        if let Some(stopped_at) = self.flush(&mut ahead, &mut report, seen).await {
+            report.more = true;
+            report.next_cursor = stopped_at;
+        }
+        walked.map(|()| report)
+    }
+
+    /// The body of [`run`](Self::run): files what it did in `report`, and may end with a batch
+    /// held in `ahead`, not sent yet ([`Ahead`]), that `run` finishes.
+    #[allow(clippy::too_many_arguments)]
+    async fn walk(
+        &self,
+        selection: &ReplaySelection,
+        mut after: Option<String>,
+        limit: Limit,
+        dry_run: bool,
+        pace: &mut Pace,
+        seen: &mut (dyn FnMut(Seen<'_>) + Send),
+        report: &mut Report,
+        ahead: &mut Ahead,
+    ) -> Result<(), StoreError> {
+        let mut subscriptions = Subscriptions::new();
+        let mut batch: Vec<Queued> = Vec::new();
+        // Records on their way: in the batch being filled and in the one held, if any; neither
+        // filed in `report` yet.
+        let queued = |batch: &Vec<Queued>, ahead: &Ahead| batch.len() + held(ahead);
         // The next page, read while this one's batches are claimed, sent and committed: a read
         // only (what it finds is claimed later, as any page's records are), dropped unread when
         // the run stops first. Only when a page's size does not hang on how the run goes.
-        let ahead = matches!(limit, Limit::None | Limit::Replayed(_));
+        let read_ahead = matches!(limit, Limit::None | Limit::Replayed(_));
         let mut next_page: Option<AbortOnDropHandle<Result<Vec<Read>, StoreError>>> = None;
         loop {
-            let wanted = limit.page(&report, batch.len(), PAGE);
+            let wanted = limit.page(report, queued(&batch, ahead), PAGE);
             let read = match next_page.take() {
                 Some(reading) => reading
                     .await
@@ -123,17 +163,17 @@ impl Replayer {
                 // Nothing done yet: the run failed. Past the first page, what was done is
                 // worth reporting (a request's thousands of replays, a job's counts): it
                 // stops there, as at a broker refusal, with where to go on from.
-                Err(e) if report.matched() == 0 => return Err(e),
+                Err(e) if report.matched() + queued(&batch, ahead) == 0 => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, handled = report.matched(), "the store failed during a replay; it stops with what it did");
                     report.store_failed = Some(e.to_string());
                     report.more = true;
                     report.next_cursor = after;
-                    return Ok(report);
+                    return Ok(());
                 }
             };
             let full = page.len() == wanted;
-            if ahead
+            if read_ahead
                 && full
                 && let Some(last) = page.last()
             {
@@ -155,15 +195,16 @@ impl Replayer {
                     report.interrupted = true;
                     report.more = true;
                     report.next_cursor = after;
-                    return Ok(report);
+                    return Ok(());
                 }
-                if limit.reached(&report, batch.len()) {
-                    if let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await {
+                if limit.reached(report, queued(&batch, ahead)) {
+                    if let Some(stopped_at) = self.send(&mut batch, ahead, report, pace, seen).await
+                    {
                         after = stopped_at;
                     }
                     report.more = true;
                     report.next_cursor = after;
-                    return Ok(report);
+                    return Ok(());
                 }
                 let log = match read {
                     Ok(log) => log,
@@ -190,22 +231,22 @@ impl Replayer {
                 }
                 after = Some(id);
                 if batch.len() >= pace.batch()
-                    && let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await
+                    && let Some(stopped_at) = self.send(&mut batch, ahead, report, pace, seen).await
                 {
                     // The record the broker did not take stays unreplayed: the next page
                     // starts with it.
                     report.more = true;
                     report.next_cursor = stopped_at;
-                    return Ok(report);
+                    return Ok(());
                 }
             }
-            if let Some(stopped_at) = self.send(&mut batch, &mut report, pace, seen).await {
+            if let Some(stopped_at) = self.send(&mut batch, ahead, report, pace, seen).await {
                 report.more = true;
                 report.next_cursor = stopped_at;
-                return Ok(report);
+                return Ok(());
             }
             if !full {
-                return Ok(report);
+                return Ok(());
             }
         }
     }
@@ -221,6 +262,7 @@ impl Replayer {
     ) -> Report {
         let mut report = Report::default();
         let mut subscriptions = Subscriptions::new();
+        let mut ahead: Ahead = None;
         let mut next = 0;
         while next < ids.len() {
             if stop.is_cancelled() {
@@ -268,13 +310,14 @@ impl Replayer {
             }
             let mut seen = |_: Seen<'_>| tick();
             if self
-                .send(&mut batch, &mut report, pace, &mut seen)
+                .send(&mut batch, &mut ahead, &mut report, pace, &mut seen)
                 .await
                 .is_some()
             {
                 break;
             }
         }
+        self.flush(&mut ahead, &mut report, &mut |_| tick()).await;
         report
     }
 

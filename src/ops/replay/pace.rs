@@ -41,6 +41,11 @@ impl Pace {
         self.stop.as_ref().is_some_and(|stop| stop.is_cancelled())
     }
 
+    /// Whether a rate is set.
+    pub(super) fn paced(&self) -> bool {
+        self.per_second.is_some()
+    }
+
     /// Records per batch: at a set rate, 50 ms worth; [`BATCH`] otherwise.
     pub(super) fn batch(&self) -> usize {
         self.per_second

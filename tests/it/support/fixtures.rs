@@ -71,10 +71,26 @@ pub struct Replayable {
 
 impl Replayable {
     pub async fn start(account: &str, records: usize) -> Replayable {
-        let service = super::ServiceProcess::start(&[]).await;
+        Replayable::start_on(&super::amqp_url(), None, account, records).await
+    }
+
+    /// [`Replayable::start`] on the broker at `broker_url`, its store the PostgreSQL database at
+    /// `database_url` when given (else a SQLite file).
+    pub async fn start_on(
+        broker_url: &str,
+        database_url: Option<&str>,
+        account: &str,
+        records: usize,
+    ) -> Replayable {
+        let env: Vec<(&str, &str)> = database_url
+            .map(|url| ("DATABASE_URL", url))
+            .into_iter()
+            .collect();
+        let service = super::ServiceProcess::start_on(broker_url, &env).await;
         let receiver = super::CountingReceiver::start(200, std::time::Duration::ZERO).await;
         let subscription = service.subscribe(account, &receiver.url).await;
-        let store = webhook_dispatcher::store::Store::connect(&sqlite_url(service.db_path()))
+        let url = database_url.map_or_else(|| sqlite_url(service.db_path()), str::to_string);
+        let store = webhook_dispatcher::store::Store::connect(&url)
             .await
             .expect("the service's store");
         let letters: Vec<_> = (0..records)
