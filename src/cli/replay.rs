@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::OpsSettings;
-use super::terminal::{confirm, progress, table};
+use super::terminal::{confirm, progress, progress_shown, table};
 use crate::broker::Publisher;
 use crate::ops::replay::{Failed, Limit, Pace, RATES, Replayer, Report, Seen, Skipped};
 use crate::ops::select::Filters;
@@ -98,11 +98,16 @@ pub async fn run(args: ReplayArgs, stop: &CancellationToken) -> Result<ExitCode,
     let mut pace = Pace::new(args.rate).until(stop.clone());
     if args.yes && !args.dry_run {
         // Nobody to show a listing to: replay straight through the selection, page by page,
-        // reading each record once.
-        let matched = store
-            .count_replay_candidates(&selection)
-            .await
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+        // reading each record once. The count is only the progress bar's length: not counted
+        // where no bar is drawn (a script, a job runner), a read of the whole selection saved.
+        let matched = if progress_shown() {
+            store
+                .count_replay_candidates(&selection)
+                .await
+                .map_err(|e| CliError::Failed(e.to_string()))?
+        } else {
+            0
+        };
         let done = replaying(
             settings,
             store,

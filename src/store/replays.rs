@@ -61,10 +61,12 @@ impl Store {
     /// page. `ANALYZE` reads a bounded sample and takes no lock that writers wait for; it gives
     /// up after 2 s waiting for a VACUUM of the table (an error: the replay goes on, on the
     /// guesses, as it does for a role that may not analyze). Only the columns a replay selects
-    /// or orders by ([`PLANNED_COLUMNS`]): the wide ones (payload, attempts, url, detail) were
-    /// half of its time and tell a replay's plan nothing. Such an `ANALYZE` sets the size but
-    /// leaves autovacuum's count of changes alone, so autovacuum still analyzes the whole table
-    /// when its turn comes; the size is what tells whether a replay needs one.
+    /// or orders by ([`PLANNED_COLUMNS`]; the wide ones, payload and attempts, tell a replay's
+    /// plan nothing), from a sample of 3,000 rows instead of 30,000: 29–43 ms instead of
+    /// 117–146 ms on a fresh log of 20,000 (BENCHMARKS.md, seventeenth session). Such an
+    /// `ANALYZE` sets the size but leaves autovacuum's count of changes alone, so autovacuum
+    /// still analyzes the whole table at its own target when its turn comes; the size is what
+    /// tells whether a replay needs one.
     pub async fn refresh_log_statistics(&self) -> Result<bool, StoreError> {
         if !self.postgres {
             return Ok(false);
@@ -84,6 +86,11 @@ impl Store {
         // except when it vacuums against wraparound, which can take long): a replay should not.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await?;
+        // A tenth of the default sample (3,000 rows): plenty for a replay's plans, and only
+        // until autovacuum analyzes the whole table at its own target.
+        sqlx::query("SET LOCAL default_statistics_target = 10")
             .execute(&mut *tx)
             .await?;
         sqlx::query(AssertSqlSafe(format!(
@@ -145,11 +152,14 @@ impl Store {
         .await
     }
 
-    /// Whether claims of different records can be under way at once, neither waiting for the
-    /// other: on PostgreSQL, which locks the rows a claim writes; not on SQLite, where a claim
-    /// holds the one write lock until its commit.
+    /// Whether a replay may hold a batch claimed ahead while it commits another: claims of
+    /// different records must not wait for each other — on PostgreSQL, which locks the rows a
+    /// claim writes, not on SQLite, where a claim holds the one write lock until its commit —
+    /// and the pool must have room for the claim held besides the batch being committed, the
+    /// page being read ahead and a lookup ([`CLAIMING_AHEAD`] connections): with fewer, the
+    /// held claim's connection would keep the run's own next read waiting.
     pub fn claims_run_side_by_side(&self) -> bool {
-        self.postgres
+        self.postgres && self.pool.options().get_max_connections() >= CLAIMING_AHEAD
     }
 
     /// [`claim_replay`](Store::claim_replay) for many records in one transaction: marks those of
@@ -179,6 +189,10 @@ impl Store {
         })
     }
 }
+
+/// The connections a replay holding a claim ahead may use at once: the claim held, the batch
+/// being committed, the page read ahead, and a page or subscription read (the run's own).
+const CLAIMING_AHEAD: u32 = 4;
 
 /// The columns of `delivery_logs` a replay's statements select by or order by, whose statistics
 /// [`Store::refresh_log_statistics`] keeps.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use webhook_dispatcher::store::Store;
 
 use crate::support::*;
@@ -24,7 +25,7 @@ async fn a_postgresql_replay_claims_ahead_and_still_sends_each_record_once_withi
         receiver,
         store,
         ..
-    } = Replayable::start_on(&amqp_url(), Some(&db.url), "acct_pg_ahead", RECORDS).await;
+    } = Replayable::start_on(&amqp_url(), Some(&db.url), &[], "acct_pg_ahead", RECORDS).await;
 
     let first = service
         .cli(&["replay", "--all", "--yes", "--limit", "1500"], b"")
@@ -61,6 +62,7 @@ async fn a_postgresql_replay_the_broker_refuses_rolls_back_the_batch_it_claimed_
     let Replayable { service, store, .. } = Replayable::start_on(
         &broker.amqp_url(),
         Some(&db.url),
+        &[],
         "acct_pg_refused",
         RECORDS,
     )
@@ -101,6 +103,52 @@ async fn a_postgresql_replay_the_broker_refuses_rolls_back_the_batch_it_claimed_
         "{run:?}"
     );
     assert_eq!(not_replayed(&store).await, 0);
+    store.close().await;
+    drop(service);
+    drop(db);
+}
+
+#[tokio::test]
+async fn a_postgresql_replay_job_on_a_pool_of_one_connection_replays_everything() {
+    // One connection: a batch claimed ahead would hold it while the run waits for its next
+    // page on it. Such a replay takes turns instead.
+    const RECORDS: usize = 2500;
+    let db = TempDatabase::create().await;
+    let Replayable {
+        service,
+        receiver,
+        store,
+        ..
+    } = Replayable::start_on(
+        &amqp_url(),
+        Some(&db.url),
+        &[("DATABASE_POOL_SIZE", "1")],
+        "acct_pg_one",
+        RECORDS,
+    )
+    .await;
+    let (status, job) = service
+        .post_json("/v1/replay-jobs", json!({"account_id": "acct_pg_one"}))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/v1/replay-jobs/{}", job["id"].as_str().unwrap());
+    let job = || async {
+        let resp = service.http.get(service.url(&path)).send().await.unwrap();
+        resp.json::<Value>().await.unwrap()
+    };
+    // An answer without a state (the API waiting for the one connection) is not an end.
+    wait_until("the job to end", PATIENCE, || async {
+        job().await["state"]
+            .as_str()
+            .is_some_and(|s| s != "running")
+    })
+    .await;
+    let ended = job().await;
+    assert_eq!(ended["state"], "done", "{ended}");
+    assert_eq!(ended["replayed"], RECORDS, "{ended}");
+    assert_eq!(ended["failed"], 0, "{ended}");
+    assert_eq!(not_replayed(&store).await, 0);
+    receiver.wait_distinct(RECORDS, PATIENCE).await;
     store.close().await;
     drop(service);
     drop(db);

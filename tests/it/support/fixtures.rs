@@ -71,21 +71,21 @@ pub struct Replayable {
 
 impl Replayable {
     pub async fn start(account: &str, records: usize) -> Replayable {
-        Replayable::start_on(&super::amqp_url(), None, account, records).await
+        Replayable::start_on(&super::amqp_url(), None, &[], account, records).await
     }
 
     /// [`Replayable::start`] on the broker at `broker_url`, its store the PostgreSQL database at
-    /// `database_url` when given (else a SQLite file).
+    /// `database_url` when given (else a SQLite file), the service's settings overridden by
+    /// `env`.
     pub async fn start_on(
         broker_url: &str,
         database_url: Option<&str>,
+        env: &[(&str, &str)],
         account: &str,
         records: usize,
     ) -> Replayable {
-        let env: Vec<(&str, &str)> = database_url
-            .map(|url| ("DATABASE_URL", url))
-            .into_iter()
-            .collect();
+        let mut env = env.to_vec();
+        env.extend(database_url.map(|url| ("DATABASE_URL", url)));
         let service = super::ServiceProcess::start_on(broker_url, &env).await;
         let receiver = super::CountingReceiver::start(200, std::time::Duration::ZERO).await;
         let subscription = service.subscribe(account, &receiver.url).await;
