@@ -9,6 +9,19 @@ use webhook_dispatcher::store::Store;
 
 use crate::support::*;
 
+/// [`Replayable::start_on`] a fresh PostgreSQL database (returned too: drop it after the
+/// service).
+async fn replayable_on_postgresql(
+    broker_url: &str,
+    env: &[(&str, &str)],
+    account: &str,
+    records: usize,
+) -> (Replayable, TempDatabase) {
+    let db = TempDatabase::create().await;
+    let replayable = Replayable::start_on(broker_url, Some(&db.url), env, account, records).await;
+    (replayable, db)
+}
+
 /// Records that read as not replayed.
 async fn not_replayed(store: &Store) -> i64 {
     store.count_delivery_logs().await.unwrap().not_replayed
@@ -19,13 +32,14 @@ async fn a_postgresql_replay_claims_ahead_and_still_sends_each_record_once_withi
     // Three batches of up to 1,024: the second and third are claimed while the one before is
     // sent; `--limit 1500` ends inside the second.
     const RECORDS: usize = 2500;
-    let db = TempDatabase::create().await;
+    let (replayable, db) =
+        replayable_on_postgresql(&amqp_url(), &[], "acct_pg_ahead", RECORDS).await;
     let Replayable {
         service,
         receiver,
         store,
         ..
-    } = Replayable::start_on(&amqp_url(), Some(&db.url), &[], "acct_pg_ahead", RECORDS).await;
+    } = replayable;
 
     let first = service
         .cli(&["replay", "--all", "--yes", "--limit", "1500"], b"")
@@ -58,15 +72,9 @@ async fn a_postgresql_replay_claims_ahead_and_still_sends_each_record_once_withi
 async fn a_postgresql_replay_the_broker_refuses_rolls_back_the_batch_it_claimed_ahead() {
     const RECORDS: usize = 2100;
     let broker = PrivateBroker::start().await;
-    let db = TempDatabase::create().await;
-    let Replayable { service, store, .. } = Replayable::start_on(
-        &broker.amqp_url(),
-        Some(&db.url),
-        &[],
-        "acct_pg_refused",
-        RECORDS,
-    )
-    .await;
+    let (replayable, db) =
+        replayable_on_postgresql(&broker.amqp_url(), &[], "acct_pg_refused", RECORDS).await;
+    let Replayable { service, store, .. } = replayable;
 
     // The memory alarm holds every publish unconfirmed: the first batch of 1,024 fails at the
     // confirm limit, while the second was claimed; neither may read as replayed.
@@ -113,20 +121,15 @@ async fn a_postgresql_replay_job_on_a_pool_of_one_connection_replays_everything(
     // One connection: a batch claimed ahead would hold it while the run waits for its next
     // page on it. Such a replay takes turns instead.
     const RECORDS: usize = 2500;
-    let db = TempDatabase::create().await;
+    let pool_of_one = [("DATABASE_POOL_SIZE", "1")];
+    let (replayable, db) =
+        replayable_on_postgresql(&amqp_url(), &pool_of_one, "acct_pg_one", RECORDS).await;
     let Replayable {
         service,
         receiver,
         store,
         ..
-    } = Replayable::start_on(
-        &amqp_url(),
-        Some(&db.url),
-        &[("DATABASE_POOL_SIZE", "1")],
-        "acct_pg_one",
-        RECORDS,
-    )
-    .await;
+    } = replayable;
     let (status, job) = service
         .post_json("/v1/replay-jobs", json!({"account_id": "acct_pg_one"}))
         .await;
