@@ -54,12 +54,12 @@ pub async fn confirm(question: &str, stop: &CancellationToken) -> Option<bool> {
     }
 }
 
-/// A progress bar of `len` steps on stderr, hidden unless stderr is a terminal.
 /// Whether [`progress`] draws a bar: only on a terminal (stderr).
 pub fn progress_shown() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// A progress bar of `len` steps on stderr, hidden unless stderr is a terminal.
 pub fn progress(len: u64, message: &'static str) -> ProgressBar {
     if !progress_shown() {
         return ProgressBar::hidden();

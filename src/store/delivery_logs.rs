@@ -320,6 +320,7 @@ fn conditions<'a>(
 ) -> (String, Vec<&'a str>) {
     let mut sql = base.to_string();
     let mut binds: Vec<&str> = Vec::new();
+    // The cursor first: bound as `$1`, which a `base` may name (a replay's page on PostgreSQL).
     for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
         if let Some(value) = value {
             binds.push(value);

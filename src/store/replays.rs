@@ -158,7 +158,7 @@ impl Store {
     /// and the pool must have room for the claim held besides the batch being committed, the
     /// page being read ahead and a lookup ([`CLAIMING_AHEAD`] connections): with fewer, the
     /// held claim's connection would keep the run's own next read waiting.
-    pub fn claims_run_side_by_side(&self) -> bool {
+    pub fn may_claim_ahead(&self) -> bool {
         self.postgres && self.pool.options().get_max_connections() >= CLAIMING_AHEAD
     }
 

@@ -59,7 +59,7 @@ impl Replayer {
             return None;
         }
         let queued = std::mem::take(batch);
-        let held = self.store.claims_run_side_by_side() && !pace.paced();
+        let held = self.store.may_claim_ahead() && !pace.paced();
         if !held && let Some(stopped_at) = self.flush(ahead, report, seen).await {
             return Some(stopped_at);
         }
