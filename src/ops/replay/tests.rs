@@ -1,7 +1,7 @@
 use sqlx::Connection;
 
 use super::*;
-use crate::store::{LogFilter, Trust};
+use crate::store::{LogFilter, ReplaySelection, Trust};
 use crate::wire::{DeadLetter, new_dead_letter_id, raw_payload};
 
 /// A store in `dir` with `n` dead letters of `acct_a` (oldest first), their subscription gone.
