@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Page, Params, Store, StoreError};
+use super::{Page, Params, Store, StoreError, chunked};
 use crate::delivery::AttemptRecord;
 use crate::wire::DeadLetter;
 
@@ -89,15 +89,15 @@ pub struct LogFilter {
 }
 
 impl LogFilter {
-    /// The filter's conditions, each with its value; `None` values are left out by the caller.
-    fn conditions(&self) -> [(&'static str, Option<&str>); 6] {
+    /// The filter's conditions ([`Condition`]s); `None` values are left out by the caller.
+    fn conditions(&self) -> [Condition<'_>; 6] {
         [
-            ("account_id = ", self.account_id.as_deref()),
-            ("subscription_id = ", self.subscription_id.as_deref()),
-            ("event = ", self.event.as_deref()),
-            ("reason = ", self.reason.as_deref()),
-            ("dead_lettered_at >= ", self.since.as_deref()),
-            ("dead_lettered_at < ", self.until.as_deref()),
+            ("account_id = {}", self.account_id.as_deref()),
+            ("subscription_id = {}", self.subscription_id.as_deref()),
+            ("event = {}", self.event.as_deref()),
+            ("reason = {}", self.reason.as_deref()),
+            ("dead_lettered_at >= {}", self.since.as_deref()),
+            ("dead_lettered_at < {}", self.until.as_deref()),
         ]
     }
 }
@@ -143,17 +143,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut new_ids = std::collections::HashSet::new();
         let params = self.params();
-        // Every chunk but a short last one has the same statement: written once.
-        let full = insert_statement(params, ROWS_PER_INSERT.min(batch.len()));
-        for chunk in batch.chunks(ROWS_PER_INSERT) {
-            let short;
-            let sql = if chunk.len() == ROWS_PER_INSERT.min(batch.len()) {
-                &full
-            } else {
-                short = insert_statement(params, chunk.len());
-                &short
-            };
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for (sql, chunk) in chunked(batch, ROWS_PER_INSERT, |rows| {
+            insert_statement(params, rows)
+        }) {
+            let mut query = sqlx::query(AssertSqlSafe(&*sql));
             for (dl, trust) in chunk {
                 let attempts = serde_json::to_string(&dl.attempts).expect("attempts serialise");
                 query = query
@@ -221,7 +214,7 @@ impl Store {
             ..LogFilter::default()
         };
         let rows = self
-            .select_logs("1 = 1", ("id = ", Some(id)), &filter, &[], "")
+            .select_logs("1 = 1", &[("id = {}", Some(id))], &filter, &[], "")
             .await?;
         match rows.into_iter().next() {
             None => Ok(None),
@@ -240,7 +233,7 @@ impl Store {
     ) -> Result<Page<DeliveryLog>, StoreError> {
         let order = format!("ORDER BY id DESC LIMIT {}", limit + 1);
         let rows = self
-            .select_logs("1 = 1", ("id < ", cursor), filter, &[], &order)
+            .select_logs("1 = 1", &[("id < {}", cursor)], filter, &[], &order)
             .await?;
         let page = Page::from_rows(rows, limit, id_of);
         let items = page
@@ -264,7 +257,7 @@ impl Store {
     pub(super) async fn select_logs(
         &self,
         base: &str,
-        cursor: (&'static str, Option<&str>),
+        cursor: &[Condition<'_>],
         filter: &LogFilter,
         ids: &[String],
         order: &str,
@@ -286,7 +279,7 @@ impl Store {
         filter: &LogFilter,
         ids: &[String],
     ) -> Result<i64, StoreError> {
-        let (conditions, binds) = conditions(self.params(), base, ("id > ", None), filter, ids);
+        let (conditions, binds) = conditions(self.params(), base, &[], filter, ids);
         let sql = format!("SELECT COUNT(*) FROM delivery_logs WHERE {conditions}");
         let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
         for value in binds {
@@ -309,22 +302,28 @@ fn insert_statement(params: Params, rows: usize) -> String {
     )
 }
 
-/// `{base}`, then `cursor`'s and `filter`'s conditions, `id IN (ids)` when `ids` is not empty,
-/// with the values to bind, in order, to their placeholders.
+/// A condition on a record and the value it compares with: `{}` in the text stands where the
+/// value's placeholder goes. Left out when the value is `None`.
+pub(super) type Condition<'a> = (&'static str, Option<&'a str>);
+
+/// `{base}`, then the `cursor` conditions and `filter`'s, `id IN (ids)` when `ids` is not empty,
+/// with the values to bind, in order, to their placeholders (a value named twice is bound
+/// twice).
 fn conditions<'a>(
     params: Params,
     base: &str,
-    cursor: (&'static str, Option<&'a str>),
+    cursor: &[Condition<'a>],
     filter: &'a LogFilter,
     ids: &'a [String],
 ) -> (String, Vec<&'a str>) {
     let mut sql = base.to_string();
     let mut binds: Vec<&str> = Vec::new();
-    // The cursor first: bound as `$1`, which a `base` may name (a replay's page on PostgreSQL).
-    for (condition, value) in std::iter::once(cursor).chain(filter.conditions()) {
+    for &(condition, value) in cursor.iter().chain(&filter.conditions()) {
         if let Some(value) = value {
             binds.push(value);
-            sql.push_str(&format!(" AND {condition}{}", params.nth(binds.len())));
+            let placeholder = params.nth(binds.len());
+            sql.push_str(" AND ");
+            sql.push_str(&condition.replacen("{}", &placeholder, 1));
         }
     }
     if !ids.is_empty() {

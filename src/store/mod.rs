@@ -46,10 +46,9 @@ pub(crate) enum Params {
 impl Params {
     /// The placeholder of the `n`th value bound (from 1).
     pub(crate) fn nth(self, n: usize) -> String {
-        match self {
-            Params::Numbered => format!("${n}"),
-            Params::InOrder => "?".to_string(),
-        }
+        let mut placeholder = String::new();
+        self.push_nth(&mut placeholder, n);
+        placeholder
     }
 
     /// The placeholders of the `n` values bound from the `first`th on, comma-separated.
@@ -59,16 +58,40 @@ impl Params {
             if i > first {
                 list.push_str(", ");
             }
-            match self {
-                Params::Numbered => {
-                    use std::fmt::Write as _;
-                    let _ = write!(list, "${i}");
-                }
-                Params::InOrder => list.push('?'),
-            }
+            self.push_nth(&mut list, i);
         }
         list
     }
+
+    /// Writes the placeholder of the `n`th value bound onto `sql`.
+    fn push_nth(self, sql: &mut String, n: usize) {
+        match self {
+            Params::Numbered => {
+                use std::fmt::Write as _;
+                let _ = write!(sql, "${n}");
+            }
+            Params::InOrder => sql.push('?'),
+        }
+    }
+}
+
+/// `items` in chunks of `per`, each with its statement (`statement(chunk length)`): the full
+/// chunks share one, written once; only a short last chunk gets its own.
+pub(crate) fn chunked<T>(
+    items: &[T],
+    per: usize,
+    statement: impl Fn(usize) -> String,
+) -> impl Iterator<Item = (std::sync::Arc<str>, &[T])> {
+    let full_len = per.min(items.len());
+    let full: std::sync::Arc<str> = statement(full_len).into();
+    items.chunks(per).map(move |chunk| {
+        let sql = if chunk.len() == full_len {
+            full.clone()
+        } else {
+            statement(chunk.len()).into()
+        };
+        (sql, chunk)
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

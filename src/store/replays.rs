@@ -6,8 +6,8 @@ use std::collections::HashSet;
 // Dynamic SQL here only splices placeholders; every value is bound.
 use sqlx::{AssertSqlSafe, Row};
 
-use super::delivery_logs::NOT_REPLAYED;
-use super::{LogFilter, Params, ROWS_PER_STATEMENT, Read, Store, StoreError};
+use super::delivery_logs::{Condition, NOT_REPLAYED};
+use super::{LogFilter, Params, ROWS_PER_STATEMENT, Read, Store, StoreError, chunked};
 
 /// What a replay selects: records matching `filter` (and, when `ids` is not empty, one of
 /// `ids`) that were not replayed yet.
@@ -36,19 +36,15 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Read>, StoreError> {
         let order = format!("ORDER BY id ASC LIMIT {limit}");
-        let not_replayed = if self.postgres && after.is_some() {
-            NOT_REPLAYED_PAST_THE_CURSOR
-        } else {
-            NOT_REPLAYED
+        // Past a cursor the replays looked for are those past it too
+        // ([`NOT_REPLAYED_PAST_THE_CURSOR`]).
+        let past = [("id > {}", after), (NOT_REPLAYED_PAST_THE_CURSOR, after)];
+        let (base, cursor): (&str, &[Condition]) = match after {
+            Some(_) => ("delivery_logs.replayed_at IS NULL", &past),
+            None => (NOT_REPLAYED, &[]),
         };
-        self.select_logs(
-            not_replayed,
-            ("id > ", after),
-            &selection.filter,
-            &selection.ids,
-            &order,
-        )
-        .await
+        self.select_logs(base, cursor, &selection.filter, &selection.ids, &order)
+            .await
     }
 
     /// Gives PostgreSQL's planner statistics of the delivery log when it has none, or when the
@@ -142,14 +138,8 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.select_logs(
-            "1 = 1",
-            ("id > ", None),
-            &LogFilter::default(),
-            ids,
-            "ORDER BY id ASC",
-        )
-        .await
+        self.select_logs("1 = 1", &[], &LogFilter::default(), ids, "ORDER BY id ASC")
+            .await
     }
 
     /// Whether a replay may hold a batch claimed ahead while it commits another: claims of
@@ -171,9 +161,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut claimed = HashSet::new();
         let params = self.params();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = claim_statement(params, chunk.len());
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at.to_string());
+        for (sql, chunk) in chunked(ids, ROWS_PER_STATEMENT, |n| claim_statement(params, n)) {
+            let mut query = sqlx::query(AssertSqlSafe(&*sql)).bind(at.to_string());
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -199,15 +188,16 @@ const CLAIMING_AHEAD: u32 = 4;
 const PLANNED_COLUMNS: &str =
     "id, account_id, subscription_id, event, reason, dead_lettered_at, replayed_at";
 
-/// [`NOT_REPLAYED`] for a page after the cursor (bound first, as `$1`) on PostgreSQL: the
-/// replays it looks for are those past the cursor too, which are all it can find (`r.id =
-/// delivery_logs.id > $1`). Unbounded, PostgreSQL without statistics of `delivery_log_replays`
-/// (a table that grows by the replay's own claims, faster than autovacuum looks at it) joins
-/// every replay there is to each page by hashing them, then sorts what remains of the log: a
-/// page cost more the further the replay got. Bounded, the anti-join walks the replays index
-/// from the cursor, in the page's order.
-const NOT_REPLAYED_PAST_THE_CURSOR: &str = "(delivery_logs.replayed_at IS NULL AND NOT EXISTS \
-     (SELECT 1 FROM delivery_log_replays r WHERE r.id = delivery_logs.id AND r.id > $1))";
+/// The replay half of [`NOT_REPLAYED`] for a page past the cursor (`{}`: the cursor, bound
+/// again): the replays a page looks for are those past the cursor too, which are all it can
+/// find (`r.id = delivery_logs.id > cursor`). Unbounded, PostgreSQL without statistics of
+/// `delivery_log_replays` (a table that grows by the replay's own claims, faster than
+/// autovacuum looks at it) joined every replay there is to each page by hashing them, then
+/// sorted what remained of the log: a page cost more the further the replay got. Bounded, the
+/// anti-join walks the replays index from the cursor, in the page's order; SQLite probes it per
+/// row either way.
+const NOT_REPLAYED_PAST_THE_CURSOR: &str =
+    "NOT EXISTS (SELECT 1 FROM delivery_log_replays r WHERE r.id = delivery_logs.id AND r.id > {})";
 
 /// A claim of `n` records as replayed: binds the time, then the `n` ids; marks those that exist
 /// and were not replayed yet, and returns their ids. One that another claim holds waits for it,
@@ -261,12 +251,14 @@ pub(super) async fn forget_replays(
     params: Params,
     ids: &[String],
 ) -> Result<(), StoreError> {
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
+    let statement = |n| {
+        format!(
             "DELETE FROM delivery_log_replays WHERE id IN ({})",
-            params.list(1, chunk.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+            params.list(1, n)
+        )
+    };
+    for (sql, chunk) in chunked(ids, ROWS_PER_STATEMENT, statement) {
+        let mut query = sqlx::query(AssertSqlSafe(&*sql));
         for id in chunk {
             query = query.bind(id.as_str());
         }

@@ -59,10 +59,8 @@ impl Replayer {
             return None;
         }
         let queued = std::mem::take(batch);
+        // The same for every batch of a run: `ahead` stays empty when it is false.
         let held = self.store.may_claim_ahead() && !pace.paced();
-        if !held && let Some(stopped_at) = self.flush(ahead, report, seen).await {
-            return Some(stopped_at);
-        }
         pace.turn(queued.len()).await;
         let ids: Vec<String> = queued.iter().map(|q| q.log.id.clone()).collect();
         let store = self.store.clone();
